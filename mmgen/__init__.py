@@ -1,0 +1,3 @@
+"""mmgen: VideoAR video generation and Blink perception in PyTorch."""
+
+__version__ = "0.1.0"

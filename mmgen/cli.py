@@ -1,0 +1,49 @@
+"""`mmgen` command line: a thin dispatcher to the command groups of each subpackage.
+
+Each group lives next to the code it drives and exposes ``main(argv) -> int``; importing
+it lazily keeps ``mmgen --help`` fast and lets a group fail without breaking the others.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+GROUPS: dict[str, tuple[str, str]] = {
+    "data": ("mmgen.data.cli:main", "synthesise and inspect video datasets"),
+    "tokenizer": ("mmgen.tokenizer.cli:main", "train, export and test the video tokenizer"),
+    "ar": ("mmgen.ar.cli:main", "train, export and pre-tokenize for the VideoAR generator"),
+    "sample": ("mmgen.pipelines.cli:sample_main", "generate videos from prompts or class ids"),
+    "extend": ("mmgen.pipelines.cli:extend_main", "continue a video (image-to-video, continuation)"),
+    "eval": ("mmgen.metrics.cli:main", "FVD, VBench dimensions, MovingShapes benchmark"),
+    "vqa": ("mmgen.mllm.cli:main", "visual question answering with Blink"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mmgen <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in GROUPS.items()]
+    lines += ["", "Run `mmgen <command> --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from mmgen import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in GROUPS:
+        print(f"mmgen: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = GROUPS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
