@@ -1,0 +1,25 @@
+"""Video file I/O: uint8 ``[T, H, W, C]`` frames in and out (decord / torchcodec / PyAV; libx264, GIF)."""
+from mmgen.io.read import (
+    BACKENDS,
+    VideoInfo,
+    VideoReadError,
+    available_backends,
+    read_video,
+    resize_video,
+    video_info,
+)
+from mmgen.io.write import atomic_path, make_grid, write_grid, write_video
+
+__all__ = [
+    "BACKENDS",
+    "VideoInfo",
+    "VideoReadError",
+    "atomic_path",
+    "available_backends",
+    "make_grid",
+    "read_video",
+    "resize_video",
+    "video_info",
+    "write_grid",
+    "write_video",
+]
