@@ -1,0 +1,229 @@
+"""Blink: saliency-guided scanning with dynamic visual token resolution, in one forward pass.
+
+For each decoder layer ``l`` in the configured middle range [start, end), before the layer runs:
+
+1. **Saliency.**  Query = the last question token's hidden state through layer l's input
+   norm and ``q_proj``; keys = the visual tokens through the same norm and ``k_proj``;
+   RoPE applied to both by default (``saliency_rope``) so the scores are the ones the layer
+   actually attends with.  Per head: softmax over the *visual* keys of q.k/sqrt(D); heads are
+   combined by their **mean** (the paper does not say; mean keeps every head's vote).
+   The result is a distribution over the visual tokens.
+2. **Regions.**  The visual grid is tiled into non-overlapping ``region x region`` cells and
+   the saliency summed per tile.  The concentration ratio rho = top tile / sum of tiles.
+3. **Hysteresis.**  Not expanded and rho > tau_exp -> expand the top tile; expanded and
+   rho < tau_drop -> drop the appended tokens (the original sequence is restored);
+   otherwise keep.  At most one region is expanded at a time, so at most one per layer.
+4. **Expansion.**  The tile's hidden states [B, C, p, p] go through that layer's TokenSR
+   (or bilinear interpolation: Blink-interp) to (factor*p)^2 tokens, APPENDED after the visual
+   tokens ([visual; SR; question]) at sub-grid positions inside the tile (see
+   :mod:`mmgen.mllm.model`).  Appended tokens then flow through the following layers like
+   any other token until dropped.
+
+Ablations: ``region_choice="random"`` expands a uniformly random tile (same trigger);
+``allow_drop=False`` never drops.  With ``tau_exp = inf`` nothing is ever expanded and the
+output is bit-identical to the vanilla forward pass (the state is never edited).
+
+Blink only decides and edits; the decoder is reached through :class:`BlinkDecoder`.  Our
+:class:`~mmgen.mllm.model.TinyLlava` implements it directly.  A Hugging Face LLaVA-family
+model can implement it without forking transformers or switching to eager attention:
+``run_layer`` calls ``language_model.layers[i](h, position_embeddings=rotary(pos), ...)`` (the
+fused attention kernel stays on), and ``query_keys`` recomputes only the one query row and
+the visual keys from the layer input with ``layer.input_layernorm``, ``self_attn.q_proj`` and
+``self_attn.k_proj`` (captured with a forward pre-hook when the layer loop is not driven
+directly); ``set_extra`` concatenates hidden states, position ids and the attention mask.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .tokensr import TokenSRBank, interpolate_region
+
+
+class BlinkDecoder(Protocol):
+    """What Blink needs from a decoder (states are opaque except ``h``, ``n_visual``,
+    ``extra_active``, ``grid``)."""
+
+    num_layers: int
+
+    def run_layer(self, i: int, state: Any) -> Any: ...
+
+    def query_keys(self, i: int, state: Any, with_rope: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> q [B, H, D] of the last question token, k [B, H, Nv, D] of the visual tokens."""
+
+    def set_extra(self, state: Any, extra: torch.Tensor | None, extra_pos: torch.Tensor | None,
+                  extra_active: torch.Tensor | None = None) -> Any: ...
+
+    def region_positions(self, r0: torch.Tensor, c0: torch.Tensor, size: int, factor: int) -> torch.Tensor: ...
+
+    def readout(self, state: Any) -> torch.Tensor: ...
+
+
+@dataclass
+class BlinkConfig:
+    """layers: [start, end) of the decoder layers Blink scans (the middle two of the default
+    4-layer model, as layers 12-18 are for LLaVA-1.5-7B's 32); region: tile side p in tokens;
+    factor: upsampling per side; tau_exp / tau_drop: hysteresis thresholds on rho (defaults:
+    about the 75% quantile of the first scanned layer's rho for the packaged model on a
+    validation stream with seed 1, and 0.8 of it; ``bench/blink_bench.py --tune``); mode: "tokensr" | "interp";
+    region_choice: "saliency" | "random"; allow_drop: False = the no-drop ablation;
+    saliency_rope: apply RoPE to q and k before scoring; seed: for region_choice="random"."""
+
+    layers: tuple[int, int] = (1, 3)
+    region: int = 2
+    factor: int = 2
+    tau_exp: float = 0.5
+    tau_drop: float = 0.4
+    mode: str = "tokensr"
+    region_choice: str = "saliency"
+    allow_drop: bool = True
+    saliency_rope: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("tokensr", "interp"):
+            raise ValueError(f"BlinkConfig.mode must be 'tokensr' or 'interp', got {self.mode!r}")
+        if self.region_choice not in ("saliency", "random"):
+            raise ValueError(f"BlinkConfig.region_choice must be 'saliency' or 'random', got {self.region_choice!r}")
+        if self.tau_drop > self.tau_exp:
+            raise ValueError(f"tau_drop ({self.tau_drop}) must not exceed tau_exp ({self.tau_exp})")
+        if self.region < 1 or self.factor < 1:
+            raise ValueError("region and factor must be >= 1")
+
+
+# --------------------------------------------------------------------------- pure pieces
+def saliency(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q [B, H, D], k [B, H, N, D] -> [B, N]: per-head softmax over the N keys, mean over heads."""
+    scores = torch.einsum("bhd,bhnd->bhn", q.float(), k.float()) / math.sqrt(q.shape[-1])
+    return scores.softmax(-1).mean(1)
+
+
+def region_scores(sal: torch.Tensor, grid: tuple[int, int], region: int) -> torch.Tensor:
+    """Sum saliency [B, gh*gw] over region x region tiles -> [B, (gh/p)*(gw/p)] (row-major tiles)."""
+    gh, gw = grid
+    if gh % region or gw % region:
+        raise ValueError(f"grid {gh}x{gw} is not divisible into {region}x{region} regions")
+    B = sal.shape[0]
+    tiles = sal.reshape(B, gh // region, region, gw // region, region)
+    return tiles.sum((2, 4)).reshape(B, -1)
+
+
+def concentration(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (rho [B] = top tile / total, index of the top tile [B])."""
+    top, idx = regions.max(-1)
+    return top / regions.sum(-1).clamp_min(1e-12), idx
+
+
+def hysteresis(active: torch.Tensor, rho: torch.Tensor, tau_exp: float, tau_drop: float,
+               allow_drop: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer of the expand/drop state machine. -> (active', expand_now, drop_now), all bool [B]."""
+    expand = ~active & (rho > tau_exp)
+    drop = active & (rho < tau_drop) if allow_drop else torch.zeros_like(active)
+    return (active | expand) & ~drop, expand, drop
+
+
+def gather_region(vis: torch.Tensor, grid: tuple[int, int], region: int, tile: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """vis [B, gh*gw, C], tile index [B] -> (tokens [B, C, p, p], r0 [B], c0 [B]) (top-left cell)."""
+    gh, gw = grid
+    B, _, C = vis.shape
+    per_row = gw // region
+    r0, c0 = (tile // per_row) * region, (tile % per_row) * region
+    g = vis.reshape(B, gh, gw, C)
+    ar = torch.arange(region, device=vis.device)
+    rows = (r0[:, None] + ar)[:, :, None].expand(B, region, region)
+    cols = (c0[:, None] + ar)[:, None, :].expand(B, region, region)
+    out = g[torch.arange(B, device=vis.device)[:, None, None], rows, cols]  # [B, p, p, C]
+    return out.permute(0, 3, 1, 2), r0, c0
+
+
+@dataclass
+class BlinkTrace:
+    """Per scanned layer: saliency [B, Nv], rho [B], top tile [B], and whether the sample had
+    appended tokens while the layer ran; ``expanded_tiles`` [B] = last expanded tile (-1 none)."""
+
+    layers: list[int] = field(default_factory=list)
+    saliency: list[torch.Tensor] = field(default_factory=list)
+    rho: list[torch.Tensor] = field(default_factory=list)
+    top: list[torch.Tensor] = field(default_factory=list)
+    active: list[torch.Tensor] = field(default_factory=list)
+    tiles: list[torch.Tensor] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the runner
+class Blink(nn.Module):
+    """Runs a :class:`BlinkDecoder` layer by layer with saliency-guided expansion.
+    ``tokensr`` (a :class:`TokenSRBank`) is required for mode="tokensr"."""
+
+    def __init__(self, config: BlinkConfig | None = None, tokensr: TokenSRBank | None = None):
+        super().__init__()
+        self.config = config or BlinkConfig()
+        if self.config.mode == "tokensr":
+            if tokensr is None:
+                raise ValueError("Blink mode 'tokensr' needs trained TokenSR weights "
+                                 "(`mmgen vqa fit-tokensr`), or use mode='interp'")
+            missing = [i for i in range(*self.config.layers) if i not in tokensr]
+            if missing:
+                raise ValueError(f"TokenSR weights have no module for Blink layers {missing}")
+        self.tokensr = tokensr
+
+    def upsample(self, layer: int, region: torch.Tensor) -> torch.Tensor:
+        if self.config.mode == "interp":
+            return interpolate_region(region, self.config.factor)
+        return self.tokensr[layer](region)
+
+    @torch.no_grad()
+    def run(self, decoder: BlinkDecoder, state: Any, trace: BlinkTrace | None = None) -> torch.Tensor:
+        """Forward pass from a prepared state (see TinyLlava.prepare) -> readout logits."""
+        cfg = self.config
+        B, device = state.h.shape[0], state.h.device
+        start, end = cfg.layers
+        active = torch.zeros(B, dtype=torch.bool, device=device)
+        tiles = torch.full((B,), -1, dtype=torch.long, device=device)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.region_choice == "random" else None
+        for i in range(decoder.num_layers):
+            if start <= i < end:
+                state, active, tiles = self._scan(decoder, i, state, active, tiles, gen, trace)
+            state = decoder.run_layer(i, state)
+        return decoder.readout(state)
+
+    def _scan(self, decoder, i, state, active, tiles, gen, trace):
+        cfg = self.config
+        q, k = decoder.query_keys(i, state, with_rope=cfg.saliency_rope)
+        sal = saliency(q, k)
+        rho, top = concentration(region_scores(sal, state.grid, cfg.region))
+        if cfg.region_choice == "random":
+            n_tiles = (state.grid[0] // cfg.region) * (state.grid[1] // cfg.region)
+            top = torch.randint(n_tiles, top.shape, generator=gen).to(top.device)
+        new_active, expand, drop = hysteresis(active, rho, cfg.tau_exp, cfg.tau_drop, cfg.allow_drop)
+        if bool(expand.any()) or bool(drop.any()):
+            state, tiles = self._edit(decoder, i, state, new_active, expand, top, tiles)
+        if trace is not None:
+            trace.layers.append(i)
+            trace.saliency.append(sal)
+            trace.rho.append(rho)
+            trace.top.append(top)
+            trace.active.append(new_active)
+            trace.tiles.append(tiles.clone())
+        return state, new_active, tiles
+
+    def _edit(self, decoder, i, state, new_active, expand, top, tiles):
+        """Append fresh SR tokens for samples expanding now; keep the (evolved) appended tokens of
+        samples still expanded; remove the block when no sample needs it."""
+        cfg = self.config
+        if not bool(new_active.any()):
+            return decoder.set_extra(state, None, None), torch.full_like(tiles, -1)
+        region, r0, c0 = gather_region(state.h[:, :state.n_visual], state.grid, cfg.region, top)
+        sr = self.upsample(i, region).flatten(2).transpose(1, 2)  # [B, (f p)^2, C]
+        pos = decoder.region_positions(r0, c0, cfg.region, cfg.factor)
+        if state.n_extra:  # samples that stay expanded keep their current appended tokens
+            keep = (~expand)[:, None, None]
+            old_pos = state.pos if state.pos.ndim == 3 else state.pos.expand(len(tiles), -1, -1)
+            sr = torch.where(keep, state.h[:, state.n_visual:state.text_start], sr.to(state.h.dtype))
+            pos = torch.where(keep, old_pos[:, state.n_visual:state.text_start], pos)
+        tiles = torch.where(expand, top, torch.where(new_active, tiles, torch.full_like(tiles, -1)))
+        return decoder.set_extra(state, sr, pos, new_active), tiles

@@ -1,0 +1,272 @@
+"""`mmgen vqa`: ask a question about an image (optionally with Blink), train, evaluate.
+
+  mmgen vqa --image IMG --question "what color is the circle ?" [--model DIR] [--blink|--blink-interp]
+            [--tokensr DIR] [--show-saliency OUT.png]
+  mmgen vqa fit --out DIR [--steps N ...]              train the MLLM from scratch (Lightning)
+  mmgen vqa fit-tokensr --model DIR --out DIR [...]    train TokenSR with the MLLM frozen
+  mmgen vqa eval [--model DIR] [--split val finegrained] [--table]   accuracy per question type;
+            --table adds the Blink comparison (vanilla, Blink-interp, Blink, random-region, no-drop)
+
+Without --model the packaged default (mmgen/mllm/assets/vqa, TokenSR in assets/tokensr) is used;
+it is reproduced by ``bash mmgen/mllm/assets/REPRODUCE.sh``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+SUBCOMMANDS = ("fit", "fit-tokensr", "eval")
+
+
+def _add_blink_args(p: argparse.ArgumentParser) -> None:
+    from .blink import BlinkConfig
+
+    d = BlinkConfig()
+    p.add_argument("--tokensr", default=None, help="TokenSR weights dir (default: <model>/tokensr, or the packaged one)")
+    p.add_argument("--blink-layers", type=int, nargs=2, default=None, metavar=("START", "END"),
+                   help=f"decoder layers [start, end) Blink scans (default {d.layers} or the TokenSR's)")
+    p.add_argument("--tau-exp", type=float, default=d.tau_exp, help="expand when rho > tau_exp")
+    p.add_argument("--tau-drop", type=float, default=d.tau_drop, help="drop when rho < tau_drop")
+    p.add_argument("--region", type=int, default=d.region, help="region side p in tokens")
+
+
+def _parser_ask() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmgen vqa", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", required=True, help="image file (png/jpg/...)")
+    p.add_argument("--question", required=True, help='e.g. "what color is the circle ?"')
+    p.add_argument("--model", default=None, help="MLLM dir (save_pretrained); default: packaged model")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--blink", action="store_true", help="Blink with trained TokenSR")
+    g.add_argument("--blink-interp", action="store_true", help="Blink-interp (training-free interpolation)")
+    p.add_argument("--show-saliency", default=None, metavar="OUT.png",
+                   help="write the per-layer saliency maps and chosen regions to OUT.png")
+    p.add_argument("--max-side", type=int, default=4096,
+                   help="images with a longer side are downscaled to this first (with a note)")
+    _add_blink_args(p)
+    return p
+
+
+def _parser_sub(name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"mmgen vqa {name}")
+    if name == "fit":
+        p.add_argument("--out", required=True, help="output dir (model + Lightning checkpoints + logs)")
+        p.add_argument("--steps", type=int, default=2000)
+        p.add_argument("--batch-size", type=int, default=24)
+        p.add_argument("--lr", type=float, default=3e-3)
+        p.add_argument("--zoom-prob", type=float, default=0.5, help="zoom-view augmentation probability")
+        p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the dense patch colour/shape loss")
+        p.add_argument("--stop-after", type=int, default=None,
+                       help="stop after this many steps of the --steps schedule (a partial run)")
+        p.add_argument("--init", default=None, help="start from this MLLM dir's weights (continue training with a "
+                       "fresh schedule; its architecture replaces --depth/--dim/--heads)")
+        p.add_argument("--max-minutes", type=float, default=60.0, help="stop training after this long")
+        p.add_argument("--val-every", type=int, default=500)
+        p.add_argument("--depth", type=int, default=4)
+        p.add_argument("--dim", type=int, default=64)
+        p.add_argument("--heads", type=int, default=2)
+    elif name == "fit-tokensr":
+        p.add_argument("--model", default=None, help="frozen MLLM dir (default: packaged)")
+        p.add_argument("--out", required=True, help="output dir for the TokenSR bank")
+        p.add_argument("--steps", type=int, default=400)
+        p.add_argument("--batch-size", type=int, default=24)
+        p.add_argument("--lr", type=float, default=2e-3)
+        p.add_argument("--layers", type=int, nargs=2, default=(1, 3), metavar=("START", "END"))
+        p.add_argument("--region", type=int, default=2)
+        p.add_argument("--max-minutes", type=float, default=30.0)
+    else:  # eval
+        p.add_argument("--model", default=None, help="MLLM dir (default: packaged)")
+        p.add_argument("--split", nargs="+", default=["val", "finegrained"], help="splits to evaluate")
+        p.add_argument("--samples", type=int, default=1000, help="questions per split")
+        p.add_argument("--batch-size", type=int, default=100)
+        p.add_argument("--table", action="store_true",
+                       help="compare vanilla, Blink-interp, Blink, random-region, no-drop (accuracy, latency)")
+        p.add_argument("--repeats", type=int, default=5, help="timing repeats per variant (--table)")
+        _add_blink_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            args = _parser_sub(argv[0]).parse_args(argv[1:])
+            return {"fit": _fit, "fit-tokensr": _fit_tokensr, "eval": _eval}[argv[0]](args)
+        return _ask(_parser_ask().parse_args(argv))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"mmgen vqa: error: {e}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------- helpers
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _model_dir(path: str | None) -> Path:
+    d = Path(path) if path else ASSETS / "vqa"
+    if not (d / "config.json").is_file():
+        hint = ("train one with `mmgen vqa fit --out DIR` and pass --model DIR" if path else
+                "the packaged default model is missing; rebuild it with `bash mmgen/mllm/assets/REPRODUCE.sh`")
+        raise FileNotFoundError(f"no MLLM at {d} (expected {d / 'config.json'}): {hint}")
+    return d
+
+
+def load_model(path: str | None, device=None):
+    from .model import TinyLlava
+
+    model = TinyLlava.from_pretrained(str(_model_dir(path)), low_cpu_mem_usage=False)
+    return model.to(device or "cpu").eval()
+
+
+def load_tokensr(path: str | None, model_path: str | None, device=None):
+    from .tokensr import TokenSRBank
+
+    if path is None:
+        path = str(Path(model_path) / "tokensr") if model_path else str(ASSETS / "tokensr")
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"no TokenSR weights at {path} (expected {Path(path) / 'config.json'}): "
+                                "train them with `mmgen vqa fit-tokensr --model DIR --out DIR` and pass --tokensr, "
+                                "or use --blink-interp")
+    return TokenSRBank.from_pretrained(path, low_cpu_mem_usage=False).to(device or "cpu").eval()
+
+
+def save_atomic(module, out: str | Path) -> None:
+    """save_pretrained into a temp dir inside ``out``, then move the files in place."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+        module.save_pretrained(tmp, safe_serialization=True)
+        for name in os.listdir(tmp):
+            os.replace(Path(tmp) / name, out / name)
+
+
+def blink_config(args, mode: str, bank=None, **overrides):
+    from .blink import BlinkConfig
+
+    layers = tuple(args.blink_layers) if args.blink_layers else (
+        (min(bank.config.layers), max(bank.config.layers) + 1) if bank is not None else BlinkConfig().layers)
+    return BlinkConfig(layers=layers, region=args.region, tau_exp=args.tau_exp, tau_drop=args.tau_drop,
+                       mode=mode, **overrides)
+
+
+def _trainer(args, out: Path, steps: int, val_every: int | None):
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    cuda = _device(args.device).type == "cuda"
+    return L.Trainer(
+        max_steps=steps, max_time={"minutes": args.max_minutes}, accelerator="gpu" if cuda else "cpu", devices=1,
+        precision="bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true",
+        logger=CSVLogger(str(out), name="logs"), val_check_interval=val_every, check_val_every_n_epoch=None,
+        limit_val_batches=4, log_every_n_steps=25, gradient_clip_val=1.0,
+        enable_progress_bar=sys.stderr.isatty(),  # a redrawn bar in a log file is pure overhead
+        callbacks=[ModelCheckpoint(dirpath=str(out / "ckpt"), save_last=True, every_n_train_steps=250)])
+
+
+def _resume(out: Path) -> str | None:
+    last = out / "ckpt" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+# --------------------------------------------------------------------------- subcommands
+def _fit(args) -> int:
+    import lightning as L
+
+    from .lightning import MLLMModule, VQADataModule
+
+    L.seed_everything(args.seed, workers=True)
+    out = Path(args.out)
+    arch = {"depth": args.depth, "dim": args.dim, "heads": args.heads}
+    init = load_model(args.init) if args.init else None
+    if init is not None:
+        arch = {k: v for k, v in init.config.items() if not k.startswith("_")}
+    module = MLLMModule(model_config=arch, lr=args.lr, total_steps=args.steps, zoom_prob=args.zoom_prob,
+                        aux_weight=args.aux_weight)
+    if init is not None:
+        module.model.load_state_dict(init.state_dict())
+    dm = VQADataModule(batch_size=args.batch_size, seed=args.seed)
+    trainer = _trainer(args, out, min(args.steps, args.stop_after or args.steps), args.val_every)
+    trainer.fit(module, dm, ckpt_path=_resume(out), weights_only=True)
+    save_atomic(module.model, out)
+    print(f"saved MLLM to {out}")
+    return 0
+
+
+def _fit_tokensr(args) -> int:
+    import lightning as L
+
+    from .lightning import TokenSRModule, VQADataModule
+
+    L.seed_everything(args.seed, workers=True)
+    out = Path(args.out)
+    model = load_model(args.model)
+    module = TokenSRModule(model, tuple(args.layers), args.region, lr=args.lr, total_steps=args.steps)
+    dm = VQADataModule(batch_size=args.batch_size, seed=args.seed + 1, image_size=model.config.image_size)
+    trainer = _trainer(args, out, args.steps, max(args.steps // 3, 1))
+    trainer.fit(module, dm)
+    save_atomic(module.bank, out)
+    print(f"saved TokenSR to {out}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import evaluate_splits, print_accuracy, run_table
+
+    device = _device(args.device)
+    model = load_model(args.model, device)
+    if args.table:
+        bank = load_tokensr(args.tokensr, args.model, device)
+        run_table(model, bank, args, device)
+        return 0
+    print_accuracy(evaluate_splits(model, args.split, args.samples, args.batch_size, args.seed, device))
+    return 0
+
+
+def _ask(args) -> int:
+    import torch
+
+    from .blink import Blink, BlinkTrace
+    from .data import to_model_input
+    from .image import load_image
+    from .text import batch_encode, decode_answer
+
+    model = load_model(args.model)
+    image, notes = load_image(args.image, args.max_side)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    ids, lengths = batch_encode([args.question], model.config.max_text_len)
+    x = to_model_input(image, model.config.image_size)[None]
+    trace = BlinkTrace() if args.show_saliency else None
+    with torch.no_grad():
+        state = model.prepare(x, ids, lengths)
+        if args.blink or args.blink_interp or args.show_saliency:
+            bank = load_tokensr(args.tokensr, args.model) if args.blink else None
+            cfg = blink_config(args, "tokensr" if args.blink else "interp", bank)
+            if not (args.blink or args.blink_interp):  # saliency only: scan but never expand
+                cfg.tau_exp, cfg.tau_drop = float("inf"), 0.0
+            logits = Blink(cfg, bank).run(model, state, trace)
+        else:
+            for i in range(model.num_layers):
+                state = model.run_layer(i, state)
+            logits = model.readout(state)
+    answer = decode_answer(int(logits[0].argmax()))
+    print(answer)
+    if args.show_saliency:
+        from .viz import save_saliency
+
+        save_saliency(args.show_saliency, image, trace, model.grid, args.region, f"{args.question}  ->  {answer}")
+        print(f"wrote {args.show_saliency}", file=sys.stderr)
+    return 0

@@ -1,0 +1,199 @@
+"""Lightning wrappers: MLLM training on the synthetic VQA set, and TokenSR training.
+
+MLLMModule — next-token cross-entropy on the one-word answer.  Zoom-view augmentation
+(``zoom_prob``, default 0.5): a sample gets, appended after its visual tokens, the tokens of
+one region seen as a zoomed crop of the high-resolution render (the region holding the
+object the question is about, or a random one when there is none), at the same sub-grid
+positions Blink uses.  The model thereby learns what appended region tokens mean; the
+vanilla forward pass (nothing appended) is the baseline every Blink variant is compared to.
+Dense auxiliary loss (``aux_weight``): two linear heads on the ViT features predict each
+patch's object colour and shape (see :func:`mmgen.mllm.data.patch_labels`); it gives the patch
+tokens meaning within a few hundred steps, which a from-scratch model otherwise reaches only
+after a long plateau at the answer prior.  The heads live here, not in the model.
+
+TokenSRModule — the MLLM frozen; per Blink layer l, TokenSR_l maps the layer-l hidden states
+of a region (full view) to the layer-l hidden states of the same region's zoom tokens (the
+prefix [visual; zoom] run through the frozen model).  Loss: mean squared error divided by
+the target's mean per-channel variance (scale-free across layers; 1.0 = predicting the mean).  Visual and zoom tokens come before the
+question, so their hidden states do not depend on it: only images are needed.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .blink import gather_region
+from .data import COLORS, SHAPES, VQADataset
+from .model import TinyLlava, zoom_view
+from .text import WORD_TO_ID, batch_encode
+from .tokensr import TokenSRBank
+
+
+def target_tiles(model: TinyLlava, bbox: torch.Tensor, region: int, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """Tile index [B] holding the centre of each target bbox (model pixels); random where bbox is -1."""
+    gh, gw = model.grid
+    p, patch = region, model.config.patch
+    n_tiles = (gh // p) * (gw // p)
+    cx, cy = (bbox[:, 0] + bbox[:, 2]) / 2, (bbox[:, 1] + bbox[:, 3]) / 2
+    r = (cy / patch).long().clamp(0, gh - 1) // p
+    c = (cx / patch).long().clamp(0, gw - 1) // p
+    tiles = r * (gw // p) + c
+    rand = torch.randint(n_tiles, tiles.shape, generator=generator).to(tiles.device)
+    return torch.where(bbox[:, 0] >= 0, tiles, rand)
+
+
+def tile_origin(model: TinyLlava, tiles: torch.Tensor, region: int) -> tuple[torch.Tensor, torch.Tensor]:
+    per_row = model.grid[1] // region
+    return (tiles // per_row) * region, (tiles % per_row) * region
+
+
+def _answers(answers: list[str], device) -> torch.Tensor:
+    return torch.tensor([WORD_TO_ID[a] for a in answers], device=device)
+
+
+class MLLMModule(L.LightningModule):
+    def __init__(self, model_config: dict | None = None, lr: float = 3e-3, weight_decay: float = 0.05,
+                 warmup_steps: int = 100, total_steps: int = 1500, zoom_prob: float = 0.5,
+                 region: int = 2, factor: int = 2, aux_weight: float = 1.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = TinyLlava(**(model_config or {}))
+        vit_dim = self.model.config.vit_dim
+        self.aux_color = torch.nn.Linear(vit_dim, len(COLORS) + 1)
+        self.aux_shape = torch.nn.Linear(vit_dim, len(SHAPES) + 1)
+
+    def _step(self, batch, zoom: bool):
+        m, hp = self.model, self.hparams
+        ids, lengths = batch_encode(batch["question"], m.config.max_text_len)
+        ids, lengths = ids.to(self.device), lengths.to(self.device)
+        extra = {}
+        if zoom and hp.zoom_prob > 0:
+            tiles = target_tiles(m, batch["target_bbox"], hp.region)
+            r0, c0 = tile_origin(m, tiles, hp.region)
+            extra = {"extra": zoom_view(m, batch["hires"], r0, c0, hp.region, hp.factor),
+                     "extra_pos": m.region_positions(r0, c0, hp.region, hp.factor),
+                     "extra_active": torch.rand(len(tiles), device=self.device) < hp.zoom_prob}
+        feats = m.vit_features(batch["image"])
+        logits = m(batch["image"], ids, lengths, visual=m.projector(feats), **extra)
+        target = _answers(batch["answer"], self.device)
+        loss = F.cross_entropy(logits.float(), target)
+        if hp.aux_weight > 0:
+            labels = batch["patch_labels"]
+            aux = (F.cross_entropy(self.aux_color(feats).flatten(0, 1).float(), labels[..., 0].flatten())
+                   + F.cross_entropy(self.aux_shape(feats).flatten(0, 1).float(), labels[..., 1].flatten()))
+            loss = loss + hp.aux_weight * aux
+        return loss, (logits.argmax(-1) == target).float().mean()
+
+    def training_step(self, batch, batch_idx):
+        loss, acc = self._step(batch, zoom=True)
+        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True, batch_size=len(batch["answer"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, acc = self._step(batch, zoom=False)
+        self.log_dict({"val/loss": loss, "val/acc": acc}, prog_bar=True, batch_size=len(batch["answer"]))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for p in self.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=(0.9, 0.98))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": _warmup_cosine(opt, hp.warmup_steps, hp.total_steps),
+                                                   "interval": "step"}}
+
+
+class TokenSRModule(L.LightningModule):
+    def __init__(self, model: TinyLlava, layers: tuple[int, int] = (1, 3), region: int = 2, factor: int = 2,
+                 hidden: int = 32, lr: float = 2e-3, total_steps: int = 1000, target_prob: float = 0.5):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model.eval().requires_grad_(False)
+        self.bank = TokenSRBank(tuple(range(*layers)), model.config.dim, hidden, factor)
+
+    def train(self, mode: bool = True):  # the frozen MLLM stays in eval mode
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def pairs(self, batch) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """{layer: (full-view region tokens [B, C, p, p], zoom-view tokens [B, C, fp, fp])}."""
+        m, hp = self.model, self.hparams
+        layers = range(*hp.layers)
+        bbox = batch["target_bbox"].clone()
+        bbox[torch.rand(len(bbox)) >= hp.target_prob] = -1  # -> random tiles
+        tiles = target_tiles(m, bbox, hp.region)
+        r0, c0 = tile_origin(m, tiles, hp.region)
+        full = m.hidden_states(m.prepare(batch["image"]), layers)
+        zoom = zoom_view(m, batch["hires"], r0, c0, hp.region, hp.factor)
+        zstate = m.prepare(batch["image"], extra=zoom, extra_pos=m.region_positions(r0, c0, hp.region, hp.factor))
+        zoomed = m.hidden_states(zstate, layers)
+        n, fp = zstate.n_visual, hp.region * hp.factor
+        out = {}
+        for i in layers:
+            region, _, _ = gather_region(full[i][:, :n], m.grid, hp.region, tiles)
+            tgt = zoomed[i][:, n:n + fp * fp].transpose(1, 2).reshape(len(tiles), -1, fp, fp)
+            out[i] = (region, tgt)
+        return out
+
+    def _losses(self, batch):
+        losses, interp = [], []
+        for i, (region, tgt) in self.pairs(batch).items():
+            scale = tgt.var(dim=(0, 2, 3)).mean()  # per-channel variance: the shared offset is not signal
+            losses.append(F.mse_loss(self.bank[i](region), tgt) / scale)
+            interp.append(F.mse_loss(F.interpolate(region, scale_factor=self.hparams.factor, mode="bilinear",
+                                                   align_corners=False), tgt) / scale)
+        return torch.stack(losses).mean(), torch.stack(interp).mean()
+
+    def training_step(self, batch, batch_idx):
+        loss, interp = self._losses(batch)
+        self.log_dict({"train/rel_mse": loss, "train/interp_rel_mse": interp}, prog_bar=True,
+                      batch_size=len(batch["answer"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, interp = self._losses(batch)
+        self.log_dict({"val/rel_mse": loss, "val/interp_rel_mse": interp}, prog_bar=True,
+                      batch_size=len(batch["answer"]))
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.bank.parameters(), lr=self.hparams.lr, weight_decay=0.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": _warmup_cosine(opt, 50, self.hparams.total_steps),
+                                                   "interval": "step"}}
+
+
+def _warmup_cosine(opt, warmup: int, total: int):
+    import math
+
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+class VQADataModule(L.LightningDataModule):
+    """Train on a large procedural stream (``train_samples`` distinct scenes), validate on ``val``."""
+
+    def __init__(self, train_samples: int = 200_000, val_samples: int = 512, batch_size: int = 32,
+                 seed: int = 0, num_workers: int = 0, image_size: int = 64):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage=None):
+        hp = self.hparams
+        self.train_set = VQADataset(hp.train_samples, "train", hp.seed, size=hp.image_size)
+        self.val_set = VQADataset(hp.val_samples, "val", hp.seed, size=hp.image_size)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, generator=g,
+                          num_workers=self.hparams.num_workers, drop_last=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=128, num_workers=self.hparams.num_workers)

@@ -1,0 +1,222 @@
+"""The synthetic VQA set, the word vocabulary, the MLLM, image loading and the `mmgen vqa` CLI."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmgen.mllm import cli
+from mmgen.mllm.data import ANSWERS, QUADRANTS, SIZES, VQADataset
+from mmgen.mllm.image import load_image
+from mmgen.mllm.lightning import MLLMModule, TokenSRModule, target_tiles
+from mmgen.mllm.model import TinyLlava, zoom_view
+from mmgen.mllm.text import PAD_ID, VOCAB, batch_encode, encode
+
+TINY = dict(image_size=32, patch=8, vit_dim=32, vit_depth=1, vit_heads=1, dim=32, depth=4, heads=1, mlp_ratio=2.0)
+
+
+# ------------------------------------------------------------------ data
+def test_dataset_is_deterministic_and_splits_differ():
+    a, b = VQADataset(10, "train", seed=0), VQADataset(10, "train", seed=0)
+    assert all(np.array_equal(a.sample(i).image, b.sample(i).image) for i in range(3))
+    v = VQADataset(10, "val", seed=0)
+    assert not np.array_equal(a.sample(0).image, v.sample(0).image)
+    assert not np.array_equal(a.sample(0).image, VQADataset(10, "train", seed=1).sample(0).image)
+
+
+def test_answers_are_consistent_with_the_scene():
+    ds = VQADataset(200, "val")
+    for i in range(200):
+        s = ds.sample(i)
+        assert s.answer in ANSWERS
+        words = s.question.split()
+        objs = s.objects
+        if s.qtype == "color":
+            matches = [o for o in objs if o.shape == words[4]]
+            assert len(matches) == 1 and matches[0].color == s.answer
+        elif s.qtype == "shape":
+            matches = [o for o in objs if o.color == words[4]]
+            assert len(matches) == 1 and matches[0].shape == s.answer
+        elif s.qtype == "count":
+            assert sum(o.color == words[2] for o in objs) == int(s.answer)
+        elif s.qtype == "position":
+            match = [o for o in objs if (o.color, o.shape) == (words[3], words[4])]
+            assert len(match) == 1 and match[0].quadrant(ds.hires) == s.answer and s.answer in QUADRANTS
+        else:
+            present = any((o.color, o.shape) == (words[3], words[4]) for o in objs)
+            assert s.answer == ("yes" if present else "no")
+        pairs = [(o.color, o.shape) for o in objs]
+        assert len(pairs) == len(set(pairs))  # every question names one object
+
+
+def test_finegrained_targets_are_tiny_and_smaller_than_a_patch():
+    ds = VQADataset(60, "finegrained")
+    for i in range(60):
+        s = ds.sample(i)
+        if s.target_bbox is not None:
+            x0, y0, x1, y1 = s.target_bbox
+            assert (x1 - x0) == 2 * SIZES["tiny"]
+            assert (x1 - x0) * ds.size / ds.hires < 8  # smaller than one 8-px patch of the model input
+    item = ds[0]
+    assert item["image"].shape == (3, 64, 64) and item["image"].min() >= -1 and item["image"].max() <= 1
+    assert item["hires"].shape == (128, 128, 3) and item["hires"].dtype == torch.uint8
+
+
+# ------------------------------------------------------------------ text
+def test_text_encoding_and_errors():
+    ids, lengths = batch_encode(["what color is the circle ?", "is there a red square?"], 16)
+    assert lengths.tolist() == [6, 6] and ids.dtype == torch.long
+    assert VOCAB[ids[1, -1]] == "?"
+    with pytest.raises(ValueError, match="empty question"):
+        encode("   ", 16)
+    with pytest.raises(ValueError, match="context allows 16"):
+        encode(" ".join(["the"] * 17), 16)
+    with pytest.raises(ValueError, match="purple"):
+        encode("what color is the purple circle ?", 16)
+    padded, _ = batch_encode(["what ?", "what color is the circle ?"], 16)
+    assert padded[0, 2:].eq(PAD_ID).all()
+
+
+# ------------------------------------------------------------------ model
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return TinyLlava(**TINY).eval()
+
+
+def _batch(n=4, split="val"):
+    ds = VQADataset(n, split, size=32, hires=64)
+    items = [ds[i] for i in range(n)]
+    ids, lengths = batch_encode([it["question"] for it in items], 16)
+    return items, torch.stack([it["image"] for it in items]), ids, lengths
+
+
+def test_padding_does_not_change_a_sample(model):
+    _, images, ids, lengths = _batch()
+    with torch.no_grad():
+        together = model(images, ids, lengths)
+        alone = torch.cat([model(images[i:i + 1], ids[i:i + 1, :lengths[i]]) for i in range(4)])
+    assert together.shape == (4, len(VOCAB))
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_inactive_appended_tokens_are_invisible(model):
+    items, images, ids, lengths = _batch()
+    r0 = c0 = torch.zeros(4, dtype=torch.long)
+    zoom = zoom_view(model, torch.stack([it["hires"] for it in items]), r0, c0, 2, 2)
+    assert zoom.shape == (4, 16, model.config.dim)
+    pos = model.region_positions(r0, c0, 2, 2)
+    with torch.no_grad():
+        vanilla = model(images, ids, lengths)
+        off = model(images, ids, lengths, extra=zoom, extra_pos=pos, extra_active=torch.zeros(4, dtype=torch.bool))
+        on = model(images, ids, lengths, extra=zoom, extra_pos=pos)
+    torch.testing.assert_close(off, vanilla, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(on, vanilla, atol=1e-4)
+
+
+def test_target_tiles_follow_the_bbox(model):
+    bbox = torch.tensor([[1.0, 1.0, 3.0, 3.0], [20.0, 20.0, 24.0, 24.0], [-1.0, -1.0, -1.0, -1.0]])
+    tiles = target_tiles(model, bbox, 2)  # 32 px / 8 px patch = 4x4 grid -> 2x2 tiles of 16 px
+    assert tiles[:2].tolist() == [0, 3] and 0 <= tiles[2] < 4
+
+
+def test_mllm_module_overfits_a_batch():
+    torch.manual_seed(0)
+    module = MLLMModule(model_config=TINY, lr=3e-3, warmup_steps=1, total_steps=40, zoom_prob=0.5)
+    ds = VQADataset(8, "train", size=32, hires=64)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(8)])
+    opt = module.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(40):
+        loss, _ = module._step(batch, zoom=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_tokensr_module_pairs_and_loss(model):
+    module = TokenSRModule(model, layers=(1, 3), region=2, factor=2, hidden=8)
+    ds = VQADataset(4, "train", size=32, hires=64)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    pairs = module.pairs(batch)
+    assert sorted(pairs) == [1, 2]
+    region, target = pairs[1]
+    assert region.shape == (4, 32, 2, 2) and target.shape == (4, 32, 4, 4)
+    loss, interp = module._losses(batch)
+    torch.testing.assert_close(loss, interp)  # a fresh TokenSR is exactly interpolation
+    loss.backward()
+    assert all(p.grad is None for p in module.model.parameters())  # MLLM frozen
+    assert any(p.grad is not None for p in module.bank.parameters())
+
+
+# ------------------------------------------------------------------ images and CLI
+def test_load_image_handles_modes_sizes_and_bad_files(tmp_path):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((30, 50), 200, np.uint8)).save(grey)
+    arr, notes = load_image(grey)
+    assert arr.shape == (50, 50, 3) and any("centred" in n for n in notes)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(big)
+    arr, notes = load_image(big, max_side=100)
+    assert arr.shape == (100, 100, 3) and any("downscaled" in n for n in notes)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.png"):
+        load_image(bad)
+    with pytest.raises(ValueError, match="not found"):
+        load_image(tmp_path / "missing.png")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, model):
+    from mmgen.mllm.tokensr import TokenSRBank
+
+    root = tmp_path_factory.mktemp("vqa")
+    cli.save_atomic(model, root / "model")
+    cli.save_atomic(TokenSRBank((1, 2), model.config.dim, hidden=8), root / "model" / "tokensr")
+    img = root / "scene.png"
+    Image.fromarray(VQADataset(1, "val").sample(0).image).save(img)
+    return root, img
+
+
+def test_save_load_roundtrip(saved, model):
+    root, _ = saved
+    loaded = cli.load_model(str(root / "model"))
+    for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_cli_answers_and_draws_saliency(saved, capsys):
+    root, img = saved
+    base = ["--image", str(img), "--question", "what color is the circle ?", "--model", str(root / "model")]
+    assert cli.main(base) == 0
+    plain = capsys.readouterr().out.strip()
+    assert plain in VOCAB
+    out_png = root / "sal.png"
+    assert cli.main(base + ["--blink", "--tau-exp", "0", "--tau-drop", "0", "--show-saliency", str(out_png)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[0] in VOCAB
+    assert Image.open(out_png).size[0] > 100
+
+
+def test_cli_errors_are_clear(saved, capsys, tmp_path):
+    root, img = saved
+    model = ["--model", str(root / "model")]
+    assert cli.main(["--image", str(img), "--question", "", *model]) == 2
+    assert "empty question" in capsys.readouterr().err
+    assert cli.main(["--image", str(tmp_path / "nope.png"), "--question", "is there a red circle ?", *model]) == 2
+    assert "nope.png" in capsys.readouterr().err
+    assert cli.main(["--image", str(img), "--question", "is there a red circle ?", "--model", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_patch_labels_mark_objects_including_tiny_ones():
+    from mmgen.mllm.data import COLORS, SHAPES, SceneObject, patch_labels
+
+    tiny = SceneObject("diamond", "blue", "tiny", cx=70.0, cy=10.0)  # hires 128 -> grid 8 -> 16 px cells
+    large = SceneObject("circle", "red", "large", cx=32.0, cy=96.0)
+    labels = patch_labels([tiny, large], hires=128, grid=8).reshape(8, 8, 2)
+    assert labels[0, 4].tolist() == [list(COLORS).index("blue") + 1, SHAPES.index("diamond") + 1]
+    assert labels[6, 2, 0] == list(COLORS).index("red") + 1 and labels[5, 1, 0] == list(COLORS).index("red") + 1
+    assert (labels[..., 0] > 0).sum() == 1 + 4  # the tiny object's cell + the 2x2 cells the circle's box fills
+    assert labels[0, 0].tolist() == [0, 0]
