@@ -1,0 +1,87 @@
+"""Training callbacks: checkpoints that are atomic and include the final step; a loss-curve PNG."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from mmgen.tokenizer.module import AtomicModelCheckpoint
+
+
+class RunCheckpoint(AtomicModelCheckpoint):
+    """Atomic ModelCheckpoint that also writes ``last.ckpt`` when training ends (max_steps or
+    max_time) after the last periodic save, so a time-capped run keeps its final weights.  An
+    exception (e.g. a NaN loss) does not trigger it: the last good checkpoint stays untouched."""
+
+    def on_train_end(self, trainer, pl_module):
+        if self.save_last and trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class LossCurve(pl.Callback):
+    """Record ``train/loss`` every step and plot it to ``<run folder>/loss_curve.png``
+    (every ``every_n_steps`` and at the end of training).  The run folder is the logger's
+    log_dir (falls back to the trainer's default_root_dir).  A dashed line marks ln 2, the
+    chance level of a bit."""
+
+    def __init__(self, every_n_steps: int = 50, key: str = "train/loss", chance: float | None = 0.6931471805599453):
+        self.every_n_steps, self.key, self.chance = every_n_steps, key, chance
+        self.steps: list[int] = []
+        self.values: list[float] = []
+
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps), "values": list(self.values)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.values = list(state["steps"]), list(state["values"])
+
+    @staticmethod
+    def run_dir(trainer: pl.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        value = trainer.callback_metrics.get(self.key)
+        if value is not None:
+            self.steps.append(trainer.global_step)
+            self.values.append(float(value))
+        if trainer.is_global_zero and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.plot(self.run_dir(trainer) / "loss_curve.png")
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.plot(self.run_dir(trainer) / "loss_curve.png")
+
+    def plot(self, path: Path) -> None:
+        if not self.values:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(self.steps, self.values, lw=0.8, alpha=0.5, label=self.key)
+        if len(self.values) >= 10:  # moving average makes the trend readable
+            w = max(2, len(self.values) // 20)
+            smooth = [sum(self.values[max(0, i - w + 1):i + 1]) / len(self.values[max(0, i - w + 1):i + 1])
+                      for i in range(len(self.values))]
+            ax.plot(self.steps, smooth, lw=1.5, label=f"moving average ({w})")
+        if self.chance is not None:
+            ax.axhline(self.chance, ls="--", c="gray", label="chance (ln 2)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=100)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a plot is meant to be shared
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            if os.path.exists(tmp):
+                os.remove(tmp)

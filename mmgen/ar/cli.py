@@ -1,0 +1,131 @@
+"""`mmgen ar fit | export | tokenize`.
+
+  mmgen ar fit --config train/tiny.yaml [--ckpt_path RUN/checkpoints/last.ckpt] [--trainer.strategy fsdp ...]
+  mmgen ar export CKPT OUTDIR [--no-ema]          -> OUTDIR/generator/ and OUTDIR/tokenizer/ (save_pretrained)
+  mmgen ar tokenize --tokenizer DIR --out CACHE [--dataset mmgen.data.MovingShapes --dataset-args '{...}']
+
+`fit` is a LightningCLI over ARModule + ARDataModule: every constructor argument is a YAML key
+(model.*, data.*, trainer.*); resuming loads the checkpoint with weights_only=True.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+# RunCheckpoint/LossCurve defaults every run gets (configs may add more callbacks).
+CHECKPOINT_EVERY = 200
+
+
+def _fit(argv: list[str]) -> int:
+    from lightning.pytorch.cli import LightningCLI
+
+    from .callbacks import LossCurve, RunCheckpoint
+    from .data import ARDataModule
+    from .training import ARModule, NonFiniteLossError
+
+    class _CLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            parser.add_argument("--ckpt_path", type=str | None, default=None,
+                                help="resume from this Lightning checkpoint (e.g. RUN/checkpoints/last.ckpt)")
+
+    # args= is how we hand LightningCLI our argv; its "also got sys.argv" warning does not apply.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    defaults = {"callbacks": [RunCheckpoint(save_last=True, every_n_train_steps=CHECKPOINT_EVERY),
+                              LossCurve(every_n_steps=50)]}
+    cli = _CLI(ARModule, ARDataModule, run=False, args=argv, trainer_defaults=defaults,
+               save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mmgen ar fit"})
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+    except NonFiniteLossError as err:
+        print(f"mmgen ar fit: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, ema: bool = True) -> Path:
+    """Write the generator (EMA weights when present and ``ema``) and its tokenizer as
+    ``save_pretrained`` folders OUT/generator and OUT/tokenizer (atomically replaced)."""
+    from mmgen.tokenizer.model import VideoTokenizer
+
+    from .model import VideoAR
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} not found")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if "generator_config" not in state:
+        raise ValueError(f"{ckpt} is not an ARModule checkpoint (no generator_config)")
+    weights = state["state_dict"]
+    use_ema = ema and any(k.startswith("ema.") for k in weights)
+    prefix = "ema." if use_ema else "model."
+    generator = VideoAR.from_config(state["generator_config"])
+    generator.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    tokenizer = VideoTokenizer.from_config(state["tokenizer_config"])
+    tokenizer.load_state_dict({k[len("tokenizer."):]: v for k, v in weights.items() if k.startswith("tokenizer.")})
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        generator.save_pretrained(tmp / "generator")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def _import(path: str):
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise SystemExit(f"mmgen ar tokenize: cannot import dataset class {path!r}: {err}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fit":
+        return _fit(argv[1:])
+    parser = argparse.ArgumentParser(prog="mmgen ar", description="Train, export and pre-tokenize for the VideoAR generator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fit", help="train (LightningCLI): mmgen ar fit --config train/tiny.yaml [--ckpt_path CKPT]",
+                   add_help=False)
+    ex = sub.add_parser("export", help="checkpoint -> save_pretrained folders (generator/, tokenizer/)")
+    ex.add_argument("ckpt")
+    ex.add_argument("out_dir")
+    ex.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA weights exist")
+    tk = sub.add_parser("tokenize", help="encode a dataset once into a latent cache (LatentCache)")
+    tk.add_argument("--tokenizer", required=True, help="folder of a saved VideoTokenizer")
+    tk.add_argument("--out", required=True, help="cache folder to write")
+    tk.add_argument("--dataset", default="mmgen.data.MovingShapes", help="dataset class (import path)")
+    tk.add_argument("--dataset-args", default='{"num_samples": 512}', help="JSON keyword arguments of the dataset")
+    tk.add_argument("--batch-size", type=int, default=8)
+    tk.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    if args.command == "export":
+        out = export_checkpoint(args.ckpt, args.out_dir, ema=not args.no_ema)
+        print(f"exported {args.ckpt} -> {out}/generator, {out}/tokenizer")
+        return 0
+    from .data import tokenize_dataset
+    from .training import load_tokenizer
+
+    try:
+        kwargs = json.loads(args.dataset_args)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"mmgen ar tokenize: --dataset-args is not valid JSON: {err}")
+    dataset = _import(args.dataset)(**kwargs)
+    out = tokenize_dataset(dataset, load_tokenizer(args.tokenizer), args.out, args.batch_size, device=args.device)
+    print(f"wrote latent cache {out} ({len(dataset)} samples)")
+    return 0

@@ -1,0 +1,121 @@
+"""Training data for VideoAR: a DataModule over any video dataset, and a pre-tokenized latent cache.
+
+Video datasets yield ``{"video": float [C, T, H, W] in [-1, 1], "caption": str, "label": int}``
+(MovingShapes, UCF-101, ...); the Lightning module encodes them with the frozen tokenizer.
+Encoding is the expensive part of a step for small generators, so ``mmgen ar tokenize``
+(:func:`tokenize_dataset`) can write the continuous latents once:
+
+    CACHE/meta.json                 {"num_samples", "latent_shape", "tokenizer": config, "shards": [...]}
+    CACHE/shard-00000.safetensors   "latent" float16 [N, d, t, h, w], "label" int64 [N]
+    CACHE/captions.jsonl            one JSON string per sample, in order
+
+Latents (not codes) are stored so that Cross-Frame Error Correction can re-quantise them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@torch.no_grad()
+def tokenize_dataset(dataset: Dataset, tokenizer, out_dir: str | Path, batch_size: int = 8,
+                     shard_size: int = 1024, device: str = "cpu", num_workers: int = 0) -> Path:
+    """Encode every sample of ``dataset`` with ``tokenizer`` and write a latent cache to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    shards, captions, lat, lab, shape, n = [], [], [], [], None, 0
+
+    def flush():
+        if not lat:
+            return
+        name = f"shard-{len(shards):05d}.safetensors"
+        tensors = {"latent": torch.cat(lat).contiguous(), "label": torch.cat(lab).contiguous()}
+        _atomic_write(out / name, lambda tmp: save_file(tensors, tmp))
+        shards.append(name)
+        lat.clear()
+        lab.clear()
+
+    for batch in tqdm(loader, desc="tokenize", unit="batch"):
+        z = tokenizer.encode(batch["video"].to(device).float()).half().cpu()
+        shape = list(z.shape[1:])
+        lat.append(z)
+        lab.append(torch.as_tensor(batch.get("label", torch.full((z.shape[0],), -1))).long())
+        captions += list(batch.get("caption", [""] * z.shape[0]))
+        n += z.shape[0]
+        if sum(x.shape[0] for x in lat) >= shard_size:
+            flush()
+    flush()
+    if n == 0:
+        raise ValueError("tokenize: the dataset is empty")
+    _atomic_write(out / "captions.jsonl",
+                  lambda tmp: Path(tmp).write_text("".join(json.dumps(c) + "\n" for c in captions)))
+    meta = {"num_samples": n, "latent_shape": shape, "tokenizer": dict(tokenizer.config), "shards": shards}
+    _atomic_write(out / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    return out
+
+
+class LatentCache(Dataset):
+    """Dataset over a cache written by :func:`tokenize_dataset`: {"latent", "caption", "label"}."""
+
+    def __init__(self, path: str):
+        root = Path(path)
+        meta_file = root / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"latent cache {root}: no meta.json; write one with `mmgen ar tokenize`")
+        self.meta = json.loads(meta_file.read_text())
+        latents, labels = [], []
+        for name in self.meta["shards"]:
+            shard = load_file(str(root / name))
+            latents.append(shard["latent"])
+            labels.append(shard["label"])
+        self.latents, self.labels = torch.cat(latents), torch.cat(labels)
+        self.captions = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
+        if not (len(self.latents) == len(self.labels) == len(self.captions) == self.meta["num_samples"]):
+            raise ValueError(f"latent cache {root} is inconsistent: {len(self.latents)} latents, "
+                             f"{len(self.captions)} captions, meta says {self.meta['num_samples']}")
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"latent": self.latents[i].float(), "caption": self.captions[i], "label": int(self.labels[i])}
+
+
+class ARDataModule(pl.LightningDataModule):
+    """Loaders for AR training.  ``train``/``val`` are any datasets yielding the dicts above
+    (in YAML: ``class_path`` + ``init_args``, e.g. mmgen.data.MovingShapes or mmgen.ar.data.LatentCache)."""
+
+    def __init__(self, train: Dataset, val: Dataset | None = None, batch_size: int = 8, num_workers: int = 0):
+        super().__init__()
+        self.train_set, self.val_set = train, val
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)

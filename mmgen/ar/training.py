@@ -1,0 +1,200 @@
+"""Lightning module for VideoAR: the frozen tokenizer, corruption, CFG dropout, losses, optimiser.
+
+The model (:class:`~mmgen.ar.model.VideoAR`) stays free of training code; this wrapper owns
+
+* the frozen tokenizer (encodes videos on the fly, or reads latents from a pre-tokenized cache),
+* Cross-Frame Error Correction (:mod:`mmgen.ar.corruption`) and Random Frame Mask,
+* classifier-free-guidance dropout of the condition,
+* the loss (bitwise BCE, or CE for an index head) and bit accuracy,
+* AdamW (fused on CUDA) with linear warm-up and cosine decay, optional EMA weights,
+* optional ``torch.compile`` of the blocks and gradient checkpointing,
+* a hard stop with a clear message when the loss stops being finite.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from .corruption import CorruptionConfig, corrupted_history
+from .model import VideoAR
+from .presets import preset_config
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training loss became NaN/inf; the last good checkpoint is left untouched."""
+
+
+def load_tokenizer(path: str | None = None, config: dict | None = None):
+    """Frozen VideoTokenizer from a save_pretrained directory, or an (untrained) one from a config."""
+    from mmgen.tokenizer.model import VideoTokenizer
+
+    if path is not None:
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"tokenizer directory {p} has no config.json; train and export a tokenizer "
+                                    f"(`mmgen tokenizer fit` then `mmgen tokenizer export`) and pass its folder")
+        tok = VideoTokenizer.from_pretrained(str(p))
+    else:
+        if config is None:
+            log.warning("no tokenizer path given: using an UNTRAINED default VideoTokenizer (smoke tests only)")
+        tok = VideoTokenizer.from_config(config or {})
+    tok.requires_grad_(False)
+    return tok.eval()
+
+
+def ar_loss(logits: torch.Tensor, targets: list[torch.Tensor], model: VideoAR) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, accuracy): bitwise BCE and bit accuracy, or CE and token accuracy for an index head."""
+    layout = model.layout(targets[0].shape[1])
+    target = layout.flatten_visual(targets)
+    if model.config.head == "bits":
+        bits01 = (target > 0).to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, bits01)
+        acc = ((logits > 0) == (target > 0)).float().mean()
+    else:
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        acc = (logits.argmax(-1) == target).float().mean()
+    return loss, acc
+
+
+class ARModule(pl.LightningModule):
+    """Train a VideoAR generator.
+
+    Args:
+      preset: name in mmgen.ar.presets.PRESETS (None = generator gives the full config).
+      generator: VideoAR config overrides (or the whole config without a preset).
+      tokenizer: folder of a saved VideoTokenizer (save_pretrained); tokenizer_config builds an
+        untrained one instead (tests / smoke runs).
+      lr, betas, weight_decay, warmup_steps, min_lr_ratio: AdamW + warm-up + cosine to min_lr_ratio*lr
+        over the trainer's total steps.  Weight decay applies to matrices only.
+      cond_dropout: probability of replacing a sample's condition by the null condition (CFG).
+      corruption: CorruptionConfig fields (enabled, p_min, p_max, delta, time_dependent, inherit, self_correct).
+      frame_mask_p: Random Frame Mask drop probability per past frame (0 = off; window = generator.frame_window).
+      ema_decay: keep an EMA copy of the weights (None = off); export prefers it.
+      compile_blocks: torch.compile each transformer block.
+      fused_adamw: None = fused kernels whenever the parameters live on CUDA.
+    """
+
+    def __init__(self, preset: str | None = "tiny", generator: dict | None = None, tokenizer: str | None = None,
+                 tokenizer_config: dict | None = None, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95),
+                 weight_decay: float = 0.05, warmup_steps: int = 100, min_lr_ratio: float = 0.1,
+                 cond_dropout: float = 0.1, corruption: dict | None = None, frame_mask_p: float = 0.0,
+                 ema_decay: float | None = None, compile_blocks: bool = False, fused_adamw: bool | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        config = preset_config(preset, **(generator or {})) if preset else dict(generator or {})
+        self.model = VideoAR(**config)
+        self.tokenizer = load_tokenizer(tokenizer, tokenizer_config)
+        self.model.check_tokenizer(self.tokenizer)
+        self.corruption = CorruptionConfig(**(corruption or {}))
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay else None
+        self._compiled = False
+
+    # the tokenizer is frozen: keep it in eval mode whatever Lightning asks
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tokenizer.eval()
+        if self.ema is not None:
+            self.ema.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if self.ema is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            raise ValueError("ema_decay is not supported with the FSDP strategy (sharded weights); "
+                             "set model.ema_decay: null or use strategy ddp")
+
+    def configure_model(self) -> None:
+        if self.hparams.compile_blocks and not self._compiled:
+            for block in self.model.blocks:
+                block.compile()
+            self._compiled = True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Plain-JSON configs so `mmgen ar export` can rebuild both models without the original
+        # tokenizer folder (and load with weights_only=True).
+        checkpoint["generator_config"] = json.loads(self.model.to_json_string())
+        checkpoint["tokenizer_config"] = json.loads(self.tokenizer.to_json_string())
+
+    # ------------------------------------------------------------------ data -> model inputs
+    @torch.no_grad()
+    def latents(self, batch: dict) -> torch.Tensor:
+        if "latent" in batch:
+            return batch["latent"].float()
+        with torch.autocast(self.device.type, enabled=False):
+            return self.tokenizer.encode(batch["video"].float())
+
+    def condition(self, batch: dict, dropout: float) -> torch.Tensor:
+        cond = batch["caption"] if self.model.config.cond == "text" else batch["label"]
+        tokens = self.model.condition_tokens(cond)
+        if dropout > 0:
+            drop = torch.rand(tokens.shape[0], device=tokens.device) < dropout
+            tokens = torch.where(drop[:, None], self.model.null_condition(tokens.shape[0]), tokens)
+        return tokens
+
+    def _step(self, batch: dict, train: bool):
+        z = self.latents(batch)
+        q = self.tokenizer.quantizer
+        corruption = self.corruption if train else CorruptionConfig(enabled=False)
+        targets, used = corrupted_history(q, z, corruption)
+        inputs = q.next_scale_inputs(used)
+        cond = self.condition(batch, self.hparams.cond_dropout if train else 0.0)
+        keep = None
+        if train and self.hparams.frame_mask_p > 0:
+            keep = self.model.layout(z.shape[2]).sample_frame_keep(z.shape[0], self.hparams.frame_mask_p)
+        logits = self.model(cond, inputs, keep)
+        return ar_loss(logits, targets, self.model)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch, batch_idx):
+        loss, acc = self._step(batch, train=True)
+        if not torch.isfinite(loss):
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            raise NonFiniteLossError(f"training loss became {loss.item()} at step {self.global_step}; stopping. "
+                                     f"Last good checkpoint: {ckpt} (not overwritten). Lower the lr or check the data.")
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", acc, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, acc = self._step(batch, train=False)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/acc", acc, sync_dist=True)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            decay = self.hparams.ema_decay
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p.detach().to(e.dtype), 1 - decay)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        fused = hp.fused_adamw
+        if fused is None:
+            fused = all(p.is_cuda and type(p.data) is torch.Tensor for p in decay + no_decay)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=hp.lr, betas=tuple(hp.betas), fused=bool(fused))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup, floor = max(0, hp.warmup_steps), hp.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,149 @@
+"""ARModule + `mmgen ar` CLI: learning on a fixed batch, fit/resume/export, NaN stop, latent cache."""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from mmgen.ar import VideoAR
+from mmgen.ar.cli import main
+from mmgen.ar.training import ARModule, NonFiniteLossError
+
+TOK = dict(base_channels=8, latent_dim=16, sample_size=32, scales=[1, 2, 4], num_frames=5)
+GEN = dict(bits=16, scales=[[1, 1], [2, 2], [4, 4]], num_frames=2, width=64, depth=2, heads=4,
+           cond="text", max_text_len=88)
+
+
+def _batch(n=4):
+    from mmgen.data import MovingShapes
+
+    ds = MovingShapes(n, size=32, num_frames=5, seed=0)
+    items = [ds[i] for i in range(n)]
+    return {"video": torch.stack([s["video"] for s in items]), "caption": [s["caption"] for s in items],
+            "label": torch.tensor([s["label"] for s in items])}
+
+
+def test_module_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    module = ARModule(preset=None, generator=GEN, tokenizer_config=TOK, cond_dropout=0.0,
+                      corruption={"enabled": False})
+    batch = _batch()
+    opt = torch.optim.AdamW(module.model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss, _ = module._step(batch, train=True)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(first - math.log(2)) < 1e-3
+    assert loss.item() < 0.6, loss.item()  # memorising: clearly below chance (ln 2 = 0.693)
+
+
+def _config(tmp_path, **trainer):
+    cfg = {
+        "seed_everything": 0,
+        "model": {"preset": None, "generator": GEN, "tokenizer_config": TOK, "warmup_steps": 2,
+                  "ema_decay": 0.9},
+        "data": {"train": {"class_path": "mmgen.data.MovingShapes",
+                           "init_args": {"num_samples": 8, "size": 32, "num_frames": 5}},
+                 "batch_size": 4},
+        "trainer": {"accelerator": "cpu", "max_steps": 3, "default_root_dir": str(tmp_path / "run"),
+                    "log_every_n_steps": 1, "enable_progress_bar": False, "logger": {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": str(tmp_path / "run")}}, **trainer},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_fit_resume_export(tmp_path):
+    cfg = _config(tmp_path)
+    assert main(["fit", "--config", str(cfg)]) == 0
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (run / "loss_curve.png").stat().st_size > 1000
+    # resume for two more steps: global step continues from 3
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "5", "--ckpt_path", str(last)]) == 0
+    resumed = torch.load(tmp_path / "run" / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt",
+                         weights_only=True)
+    assert resumed["global_step"] == 5
+    assert main(["export", str(last), str(tmp_path / "export")]) == 0
+    gen = VideoAR.from_pretrained(tmp_path / "export" / "generator")
+    assert gen.config.width == 64
+    assert json.loads((tmp_path / "export" / "tokenizer" / "config.json").read_text())["sample_size"] == 32
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert torch.equal(gen.state_dict()["out_proj.weight"], state["ema.out_proj.weight"])
+
+
+def test_nan_loss_stops_with_message_and_keeps_no_bad_checkpoint(tmp_path):
+    import lightning.pytorch as pl
+
+    from mmgen.ar.data import ARDataModule
+    from mmgen.data import MovingShapes
+
+    module = ARModule(preset=None, generator=GEN, tokenizer_config=TOK)
+    with torch.no_grad():
+        module.model.out_proj.weight.fill_(float("nan"))
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, default_root_dir=str(tmp_path), logger=False,
+                         enable_progress_bar=False)
+    data = ARDataModule(MovingShapes(8, size=32, num_frames=5), batch_size=4)
+    with pytest.raises(NonFiniteLossError, match="step 0"):
+        trainer.fit(module, datamodule=data)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_latent_cache_roundtrip(tmp_path):
+    from mmgen.ar.data import LatentCache, tokenize_dataset
+    from mmgen.ar.training import load_tokenizer
+    from mmgen.data import MovingShapes
+
+    tok = load_tokenizer(config=TOK)
+    ds = MovingShapes(5, size=32, num_frames=5)
+    tokenize_dataset(ds, tok, tmp_path / "cache", batch_size=2, shard_size=2)
+    cache = LatentCache(str(tmp_path / "cache"))
+    assert len(cache) == 5 and len(cache.meta["shards"]) == 3
+    item = cache[3]
+    assert item["caption"] == ds[3]["caption"] and item["label"] == ds[3]["label"]
+    with torch.no_grad():
+        z = tok.encode(ds[3]["video"][None])[0]
+    assert torch.allclose(item["latent"], z, atol=2e-2 * z.abs().max().item())
+    with pytest.raises(FileNotFoundError, match="mmgen ar tokenize"):
+        LatentCache(str(tmp_path / "nothing"))
+
+
+def test_missing_tokenizer_folder_is_named(tmp_path):
+    from mmgen.ar.training import load_tokenizer
+
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_tokenizer(str(tmp_path / "tok"))
+
+
+@pytest.mark.parametrize("name", ["tiny", "videoar_l_ucf101", "videoar_xl_ucf101"])
+def test_training_configs_parse(name, capsys):
+    from pathlib import Path
+
+    cfg = Path(__file__).parents[1] / "train" / f"{name}.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(cfg), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["preset"] in ("tiny", "videoar-l", "videoar-xl")
+
+
+def test_run_checkpoint_keeps_the_final_step(tmp_path):
+    import lightning.pytorch as pl
+
+    from mmgen.ar.callbacks import RunCheckpoint
+    from mmgen.ar.data import ARDataModule
+    from mmgen.data import MovingShapes
+
+    module = ARModule(preset=None, generator=GEN, tokenizer_config=TOK)
+    ckpt = RunCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False, callbacks=[ckpt])
+    trainer.fit(module, datamodule=ARDataModule(MovingShapes(8, size=32, num_frames=5), batch_size=2))
+    # a plain ModelCheckpoint would have left last.ckpt at step 2
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))
