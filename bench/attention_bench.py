@@ -9,11 +9,15 @@ Rows (same q/k/v, same layout):
   flex + block mask     mmgen.nn.attention(backend="flex"): compiled on CUDA, skips masked tiles
 Times are medians over --iters runs after warm-up, forward only or forward+backward (--backward).
 The block mask is built once per layout (its build time is printed separately).
+``--json PATH`` also writes the rows for bench/gpu_check.sh.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -40,6 +44,15 @@ def _time(fn, device, iters, warmup):
     return statistics.median(times)
 
 
+def write_json(path: str, payload: dict) -> None:
+    """Atomic write (temp file in the same folder + os.replace)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +66,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=5 if cuda else 1)
     p.add_argument("--backward", action="store_true", help="time forward+backward")
     p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -91,10 +105,19 @@ def main(argv=None):
           f"(once per layout); max |flex - sdpa| = {err:.2e}")
     print(f"{'kernel':<20} {'ms':>10} {'vs dense':>9}")
     base = None
+    results = []
     for name, fn in rows:
         t = _time(fn, device, args.iters, args.warmup)
         base = base or t
         print(f"{name:<20} {t * 1e3:>10.3f} {t / base:>8.2f}x")
+        results.append({"kernel": name, "ms": t * 1e3, "vs_dense": t / base})
+    if args.json:
+        write_json(args.json, {
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "dtype": str(dtype), "L": L, "frames": args.frames,
+            "scales": args.scales, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
+            "pass": "fwd+bwd" if args.backward else "fwd", "allowed_fraction": allowed / L / L,
+            "block_mask_build_ms": build_ms, "max_abs_err_flex_vs_sdpa": float(err), "rows": results})
 
 
 if __name__ == "__main__":
