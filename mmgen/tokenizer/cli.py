@@ -1,0 +1,211 @@
+"""`mmgen tokenizer fit | export | reconstruct`.
+
+* ``fit``: Lightning CLI (``--config tokenizers/x.yaml``, ``--ckpt_path`` to resume, any
+  ``--trainer.*`` / ``--model.*`` / ``--data.*`` override). The run folder is
+  ``trainer.default_root_dir``: logs (CSV), ``checkpoints/`` and the resolved ``config.yaml``.
+* ``export CKPT OUTDIR``: a Lightning checkpoint -> a pretrained folder
+  (``VideoTokenizer.from_pretrained(OUTDIR)``).
+* ``reconstruct --model DIR --input VIDEO_OR_DIR --out DIR``: side-by-side
+  original | reconstruction videos plus a PSNR / SSIM table (``metrics.csv``, ``metrics.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+EXPORT_HELP = "convert a training checkpoint into a pretrained folder"
+RECON_HELP = "reconstruct videos and report PSNR / SSIM"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fit":
+        return _fit(argv[1:])
+    parser = argparse.ArgumentParser(prog="mmgen tokenizer", description="train, export and test the video tokenizer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fit", help="train (Lightning CLI: `mmgen tokenizer fit --help`)", add_help=False)
+    ex = sub.add_parser("export", help=EXPORT_HELP, description=EXPORT_HELP)
+    ex.add_argument("ckpt", help="Lightning checkpoint (.ckpt) written by `mmgen tokenizer fit`")
+    ex.add_argument("outdir", help="output folder (config.json + diffusion_pytorch_model.safetensors)")
+    rc = sub.add_parser("reconstruct", help=RECON_HELP, description=RECON_HELP)
+    rc.add_argument("--model", required=True, help="pretrained tokenizer folder (from `export`)")
+    rc.add_argument("--input", required=True, help="a video file or a folder of videos")
+    rc.add_argument("--out", required=True, help="output folder")
+    rc.add_argument("--frames", type=int, default=None, help="frames per clip (1+4k; default: the model's num_frames)")
+    rc.add_argument("--size", type=int, default=None, help="resize+centre-crop to this square size (default: model's)")
+    rc.add_argument("--chunk-frames", type=int, default=None, help="encode/decode in temporal chunks (memory)")
+    rc.add_argument("--fps", type=float, default=8)
+    rc.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        export(args.ckpt, args.outdir)
+        print(f"exported {args.ckpt} -> {args.outdir}")
+        return 0
+    return _reconstruct(args)
+
+
+# ---------------------------------------------------------------------------- fit
+def _fit(argv: list[str]) -> int:
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    from mmgen.tokenizer.model import config_mismatches, resolved_config
+    from mmgen.tokenizer.module import NonFiniteLossError, TokenizerModule
+
+    class TokenizerCLI(LightningCLI):
+        def _parse_ckpt_path(self) -> None:
+            # Lightning silently replaces the model arguments by the checkpoint's on resume; a
+            # config whose tokenizer differs from the checkpoint's is a mistake worth naming.
+            sub = self.config.get("subcommand")
+            ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+            if ckpt_path and Path(ckpt_path).is_file():
+                ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+                saved = ckpt.get("tokenizer_config") or ckpt.get("hyper_parameters", {}).get("tokenizer")
+                wanted = self.config[sub].model.get("tokenizer")
+                bad = config_mismatches(resolved_config(saved), resolved_config(wanted))
+                if bad:
+                    raise ValueError(f"{ckpt_path} was trained with another tokenizer config: " + "; ".join(bad))
+            super()._parse_ckpt_path()
+
+    try:
+        with warnings.catch_warnings():
+            # We pass args on purpose (the `mmgen tokenizer` prefix is not Lightning's).
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            TokenizerCLI(
+                TokenizerModule,
+                L.LightningDataModule,
+                subclass_mode_data=True,
+                args=["fit", *argv],
+                save_config_kwargs={"overwrite": True},
+                seed_everything_default=0,
+                parser_kwargs={"prog": "mmgen tokenizer"},
+            )
+    except NonFiniteLossError as err:
+        print(f"mmgen tokenizer fit: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------- export
+def load_checkpoint_tokenizer(ckpt: str):
+    """Build the VideoTokenizer stored in a ``mmgen tokenizer fit`` checkpoint."""
+    from mmgen.tokenizer.model import VideoTokenizer
+
+    if not os.path.isfile(ckpt):
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    config = state.get("tokenizer_config")
+    if config is None:
+        raise ValueError(f"{ckpt}: no 'tokenizer_config' in the checkpoint (not written by `mmgen tokenizer fit`)")
+    model = VideoTokenizer(**config)
+    weights = {k.removeprefix("tokenizer."): v for k, v in state["state_dict"].items() if k.startswith("tokenizer.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt}: weights do not fit its config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval()
+
+
+def export(ckpt: str, outdir: str) -> None:
+    """Write ``outdir`` (replacing it) atomically: save into a sibling temp folder, then rename."""
+    model = load_checkpoint_tokenizer(ckpt)
+    out = Path(outdir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- reconstruct
+def _videos(path: str) -> list[Path]:
+    from mmgen.data.folder import scan_videos
+
+    p = Path(path)
+    if p.is_dir():
+        files = scan_videos(p)
+        if not files:
+            raise FileNotFoundError(f"no video files in {p}")
+        return files
+    if not p.is_file():
+        raise FileNotFoundError(f"input not found: {p}")
+    return [p]
+
+
+def _prepare(frames: torch.Tensor, num_frames: int, size: int, step: int) -> torch.Tensor:
+    """uint8 [T,H,W,C] -> float [1,C,T',H',W'] in [-1,1]: 1+step*k frames, square centre crop."""
+    from mmgen.io import resize_video
+
+    t = min(num_frames, frames.shape[0])
+    t = 1 + (t - 1) // step * step
+    frames = resize_video(frames[:t], size)  # shorter side = size
+    h, w = frames.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    frames = frames[:, top : top + size, left : left + size]
+    return (frames.permute(3, 0, 1, 2).float() / 127.5 - 1.0)[None]
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu()
+
+
+@torch.no_grad()
+def _reconstruct(args: argparse.Namespace) -> int:
+    from mmgen.io import read_video, write_video
+    from mmgen.tokenizer.model import VideoTokenizer
+    from mmgen.tokenizer.quality import psnr, ssim
+
+    model = VideoTokenizer.from_pretrained(args.model, low_cpu_mem_usage=False).to(args.device).eval()
+    num_frames = args.frames or model.config.num_frames
+    model.latent_frames(num_frames)  # validates 1 + 4k
+    size = args.size or model.config.sample_size
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in _videos(args.input):
+        x = _prepare(read_video(path), num_frames, size, model.temporal_compression).to(args.device)
+        z = model.encode(x, chunk_frames=args.chunk_frames)
+        rec = model.decode(model.quantize(z).z_q, chunk_frames=args.chunk_frames).clamp(-1, 1)
+        side = torch.cat([_to_uint8(x), _to_uint8(rec)], dim=2)  # original | reconstruction
+        name = f"{path.stem}_recon.mp4"
+        write_video(out / name, side, fps=args.fps)
+        rows.append({"video": str(path), "output": name, "frames": x.shape[2],
+                     "psnr": float(psnr(rec, x)[0]), "ssim": float(ssim(rec, x)[0])})
+        print(f"{path.name}: PSNR {rows[-1]['psnr']:.2f} dB  SSIM {rows[-1]['ssim']:.4f}")
+    overall = {"videos": len(rows), "psnr": sum(r["psnr"] for r in rows) / len(rows),
+               "ssim": sum(r["ssim"] for r in rows) / len(rows)}
+    _write_tables(out, rows, overall)
+    print(f"overall ({len(rows)} videos): PSNR {overall['psnr']:.2f} dB  SSIM {overall['ssim']:.4f}  -> {out}")
+    return 0
+
+
+def _write_tables(out: Path, rows: list[dict], overall: dict) -> None:
+    from mmgen.io import atomic_path
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    writer.writerow({"video": "OVERALL", "output": "", "frames": "", "psnr": overall["psnr"], "ssim": overall["ssim"]})
+    for name, text in (("metrics.csv", buf.getvalue()),
+                       ("metrics.json", json.dumps({"videos": rows, "overall": overall}, indent=2))):
+        with atomic_path(out / name) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
