@@ -1,0 +1,307 @@
+"""Group-by-group sampling of a VideoAR model (VideoAR section 7).
+
+A video is decoded one *group* (all tokens of one scale of one latent frame) per
+transformer step: ``1 + F*K`` forward calls for ``F`` latent frames of ``K`` scales (the
+prefix is one call). For group (t, k) the model sees
+
+* k = 0: the previous frame's full latent, down-sampled to scale 0 (zeros for frame 0);
+* k > 0: the sum of frame t's scales so far, at full size, down-sampled to scale k,
+
+which is exactly what ``quantizer.next_scale_inputs`` builds for teacher forcing.
+
+Two interchangeable steppers produce the logits of one group:
+
+* :class:`CachedStepper` — the fast path: KV cache, one forward over the new group only.
+  With a model trained with a frame window ``w`` (Random Frame Mask), the keys/values of
+  frames older than ``w`` are evicted, so memory stays bounded however long the video.
+* :class:`RecomputeStepper` — the reference: the full teacher-forced forward over the
+  whole sequence at every step (not-yet-generated groups are zeros; the group-causal mask
+  makes them irrelevant). Parity tests compare the two sample for sample.
+
+Classifier-free guidance runs conditional and unconditional rows in ONE batch of ``2B``
+rows; the guided logits pick the bits, which then feed both halves.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mmgen.ar.guidance import GuidanceSchedule, TemperatureSchedule, apply_cfg, split_cfg_batch
+from mmgen.ar.layout import GroupLayout
+from mmgen.ar.model import ARCache, VideoAR
+from mmgen.nn import KVCache
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+# --------------------------------------------------------------------------- bits
+def _uniform(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
+    """Uniform draws in [0, 1); with one generator per row each row's draws do not depend
+    on what else is in the batch, so a video is the same alone or in a batch of 8."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        rows = [torch.rand(shape[1:], generator=g, device=g.device) for g in generator]
+        return torch.stack(rows).to(device)
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def sample_bits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0,
+                generator: Generators = None) -> torch.Tensor:
+    """Sample independent bits in {-1., +1.} from one logit per bit (``P(+1) = sigmoid``).
+
+    Args:
+        logits: ``[B, ...]`` bit logits (any trailing shape).
+        temperature: divides the logits; ``0`` is greedy (``+1`` where ``logit >= 0``).
+        top_p: nucleus sampling over a bit's two outcomes: when the likelier outcome alone
+            holds ``>= top_p`` of the mass it is taken deterministically, so only uncertain
+            bits are sampled. ``1`` disables it. (Top-k is not offered: with two outcomes
+            per bit, k=1 is greedy = ``temperature=0`` and k=2 changes nothing.)
+        generator: one ``torch.Generator``, one per row, or ``None`` (global RNG).
+
+    Uniform draws are made for every bit whatever the settings, so the random stream — and
+    therefore every later group — depends only on the seed and the shapes.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.float()
+    u = _uniform(tuple(logits.shape), generator, logits.device)
+    greedy = logits >= 0
+    if temperature == 0:
+        bits = greedy
+    else:
+        p_one = torch.sigmoid(logits / temperature)
+        bits = u < p_one
+        if top_p < 1.0:
+            confident = torch.maximum(p_one, 1.0 - p_one) >= top_p
+            bits = torch.where(confident, greedy, bits)
+    return bits.float() * 2.0 - 1.0
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample; every field is plain config (see :meth:`from_dict`).
+
+    guidance: CFG schedule (:class:`GuidanceSchedule` or anything its ``parse`` takes).
+    temperature: per-scale temperature (:class:`TemperatureSchedule` or its ``parse`` input).
+    top_p: per-bit nucleus threshold (see :func:`sample_bits`).
+    use_cache: KV-cached decoding (fast) or full recomputation per group (reference).
+    window: frames of keys/values kept; ``None`` = the model's ``frame_window`` (all frames
+        if the model has none). Must not exceed what the model was trained to see.
+    """
+
+    guidance: GuidanceSchedule = field(default_factory=GuidanceSchedule)
+    temperature: TemperatureSchedule = field(default_factory=TemperatureSchedule)
+    top_p: float = 1.0
+    use_cache: bool = True
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "guidance", GuidanceSchedule.parse(self.guidance))
+        object.__setattr__(self, "temperature", TemperatureSchedule.parse(self.temperature))
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.window is not None and int(self.window) < 1:
+            raise ValueError(f"window must be >= 1 or None, got {self.window}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SamplerSettings":
+        d = dict(d or {})
+        unknown = sorted(set(d) - {"guidance", "temperature", "top_p", "use_cache", "window"})
+        if unknown:
+            raise ValueError(f"unknown sampler setting(s) {unknown}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {"guidance": self.guidance.to_dict(), "temperature": self.temperature.to_dict(),
+                "top_p": float(self.top_p), "use_cache": bool(self.use_cache), "window": self.window}
+
+
+# --------------------------------------------------------------------------- steppers
+def _compute_dtype(model: VideoAR) -> torch.dtype:
+    """The dtype keys/values come out in: autocast's when it is on, else the weights'."""
+    dev = model.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else model.dtype
+
+
+class CachedStepper:
+    """Logits of one group at a time from a KV cache (prefix fed once by the constructor).
+
+    With ``window`` set, the cache holds the prefix plus at most ``window + 1`` frames; the
+    keys/values of the oldest frame are dropped when frame ``t`` starts (it may see frames
+    ``t - window .. t``, the layout's structural window). Every cached token is then visible,
+    so the model attends to the whole cache with no mask, and positions still come from the
+    absolute layout (rotary positions keep growing with t).
+    """
+
+    def __init__(self, model: VideoAR, cond_tokens: torch.Tensor, num_frames: int, window: int | None,
+                 kv_dtype: torch.dtype | None = None):
+        self.model, self.window = model, window
+        rows = cond_tokens.shape[0]
+        if window is None:
+            self.cache = model.new_cache(rows, num_frames, dtype=kv_dtype)
+        else:
+            # No structural window in the cache's layout: eviction enforces it instead.
+            layout = GroupLayout(model.prefix_len, num_frames, model.scales, model.config.pos_mode, window=None)
+            kept = min(num_frames, window + 1)
+            max_len = layout.prefix_len + kept * layout.tokens_per_frame
+            dtype = kv_dtype or _compute_dtype(model)
+            head_dim = model.config.width // model.config.heads
+            layers = [KVCache(rows, model.config.heads, max_len, head_dim, dtype, model.device)
+                      for _ in model.blocks]
+            self.cache = ARCache(layout, layers, rows)
+        self.tokens_per_frame = self.cache.layout.tokens_per_frame
+        self.frames_cached = 0
+        model.prefill(self.cache, cond_tokens)
+
+    def start_frame(self, t: int) -> None:
+        if self.window is not None and self.frames_cached > self.window:
+            self._evict_oldest_frame()
+        self.frames_cached += 1
+
+    def _evict_oldest_frame(self) -> None:
+        P, n = self.cache.layout.prefix_len, self.tokens_per_frame
+        for kv in self.cache.layers:
+            keep = slice(P + n, kv.length)
+            # clone: source and destination ranges overlap
+            kv.k[:, :, P:kv.length - n] = kv.k[:, :, keep].clone()
+            kv.v[:, :, P:kv.length - n] = kv.v[:, :, keep].clone()
+            kv.length -= n
+        self.frames_cached -= 1
+
+    def logits(self, inputs: torch.Tensor, t: int, k: int) -> torch.Tensor:
+        return self.model.forward_group(self.cache, inputs, t, k)
+
+
+class RecomputeStepper:
+    """Reference: the full teacher-forced forward over every group at each step."""
+
+    def __init__(self, model: VideoAR, cond_tokens: torch.Tensor, num_frames: int, window: int | None = None):
+        if window != model.config.frame_window:
+            raise ValueError(f"the recompute reference decodes with the model's own frame window "
+                             f"({model.config.frame_window}), not {window}")
+        self.model, self.cond = model, cond_tokens
+        rows, d = cond_tokens.shape[0], model.config.bits
+        self.inputs = [torch.zeros(rows, num_frames, h, w, d, device=model.device) for h, w in model.scales]
+        self.layout = model.layout(num_frames)
+
+    def start_frame(self, t: int) -> None:
+        pass
+
+    @torch.no_grad()
+    def logits(self, inputs: torch.Tensor, t: int, k: int) -> torch.Tensor:
+        self.inputs[k][:, t] = inputs
+        return self.model(self.cond, self.inputs)[:, self.layout.visual_slice(t, k)]
+
+
+# --------------------------------------------------------------------------- decoding loop
+def effective_window(model: VideoAR, window: int | None) -> int | None:
+    """Frames of history kept while decoding: ``window`` if given, else the model's trained
+    ``frame_window`` (``None`` = all). A window is only allowed when the model was trained
+    with one, and never wider than that one: the model has not learned to look further."""
+    trained = model.config.frame_window
+    if window is None:
+        return trained
+    if trained is None:
+        raise ValueError("this model was trained without a frame window (Random Frame Mask), so it needs "
+                         "every past frame; for long videos chain continuations (VideoARPipeline.extend)")
+    if window > trained:
+        raise ValueError(f"window {window} exceeds the model's trained frame window {trained}")
+    return int(window)
+
+
+FrameCallback = Callable[[int, list[torch.Tensor]], None]
+
+
+def forward_steps(num_frames: int, num_scales: int) -> int:
+    """Transformer calls per video: one for the prefix plus one per (frame, scale) group."""
+    return 1 + num_frames * num_scales
+
+
+@torch.no_grad()
+def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: SamplerSettings | None = None,
+                 generator: Generators = None, context: Sequence[torch.Tensor] | None = None,
+                 on_frame: FrameCallback | None = None, keep_codes: bool = True,
+                 progress: Callable[[int], None] | None = None,
+                 kv_dtype: torch.dtype | None = None) -> list[torch.Tensor] | None:
+    """Sample the bit codes of ``num_frames`` latent frames for a batch of conditions.
+
+    Args:
+        model: a :class:`VideoAR` with a bit head.
+        quantizer: the tokenizer's (bitwise) quantizer: ``dequant_up`` / ``down_to``.
+        cond: prompts or class ids (one per video), or prefix tokens Long [B, P].
+        num_frames: latent frames to produce (context frames included).
+        settings: :class:`SamplerSettings` (default: no CFG, temperature 1, cached).
+        generator: one ``torch.Generator`` or one per video (reproducible per video).
+        context: codes of the first ``t0`` latent frames (list[K] of [B, t0, h_k, w_k, d]) to
+            continue from — teacher-forced, not sampled (video extension).
+        on_frame: called as ``on_frame(t, [codes of frame t per scale, each [B, 1, h_k, w_k, d]])``
+            when frame t is complete (streaming).
+        keep_codes: return all codes; ``False`` keeps nothing (streaming, bounded memory).
+        progress: called with 1 after each transformer step.
+        kv_dtype: storage dtype of the KV cache (default: the compute dtype; bf16 on GPU halves it).
+
+    Returns:
+        list[K] of ``{-1, +1}`` float codes ``[B, num_frames, h_k, w_k, d]`` (or ``None``).
+    """
+    settings = settings or SamplerSettings()
+    if model.config.head != "bits":
+        raise ValueError("sample_codes samples bits; this model has an index head")
+    scales, K = model.scales, len(model.scales)
+    if [tuple(s) for s in quantizer.scales] != scales:
+        raise ValueError(f"quantizer scales {quantizer.scales} != model scales {scales}")
+    window = effective_window(model, settings.window)
+    tokens = model.condition_tokens(cond)
+    B = tokens.shape[0]
+    use_cfg = not settings.guidance.is_disabled()
+    rows = torch.cat([tokens, model.null_condition(B)]) if use_cfg else tokens
+    context_frames = 0 if context is None else int(context[0].shape[1])
+    if context is not None:
+        if len(context) != K or any(c.shape[0] != B for c in context):
+            raise ValueError(f"context must be {K} code tensors with batch {B}")
+        if context_frames > num_frames:
+            raise ValueError(f"context has {context_frames} latent frames, more than the {num_frames} requested")
+
+    if settings.use_cache:
+        stepper = CachedStepper(model, rows, num_frames, window, kv_dtype)
+    else:
+        stepper = RecomputeStepper(model, rows, num_frames, window)
+    if progress:
+        progress(1)
+
+    d, (H, W) = quantizer.bits, scales[-1]
+    device = model.device
+    previous = torch.zeros(B, 1, d, H, W, device=device)  # full latent of frame t-1 ([B, t, d, h, w])
+    codes: list[list[torch.Tensor]] = [[] for _ in range(K)]
+    for t in range(num_frames):
+        stepper.start_frame(t)
+        f_hat = torch.zeros_like(previous)
+        frame_codes = []
+        for k in range(K):
+            x = quantizer.down_to(previous if k == 0 else f_hat, k)[:, 0]  # [B, h_k, w_k, d]
+            logits = stepper.logits(torch.cat([x, x]) if use_cfg else x, t, k)
+            h, w = scales[k]
+            if t < context_frames:
+                bits = context[k][:, t:t + 1].to(device=device, dtype=torch.float32)
+            else:
+                if use_cfg:
+                    logits = apply_cfg(*split_cfg_batch(logits, B), settings.guidance(t, k, num_frames, K))
+                tau = settings.temperature(t, k, num_frames, K)
+                bits = sample_bits(logits, tau, settings.top_p, generator).view(B, 1, h, w, d)
+            f_hat = f_hat + quantizer.dequant_up(bits, k)
+            frame_codes.append(bits)
+            if progress:
+                progress(1)
+        previous = f_hat
+        if on_frame is not None:
+            on_frame(t, frame_codes)
+        if keep_codes:
+            for k in range(K):
+                codes[k].append(frame_codes[k])
+    return [torch.cat(c, dim=1) for c in codes] if keep_codes else None

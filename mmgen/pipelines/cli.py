@@ -1,0 +1,343 @@
+"""`mmgen sample` and `mmgen extend`.
+
+    mmgen sample [--model DIR] (--prompt TEXT ... | --prompts-file F | --class-id N ...)
+                 [--num-frames 17] --out DIR [--grid] [--gif] [--seed S] [--config YAML]
+    mmgen extend [--model DIR] --video V (a clip or an image) --seconds S --out F.mp4
+
+Without ``--model`` the default model shipped in the package (``mmgen/assets/default``) is
+used. Everything that can be checked before sampling is checked first (model folder,
+prompts, frame count, output folder), so a mistake costs a second and writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from mmgen.pipelines.outputs import (
+    FrameStreamWriter,
+    check_writable_dir,
+    check_writable_file,
+    round_num_frames,
+    sidecar,
+    slug,
+    write_sample,
+)
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default"
+BUILD_HINT = "build it with scripts/build_default_model.sh or pass --model DIR"
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """The model folder to load: ``--model`` or the shipped default; clear error if unusable."""
+    if model is None:
+        path = DEFAULT_MODEL
+        if not (path / "model_index.json").is_file():
+            raise CliError(f"the default model is missing ({path / 'model_index.json'} not found); {BUILD_HINT}")
+        return path
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise CliError(f"model folder {path} does not exist")
+    if not (path / "model_index.json").is_file():
+        raise CliError(f"{path} is not a VideoAR pipeline folder: {path / 'model_index.json'} is missing "
+                       f"(save one with VideoARPipeline.save_pretrained)")
+    return path
+
+
+def read_prompts_file(path: str) -> list[str]:
+    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise CliError(f"prompts file {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"prompts file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise CliError(f"prompts file {path} holds no prompts")
+    return prompts
+
+
+def load_settings(path: str | None) -> dict:
+    """Sampling settings from a YAML file (keys: guidance, temperature, top_p, window, batch_size)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise CliError(f"sampling config {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise CliError(f"sampling config {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"sampling config {path} must be a mapping, got {type(data).__name__}")
+    known = {"guidance", "temperature", "top_p", "window", "batch_size"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CliError(f"sampling config {path}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return data
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="pipeline folder (default: the model shipped with mmgen)")
+    p.add_argument("--config", help="sampling settings YAML (guidance, temperature, top_p, window, batch_size)")
+    p.add_argument("--guidance", help="CFG schedule: a number, 'adaptive[:1:5:10]' or 'linear[:5:3]' "
+                   "(default: the model's)")
+    p.add_argument("--temperature", help="sampling temperature: a number or 'coarse:fine' (default: the model's)")
+    p.add_argument("--top-p", type=float, help="per-bit nucleus threshold in (0, 1] (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first video; video i uses seed + i")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    settings = load_settings(args.config)
+    for key in ("guidance", "temperature", "top_p"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def _load_pipeline(args: argparse.Namespace):
+    from mmgen.pipelines.videoar import VideoARPipeline
+
+    model_dir = resolve_model_dir(args.model)
+    try:
+        # without `accelerate` diffusers would warn on every load that it falls back to this
+        pipe = VideoARPipeline.from_pretrained(str(model_dir), low_cpu_mem_usage=_has_accelerate())
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"cannot load the model from {model_dir}: {exc}") from None
+    return pipe.to(args.device), model_dir
+
+
+def _has_accelerate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def _model_name(args: argparse.Namespace, model_dir: Path) -> str:
+    return "default" if args.model is None else str(model_dir)
+
+
+# --------------------------------------------------------------------------- sample
+def build_sample_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmgen sample", description="Generate videos from prompts or class ids.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", action="append", help="text prompt (repeat for several)")
+    what.add_argument("--prompts-file", help="text file, one prompt per line ('#' starts a comment)")
+    what.add_argument("--class-id", type=int, action="append", help="class id (repeat for several)")
+    p.add_argument("--num-frames", type=int, default=17, help="frames per video (rounded up to 1 + 4k)")
+    p.add_argument("--num-per-prompt", type=int, default=1, help="videos per prompt / class id")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--grid", action="store_true", help="also write all videos tiled as grid.mp4")
+    p.add_argument("--gif", action="store_true", help="also write a .gif of every video")
+    p.add_argument("--batch-size", type=int, help="videos per batched decode (default 8)")
+    p.add_argument("--stream", action="store_true",
+                   help="also write each video's frames as PNGs (<name>_frames/) the moment they are decoded")
+    _add_common(p)
+    return p
+
+
+def sample_main(argv: list[str] | None = None) -> int:
+    args = build_sample_parser().parse_args(argv)
+    try:
+        return _sample(args)
+    except CliError as exc:
+        print(f"mmgen sample: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from mmgen.pipelines.videoar import to_uint8_videos
+
+    if args.num_per_prompt < 1:
+        raise CliError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
+    settings = _settings(args)
+    batch_size = args.batch_size or int(settings.pop("batch_size", 8))
+    if batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {batch_size}")
+    prompts = args.prompt or (read_prompts_file(args.prompts_file) if args.prompts_file else None)
+    class_ids = args.class_id
+    try:
+        out_dir = check_writable_dir(args.out)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    pipe, model_dir = _load_pipeline(args)
+    try:
+        if prompts is not None:
+            pipe.check_prompts(prompts)
+        else:
+            pipe.check_class_labels(class_ids)
+        sampler_settings = pipe.resolve_settings(**settings)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    num_frames, changed = round_num_frames(args.num_frames, pipe.temporal_factor)
+    if changed:
+        print(f"mmgen sample: note: --num-frames {args.num_frames} is not of the form 1 + "
+              f"{pipe.temporal_factor}k; generating {num_frames} frames", file=sys.stderr)
+
+    conditions = prompts if prompts is not None else class_ids
+    jobs = [(i * args.num_per_prompt + j, c) for i, c in enumerate(conditions) for j in range(args.num_per_prompt)]
+    fps, model_name = pipe.fps, _model_name(args, model_dir)
+    videos, written = [], []
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        seeds = [args.seed + idx for idx, _ in chunk]
+        cond = [c for _, c in chunk]
+        names = [_video_name(idx, c, seed, prompts is not None) for (idx, c), seed in zip(chunk, seeds)]
+        callback = _stream_writers(out_dir, names) if args.stream else None
+        result = pipe(
+            prompt=cond if prompts is not None else None,
+            class_labels=cond if prompts is None else None,
+            num_frames=num_frames,
+            seed=seeds,
+            output_type="np",
+            progress=not args.no_progress,
+            callback_on_frames=callback,
+            **settings,
+        )
+        for (idx, c), seed, name, frames in zip(chunk, seeds, names, to_uint8_videos(result.frames)):
+            meta = sidecar(
+                prompt=c if prompts is not None else None,
+                class_id=None if prompts is not None else c,
+                seed=seed, model=model_name, num_frames=num_frames, fps=fps, settings=sampler_settings,
+            )
+            written += write_sample(os.path.join(out_dir, name + ".mp4"), frames, meta, fps=fps, gif=args.gif)
+            videos.append(frames)
+    if args.grid:
+        from mmgen.io import write_grid
+
+        grid = os.path.join(out_dir, "grid.mp4")
+        write_grid(grid, videos, nrow=min(8, len(videos)), fps=fps)
+        written.append(grid)
+    print(f"wrote {len(videos)} video(s) to {out_dir}")
+    return 0
+
+
+def _video_name(idx: int, cond, seed: int, is_prompt: bool) -> str:
+    return f"{idx:04d}_{slug(cond) if is_prompt else f'class{cond}'}_s{seed}"
+
+
+def _stream_writers(out_dir: str, names: list[str]):
+    """Callback for the pipeline: route each row of a decoded chunk to its video's frame folder."""
+    writers = [FrameStreamWriter(os.path.join(out_dir, name + "_frames")) for name in names]
+
+    def write(chunk) -> None:  # uint8 [B, n, H, W, 3]
+        for writer, frames in zip(writers, chunk):
+            writer.write(frames)
+
+    return write
+
+
+# --------------------------------------------------------------------------- extend
+def build_extend_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmgen extend",
+        description="Continue a video (or animate an image) by re-encoding its last frames; "
+                    "long extensions are generated as a chain of windows.")
+    p.add_argument("--video", required=True, help="input clip (.mp4/.gif/...) or image (.png/.jpg)")
+    p.add_argument("--seconds", type=float, required=True, help="how much video to add")
+    p.add_argument("--out", required=True, help="output .mp4 or .gif (input + continuation)")
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--prompt", help="text prompt for the continuation (text models)")
+    cond.add_argument("--class-id", type=int, help="class id for the continuation (class models)")
+    p.add_argument("--context-frames", type=int, help="input frames re-encoded as context "
+                   "(1 + 4k; default: half the model's training length, at most what the input has)")
+    p.add_argument("--stream", action="store_true",
+                   help="also write the new frames as PNGs (<out>_frames/) as each window is decoded")
+    _add_common(p)
+    return p
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_input_frames(path: str):
+    """uint8 [T,H,W,3] frames of a clip, or [1,H,W,3] for an image."""
+    import numpy as np
+    import torch
+
+    if not os.path.isfile(path):
+        raise CliError(f"input {path} not found")
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                return torch.from_numpy(np.array(im.convert("RGB"))).unsqueeze(0)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise CliError(f"cannot read image {path}: {exc}") from None
+    from mmgen.io import VideoReadError, read_video
+
+    try:
+        return read_video(path)
+    except VideoReadError as exc:
+        raise CliError(str(exc)) from None
+
+
+def extend_main(argv: list[str] | None = None) -> int:
+    args = build_extend_parser().parse_args(argv)
+    try:
+        return _extend(args)
+    except CliError as exc:
+        print(f"mmgen extend: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _extend(args: argparse.Namespace) -> int:
+    if not args.seconds > 0:
+        raise CliError(f"--seconds must be > 0, got {args.seconds}")
+    try:
+        out = check_writable_file(args.out)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    frames = read_input_frames(args.video)
+    settings = _settings(args)
+    settings.pop("batch_size", None)
+    pipe, model_dir = _load_pipeline(args)
+    try:
+        if args.prompt is not None:
+            pipe.check_prompts([args.prompt])
+        elif args.class_id is not None:
+            pipe.check_class_labels([args.class_id])
+        sampler_settings = pipe.resolve_settings(**settings)
+    except (ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+    new_frames = max(1, round(args.seconds * pipe.fps))
+
+    stream = FrameStreamWriter(os.path.splitext(out)[0] + "_frames") if args.stream else None
+
+    try:
+        video = pipe.extend(
+            frames, num_new_frames=new_frames,
+            prompt=args.prompt, class_label=args.class_id,
+            context_frames=args.context_frames, seed=args.seed,
+            on_frames=stream.write if stream else None, progress=not args.no_progress, **settings,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    meta = sidecar(
+        prompt=args.prompt, class_id=args.class_id, seed=args.seed, model=_model_name(args, model_dir),
+        num_frames=int(video.shape[0]), fps=pipe.fps,
+        settings={**sampler_settings, "extended_from": os.path.abspath(args.video),
+                  "input_frames": int(frames.shape[0]), "new_frames": int(video.shape[0] - frames.shape[0])},
+    )
+    write_sample(out, video, meta, fps=pipe.fps)
+    print(f"wrote {out} ({video.shape[0]} frames: {frames.shape[0]} input + {video.shape[0] - frames.shape[0]} new)")
+    return 0
