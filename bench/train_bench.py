@@ -7,7 +7,8 @@ One training step = forward + bitwise BCE + backward + AdamW (fused on CUDA) on 
 next-scale inputs and random bit targets (the tokenizer is not timed: train from a latent
 cache).  On CUDA the step runs under bf16 autocast with the group-causal FlexAttention
 (block mask built once per layout).  tokens/s counts every sequence token (prefix + visual);
-model FLOPs per token come from mmgen.ar.flops (attention only over allowed pairs, training =
+model FLOPs per token come from mmgen.io import atomic_path
+from mmgen.ar.flops (attention only over allowed pairs, training =
 3x forward, checkpoint recomputation not counted).  MFU = achieved model FLOP/s / --peak-tflops
 (dense bf16 peak of the card; e.g. H100/H200 SXM: 989).  Rows after the first show the ratio of
 their tokens/s to the first row, measured in the same run.  ``--json PATH`` also writes the rows
@@ -17,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from mmgen.ar import VideoAR
 from mmgen.ar.flops import forward_flops
 from mmgen.ar.presets import preset_config
+from mmgen.io import atomic_path
 
 
 def _sync(device):
@@ -80,12 +81,8 @@ def bench(preset: str, batch: int, device: torch.device, steps: int, warmup: int
 
 
 def write_json(path: str, payload: dict) -> None:
-    """Atomic write (temp file in the same folder + os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(payload, indent=1))
 
 
 def main(argv=None):

@@ -1,12 +1,11 @@
 """Training callbacks: checkpoints that are atomic and include the final step; a loss-curve PNG."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
 
+from mmgen.io import atomic_path
 from mmgen.tokenizer.module import AtomicModelCheckpoint
 
 
@@ -74,14 +73,8 @@ class LossCurve(pl.Callback):
         ax.set_ylabel("loss")
         ax.legend()
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=100)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a plot is meant to be shared
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=100)
         finally:
             plt.close(fig)
-            if os.path.exists(tmp):
-                os.remove(tmp)

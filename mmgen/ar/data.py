@@ -14,8 +14,6 @@ Latents (not codes) are stored so that Cross-Frame Error Correction can re-quant
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -24,16 +22,12 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mmgen.io import atomic_path
+
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @torch.no_grad()
