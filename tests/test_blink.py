@@ -11,7 +11,8 @@ from mmgen.mllm.model import TinyLlava
 from mmgen.mllm.text import batch_encode
 from mmgen.mllm.tokensr import TokenSR, TokenSRBank, interpolate_region
 
-TINY = dict(image_size=32, patch=8, vit_dim=32, vit_depth=1, vit_heads=1, dim=32, depth=4, heads=1, mlp_ratio=2.0)
+TINY = dict(image_size=32, patch=8, vit_dim=32, vit_depth=1, vit_heads=1, dim=32, depth=4, heads=1, mlp_ratio=2.0,
+            visual_pos_embed=True)  # the architecture `mmgen vqa fit` trains
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +159,30 @@ def test_batched_blink_equals_per_sample_blink(model, batch):
         alone = torch.cat([blink.run(model, model.prepare(images[i:i + 1], ids[i:i + 1, :lengths[i]], lengths[i:i + 1]))
                            for i in range(len(images))])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_split_batches_equals_the_single_batch_reference(model, batch):
+    """Fast path: samples that disagree run on as sub-batches; answers and trace must match the
+    reference that carries invisible slots for the unexpanded samples."""
+    images, ids, lengths = batch
+    probe = BlinkTrace()
+    with torch.no_grad():
+        Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=math.inf, tau_drop=0.0), None).run(
+            model, model.prepare(images, ids, lengths), probe)
+    tau = float(probe.rho[0].median())  # about half the samples expand at the first scanned layer
+    outs, traces = [], []
+    for split in (False, True):
+        cfg = BlinkConfig(layers=(1, 3), mode="tokensr", tau_exp=tau, tau_drop=tau * 0.9, split_batches=split)
+        trace = BlinkTrace()
+        with torch.no_grad():
+            outs.append(Blink(cfg, _bank(model)).run(model, model.prepare(images, ids, lengths), trace))
+        traces.append(trace)
+    first = traces[1].active[0]
+    assert first.any() and not first.all()  # the batch really was split
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(traces[0].active + traces[0].tiles, traces[1].active + traces[1].tiles):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(torch.stack(traces[1].rho), torch.stack(traces[0].rho))
 
 
 def test_random_region_ablation_ignores_saliency(model, batch):

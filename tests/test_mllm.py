@@ -7,7 +7,7 @@ from PIL import Image
 from mmgen.mllm import cli
 from mmgen.mllm.data import ANSWERS, QUADRANTS, SIZES, VQADataset
 from mmgen.mllm.image import load_image
-from mmgen.mllm.lightning import MLLMModule, TokenSRModule, target_tiles
+from mmgen.mllm.lightning import MLLMModule, TokenSRModule, target_patches, target_tiles
 from mmgen.mllm.model import TinyLlava, zoom_view
 from mmgen.mllm.text import PAD_ID, VOCAB, batch_encode, encode
 
@@ -117,6 +117,45 @@ def test_target_tiles_follow_the_bbox(model):
     bbox = torch.tensor([[1.0, 1.0, 3.0, 3.0], [20.0, 20.0, 24.0, 24.0], [-1.0, -1.0, -1.0, -1.0]])
     tiles = target_tiles(model, bbox, 2)  # 32 px / 8 px patch = 4x4 grid -> 2x2 tiles of 16 px
     assert tiles[:2].tolist() == [0, 3] and 0 <= tiles[2] < 4
+
+
+def test_visual_position_embedding_marks_where_a_token_is():
+    torch.manual_seed(0)
+    flat = torch.zeros(1, 3, 32, 32)  # every patch looks the same: only position can tell them apart
+    plain = TinyLlava(**TINY).eval()
+    placed = TinyLlava(**TINY, visual_pos_embed=True).eval()
+    with torch.no_grad():
+        h_plain, h_placed = plain.prepare(flat).h[0], placed.prepare(flat).h[0]
+        torch.testing.assert_close(h_plain[1:], h_plain[:1].expand(15, -1))
+        assert not torch.allclose(h_placed[0], h_placed[1])
+        pos = placed.region_positions(torch.tensor([2]), torch.tensor([0]), 2, 2)
+        zoomed = placed.prepare(flat, extra=torch.zeros(1, 16, placed.config.dim), extra_pos=pos)
+        torch.testing.assert_close(zoomed.h[0, 16:32], placed.position_embedding(pos[0]))  # appended at their sub-grid positions
+
+
+def test_grounding_loss_is_the_saliency_of_the_target_patch(model):
+    bbox = torch.tensor([[1.0, 1.0, 3.0, 3.0], [20.0, 9.0, 24.0, 13.0]])  # 4x4 grid of 8-px patches
+    assert target_patches(model, bbox).tolist() == [0, 1 * 4 + 2]
+    torch.manual_seed(0)
+    ds = VQADataset(6, "train", size=32, hires=64)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(6)])
+    with_ground = MLLMModule(model_config=TINY, zoom_prob=0.0, aux_weight=0.0, ground_weight=1.0)
+    without = MLLMModule(model_config=TINY, zoom_prob=0.0, aux_weight=0.0, ground_weight=0.0)
+    without.load_state_dict(with_ground.state_dict())
+    m = with_ground.model
+    has = batch["target_bbox"][:, 0] >= 0
+    assert has.any()
+    ids, lengths = batch_encode(batch["question"], 16)
+    from mmgen.mllm.blink import saliency
+    state, nll = m.prepare(batch["image"], ids, lengths), []
+    with torch.no_grad():
+        for i in range(m.num_layers):
+            if i in (1, 2):
+                sal = saliency(*m.query_keys(i, state))[has]
+                nll.append(-sal.gather(1, target_patches(m, batch["target_bbox"][has])[:, None]).log())
+            state = m.run_layer(i, state)
+        extra = with_ground._step(batch, zoom=False)[0] - without._step(batch, zoom=False)[0]
+    torch.testing.assert_close(extra, torch.cat(nll).mean(), atol=1e-5, rtol=1e-5)
 
 
 def test_mllm_module_overfits_a_batch():

@@ -22,6 +22,8 @@ For each decoder layer ``l`` in the configured middle range [start, end), before
 Ablations: ``region_choice="random"`` expands a uniformly random tile (same trigger);
 ``allow_drop=False`` never drops.  With ``tau_exp = inf`` nothing is ever expanded and the
 output is bit-identical to the vanilla forward pass (the state is never edited).
+Decisions are per sample; a batch whose samples disagree is split into sub-batches (with and
+without appended tokens, ``split_batches``) so no sample pays for slots it cannot see.
 
 Blink only decides and edits; the decoder is reached through :class:`BlinkDecoder`.  Our
 :class:`~mmgen.mllm.model.TinyLlava` implements it directly.  A Hugging Face LLaVA-family
@@ -35,7 +37,7 @@ directly); ``set_extra`` concatenates hidden states, position ids and the attent
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -62,6 +64,9 @@ class BlinkDecoder(Protocol):
 
     def readout(self, state: Any) -> torch.Tensor: ...
 
+    def select(self, state: Any, index: torch.Tensor) -> Any:
+        """The state of the samples ``index`` (Long [b]) of the batch."""
+
 
 @dataclass
 class BlinkConfig:
@@ -71,18 +76,22 @@ class BlinkConfig:
     about the 75% quantile of the first scanned layer's rho for the packaged model on a
     validation stream with seed 1, and 0.8 of it; ``bench/blink_bench.py --tune``); mode: "tokensr" | "interp";
     region_choice: "saliency" | "random"; allow_drop: False = the no-drop ablation;
-    saliency_rope: apply RoPE to q and k before scoring; seed: for region_choice="random"."""
+    saliency_rope: apply RoPE to q and k before scoring; seed: for region_choice="random";
+    split_batches: after a layer where some samples of a batch have appended tokens and others
+    not, run them on as two sub-batches instead of carrying invisible slots for the latter
+    (the same answers, less compute; False = the single-batch reference path)."""
 
     layers: tuple[int, int] = (1, 3)
     region: int = 2
     factor: int = 2
-    tau_exp: float = 0.5
-    tau_drop: float = 0.4
+    tau_exp: float = 0.996
+    tau_drop: float = 0.797
     mode: str = "tokensr"
     region_choice: str = "saliency"
     allow_drop: bool = True
     saliency_rope: bool = True
     seed: int = 0
+    split_batches: bool = True
 
     def __post_init__(self):
         if self.mode not in ("tokensr", "interp"):
@@ -154,6 +163,32 @@ class BlinkTrace:
     tiles: list[torch.Tensor] = field(default_factory=list)
 
 
+@dataclass
+class _Group:
+    """A sub-batch Blink runs together: ``index`` [b] = its samples' rows in the full batch."""
+
+    index: torch.Tensor
+    state: Any
+    active: torch.Tensor
+    tiles: torch.Tensor
+
+
+def _record(trace: BlinkTrace, layer: int, B: int, scans) -> None:
+    """Add one scanned layer to the trace, the groups' values scattered back to batch order."""
+    def scatter(values: list[torch.Tensor]) -> torch.Tensor:
+        full = values[0].new_empty((B, *values[0].shape[1:]))
+        for (g, *_), v in zip(scans, values):
+            full[g.index] = v
+        return full
+
+    trace.layers.append(layer)
+    trace.saliency.append(scatter([sal for _, sal, _, _ in scans]))
+    trace.rho.append(scatter([rho for _, _, rho, _ in scans]))
+    trace.top.append(scatter([top for _, _, _, top in scans]))
+    trace.active.append(scatter([g.active for g, *_ in scans]))
+    trace.tiles.append(scatter([g.tiles for g, *_ in scans]))
+
+
 # --------------------------------------------------------------------------- the runner
 class Blink(nn.Module):
     """Runs a :class:`BlinkDecoder` layer by layer with saliency-guided expansion.
@@ -182,34 +217,52 @@ class Blink(nn.Module):
         cfg = self.config
         B, device = state.h.shape[0], state.h.device
         start, end = cfg.layers
-        active = torch.zeros(B, dtype=torch.bool, device=device)
-        tiles = torch.full((B,), -1, dtype=torch.long, device=device)
-        gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.region_choice == "random" else None
+        random_tiles = None
+        if cfg.region_choice == "random":  # drawn up front: the draws do not depend on how the batch splits
+            n_tiles = (state.grid[0] // cfg.region) * (state.grid[1] // cfg.region)
+            gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+            random_tiles = torch.randint(n_tiles, (max(end - start, 0), B), generator=gen).to(device)
+        groups = [_Group(torch.arange(B, device=device), state, torch.zeros(B, dtype=torch.bool, device=device),
+                         torch.full((B,), -1, dtype=torch.long, device=device))]
         for i in range(decoder.num_layers):
             if start <= i < end:
-                state, active, tiles = self._scan(decoder, i, state, active, tiles, gen, trace)
-            state = decoder.run_layer(i, state)
-        return decoder.readout(state)
+                scans = [self._scan(decoder, i, g, None if random_tiles is None else random_tiles[i - start, g.index])
+                         for g in groups]
+                if trace is not None:
+                    _record(trace, i, B, scans)
+                groups = [part for g, *_ in scans for part in self._split(decoder, g)]
+            groups = [replace(g, state=decoder.run_layer(i, g.state)) for g in groups]
+        if len(groups) == 1:
+            return decoder.readout(groups[0].state)
+        outs = [decoder.readout(g.state) for g in groups]
+        logits = outs[0].new_empty(B, outs[0].shape[-1])
+        for g, out in zip(groups, outs):
+            logits[g.index] = out
+        return logits
 
-    def _scan(self, decoder, i, state, active, tiles, gen, trace):
+    def _scan(self, decoder, i, g: "_Group", random_top: torch.Tensor | None):
+        """Saliency, hysteresis and the edit for one group -> (group', saliency, rho, top)."""
         cfg = self.config
-        q, k = decoder.query_keys(i, state, with_rope=cfg.saliency_rope)
+        q, k = decoder.query_keys(i, g.state, with_rope=cfg.saliency_rope)
         sal = saliency(q, k)
-        rho, top = concentration(region_scores(sal, state.grid, cfg.region))
-        if cfg.region_choice == "random":
-            n_tiles = (state.grid[0] // cfg.region) * (state.grid[1] // cfg.region)
-            top = torch.randint(n_tiles, top.shape, generator=gen).to(top.device)
-        new_active, expand, drop = hysteresis(active, rho, cfg.tau_exp, cfg.tau_drop, cfg.allow_drop)
+        rho, top = concentration(region_scores(sal, g.state.grid, cfg.region))
+        if random_top is not None:
+            top = random_top
+        new_active, expand, drop = hysteresis(g.active, rho, cfg.tau_exp, cfg.tau_drop, cfg.allow_drop)
+        state, tiles = g.state, g.tiles
         if bool(expand.any()) or bool(drop.any()):
             state, tiles = self._edit(decoder, i, state, new_active, expand, top, tiles)
-        if trace is not None:
-            trace.layers.append(i)
-            trace.saliency.append(sal)
-            trace.rho.append(rho)
-            trace.top.append(top)
-            trace.active.append(new_active)
-            trace.tiles.append(tiles.clone())
-        return state, new_active, tiles
+        return _Group(g.index, state, new_active, tiles), sal, rho, top
+
+    def _split(self, decoder, g: "_Group") -> list["_Group"]:
+        """With ``split_batches``, samples with and without appended tokens continue as separate
+        sub-batches: the ones without drop the (invisible) slots instead of computing them."""
+        if not self.config.split_batches or g.state.n_extra == 0 or bool(g.active.all()):
+            return [g]
+        on, off = g.active.nonzero()[:, 0], (~g.active).nonzero()[:, 0]
+        without = decoder.set_extra(decoder.select(g.state, off), None, None)
+        return [_Group(g.index[on], decoder.select(g.state, on), g.active[on], g.tiles[on]),
+                _Group(g.index[off], without, g.active[off], g.tiles[off])]
 
     def _edit(self, decoder, i, state, new_active, expand, top, tiles):
         """Append fresh SR tokens for samples expanding now; keep the (evolved) appended tokens of

@@ -60,6 +60,8 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
         p.add_argument("--lr", type=float, default=3e-3)
         p.add_argument("--zoom-prob", type=float, default=0.5, help="zoom-view augmentation probability")
         p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the dense patch colour/shape loss")
+        p.add_argument("--ground-weight", type=float, default=1.0,
+                       help="weight of the grounding loss (saliency of the asked-about object's patch)")
         p.add_argument("--stop-after", type=int, default=None,
                        help="stop after this many steps of the --steps schedule (a partial run)")
         p.add_argument("--init", default=None, help="start from this MLLM dir's weights (continue training with a "
@@ -189,12 +191,12 @@ def _fit(args) -> int:
 
     L.seed_everything(args.seed, workers=True)
     out = Path(args.out)
-    arch = {"depth": args.depth, "dim": args.dim, "heads": args.heads}
+    arch = {"depth": args.depth, "dim": args.dim, "heads": args.heads, "visual_pos_embed": True}
     init = load_model(args.init) if args.init else None
     if init is not None:
         arch = {k: v for k, v in init.config.items() if not k.startswith("_")}
     module = MLLMModule(model_config=arch, lr=args.lr, total_steps=args.steps, zoom_prob=args.zoom_prob,
-                        aux_weight=args.aux_weight)
+                        aux_weight=args.aux_weight, ground_weight=args.ground_weight)
     if init is not None:
         module.model.load_state_dict(init.state_dict())
     dm = VQADataModule(batch_size=args.batch_size, seed=args.seed)

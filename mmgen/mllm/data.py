@@ -3,7 +3,10 @@
 Scenes are drawn analytically at ``hires`` pixels (default 128) and shown to the model
 downscaled to ``size`` (default 64, area interpolation).  Objects come in three sizes; a
 ``tiny`` object covers about 3x3 model pixels, i.e. a fraction of one 8x8 patch token, so the
-patch token blurs it with the background — the case Blink is about.  The high-resolution
+patch token blurs it with the background — the case Blink is about.  ``small`` (9 px) and
+``large`` (15 px) objects span one to two patch tokens, so their shape is visible at the model's
+resolution (at the first sizes, 6 and 13 px, two thirds of all objects were sub-patch and the
+normal split was nearly as hard as the fine-grained one).  The high-resolution
 render is kept so that a region can be cropped and zoomed with real extra detail (TokenSR
 targets and zoom views).
 
@@ -41,7 +44,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "magenta": (215, 45, 215),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-SIZES: dict[str, float] = {"tiny": 3.0, "small": 6.0, "large": 13.0}  # radius at 128 px
+SIZES: dict[str, float] = {"tiny": 3.0, "small": 9.0, "large": 15.0}  # radius at 128 px
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 QTYPES = ("color", "shape", "count", "position", "existence")
 SPLITS = {"train": 0, "val": 1, "finegrained": 2}

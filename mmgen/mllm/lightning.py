@@ -10,6 +10,14 @@ Dense auxiliary loss (``aux_weight``): two linear heads on the ViT features pred
 patch's object colour and shape (see :func:`mmgen.mllm.data.patch_labels`); it gives the patch
 tokens meaning within a few hundred steps, which a from-scratch model otherwise reaches only
 after a long plateau at the answer prior.  The heads live here, not in the model.
+Grounding loss (``ground_weight``, layers ``ground_layers`` = Blink's default scan range): for
+questions about one object, the negative log of Blink's saliency (last question token's query
+against the visual keys, head-mean softmax; :func:`mmgen.mllm.blink.saliency`) at the patch
+holding the object's centre.  Without it the model never learned to bind the question's words
+to image positions within a CPU budget (2800 steps stayed at the per-question-type answer
+prior, ~0.37 on val); with it the model leaves the prior within ~700 steps and the middle
+layers attend where the answer is (the target's 2x2 tile is the top tile for ~70-75% of
+questions) — the property Blink's saliency-guided scanning assumes of a pretrained MLLM.
 
 TokenSRModule — the MLLM frozen; per Blink layer l, TokenSR_l maps the layer-l hidden states
 of a region (full view) to the layer-l hidden states of the same region's zoom tokens (the
@@ -24,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .blink import gather_region
+from .blink import gather_region, saliency
 from .data import COLORS, SHAPES, VQADataset
 from .model import TinyLlava, zoom_view
 from .text import WORD_TO_ID, batch_encode
@@ -45,6 +53,15 @@ def target_tiles(model: TinyLlava, bbox: torch.Tensor, region: int, generator: t
     return torch.where(bbox[:, 0] >= 0, tiles, rand)
 
 
+def target_patches(model: TinyLlava, bbox: torch.Tensor) -> torch.Tensor:
+    """Index [B] of the visual token (row-major patch) holding the centre of each bbox (model pixels)."""
+    gh, gw = model.grid
+    patch = model.config.patch
+    r = ((bbox[:, 1] + bbox[:, 3]) / 2 / patch).long().clamp(0, gh - 1)
+    c = ((bbox[:, 0] + bbox[:, 2]) / 2 / patch).long().clamp(0, gw - 1)
+    return r * gw + c
+
+
 def tile_origin(model: TinyLlava, tiles: torch.Tensor, region: int) -> tuple[torch.Tensor, torch.Tensor]:
     per_row = model.grid[1] // region
     return (tiles // per_row) * region, (tiles % per_row) * region
@@ -57,7 +74,8 @@ def _answers(answers: list[str], device) -> torch.Tensor:
 class MLLMModule(L.LightningModule):
     def __init__(self, model_config: dict | None = None, lr: float = 3e-3, weight_decay: float = 0.05,
                  warmup_steps: int = 100, total_steps: int = 1500, zoom_prob: float = 0.5,
-                 region: int = 2, factor: int = 2, aux_weight: float = 1.0):
+                 region: int = 2, factor: int = 2, aux_weight: float = 1.0, ground_weight: float = 1.0,
+                 ground_layers: tuple[int, int] = (1, 3)):
         super().__init__()
         self.save_hyperparameters()
         self.model = TinyLlava(**(model_config or {}))
@@ -77,9 +95,22 @@ class MLLMModule(L.LightningModule):
                      "extra_pos": m.region_positions(r0, c0, hp.region, hp.factor),
                      "extra_active": torch.rand(len(tiles), device=self.device) < hp.zoom_prob}
         feats = m.vit_features(batch["image"])
-        logits = m(batch["image"], ids, lengths, visual=m.projector(feats), **extra)
+        state = m.prepare(batch["image"], ids, lengths, visual=m.projector(feats), **extra)
+        start, end = hp.ground_layers
+        sal = []
+        for i in range(m.num_layers):
+            if hp.ground_weight > 0 and start <= i < end:
+                sal.append(saliency(*m.query_keys(i, state)))
+            state = m.run_layer(i, state)
+        logits = m.readout(state)
         target = _answers(batch["answer"], self.device)
         loss = F.cross_entropy(logits.float(), target)
+        bbox = batch["target_bbox"].to(self.device)
+        has_target = bbox[:, 0] >= 0
+        if sal and bool(has_target.any()):
+            patch = target_patches(m, bbox[has_target])
+            picked = torch.stack([s[has_target].gather(1, patch[:, None])[:, 0] for s in sal])
+            loss = loss + hp.ground_weight * -picked.clamp_min(1e-6).log().mean()
         if hp.aux_weight > 0:
             labels = batch["patch_labels"]
             aux = (F.cross_entropy(self.aux_color(feats).flatten(0, 1).float(), labels[..., 0].flatten())

@@ -18,6 +18,15 @@ So a region's sub-grid positions interleave with its original cells (the sub-cel
 its cell's position) and the question's positions do not depend on whether anything was
 appended — the documented position-id choice for Blink's tokens.
 
+RoPE only rotates queries and keys: it shapes *where* a token attends, but the values it reads
+carry no position, so with rotary positions alone an answer like "top-left" has to be inferred
+from attention patterns, which a small model trained from scratch does not learn (the first
+packaged model stayed at chance on position questions).  ``visual_pos_embed`` therefore adds
+a learned absolute embedding (row table + column table over the ``pos_stride``-fine grid) to
+the image-derived input tokens (visual tokens and zoom views given to ``prepare``, at their
+sub-grid positions).  Blink's super-resolved tokens are made from hidden states, which
+already hold their cells' embedding, so ``set_extra`` adds nothing.
+
 The decoder is driven layer by layer through :class:`DecoderState` (``prepare`` ->
 ``run_layer`` x depth -> ``readout``); ``forward`` is exactly that loop, so Blink, which
 runs the same loop and edits the state between layers, reproduces it bit for bit when it
@@ -74,7 +83,7 @@ class TinyLlava(ModelMixin, ConfigMixin):
     def __init__(self, image_size: int = 64, patch: int = 8, vit_dim: int = 64, vit_depth: int = 2,
                  vit_heads: int = 2, dim: int = 64, depth: int = 4, heads: int = 2,
                  mlp_ratio: float = 3.0, vocab_size: int = len(VOCAB), max_text_len: int = 16,
-                 pos_stride: int = 2):
+                 pos_stride: int = 2, visual_pos_embed: bool = False):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
@@ -83,6 +92,11 @@ class TinyLlava(ModelMixin, ConfigMixin):
         self.vit = nn.ModuleList([Block(vit_dim, vit_heads, mlp_ratio) for _ in range(vit_depth)])
         self.vit_norm = RMSNorm(vit_dim)
         self.projector = nn.Sequential(nn.Linear(vit_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        if visual_pos_embed:  # learned per fine-grid row / column (pos_stride units), summed
+            g = image_size // patch * pos_stride
+            self.row_embed, self.col_embed = nn.Embedding(g, dim), nn.Embedding(g, dim)
+            nn.init.normal_(self.row_embed.weight, std=0.1)
+            nn.init.normal_(self.col_embed.weight, std=0.1)
         self.embed = nn.Embedding(vocab_size, dim)
         self.rope = Rope3D(dim // heads)
         self.layers = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
@@ -120,6 +134,13 @@ class TinyLlava(ModelMixin, ConfigMixin):
         return torch.stack([torch.zeros(len(r0), n * n, dtype=torch.long, device=r0.device),
                             s * r0[:, None] + y, s * c0[:, None] + x], -1)
 
+    def position_embedding(self, pos: torch.Tensor) -> torch.Tensor | float:
+        """Absolute position content for image-derived input tokens at positions ``pos`` [..., 3]
+        (0 when the model has no ``visual_pos_embed``)."""
+        if not self.config.visual_pos_embed:
+            return 0.0
+        return self.row_embed(pos[..., 1]) + self.col_embed(pos[..., 2])
+
     # ------------------------------------------------------------------ encoders
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [-1, 1] (H, W multiples of the patch) -> [B, (H/p)*(W/p), dim]."""
@@ -148,7 +169,8 @@ class TinyLlava(ModelMixin, ConfigMixin):
         gh, gw = self.grid
         if vis.shape[1] != gh * gw:
             raise ValueError(f"image gives {vis.shape[1]} tokens, model expects {gh}x{gw}")
-        parts, pos = [vis], [self.visual_positions(gh, gw, device)]
+        vis_pos = self.visual_positions(gh, gw, device)
+        parts, pos = [vis + self.position_embedding(vis_pos)], [vis_pos]
         if ids is not None:
             if ids.shape[1] > self.config.max_text_len:
                 raise ValueError(f"question has {ids.shape[1]} tokens, context allows {self.config.max_text_len}")
@@ -158,8 +180,8 @@ class TinyLlava(ModelMixin, ConfigMixin):
                 lengths = torch.full((B,), ids.shape[1], device=device)
         state = DecoderState(torch.cat(parts, 1), torch.cat(pos, 0), None, None, gh * gw, 0, None,
                              lengths if ids is not None else None, (gh, gw))
-        if extra is not None:
-            return self.set_extra(state, extra, extra_pos, extra_active)
+        if extra is not None:  # image-derived input tokens: they get the absolute positions too
+            return self.set_extra(state, extra + self.position_embedding(extra_pos), extra_pos, extra_active)
         return self._finish(state)
 
     def _finish(self, state: DecoderState) -> DecoderState:
@@ -197,6 +219,14 @@ class TinyLlava(ModelMixin, ConfigMixin):
         h = torch.cat([vis_h, extra.to(vis_h.dtype), text_h], 1)
         pos = torch.cat([vis_pos, extra_pos.to(vis_pos), text_pos], 1)
         return self._finish(replace(state, h=h, pos=pos, n_extra=extra.shape[1], extra_active=extra_active))
+
+    def select(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
+        """The samples ``index`` (Long [b]) of a batch state (rope and mask rebuilt for them)."""
+        per_sample = lambda t: t[index] if t is not None and t.ndim >= 3 else t  # noqa: E731
+        return self._finish(replace(
+            state, h=state.h[index], pos=per_sample(state.pos),
+            extra_active=None if state.extra_active is None else state.extra_active[index],
+            text_lengths=None if state.text_lengths is None else state.text_lengths[index]))
 
     def run_layer(self, i: int, state: DecoderState) -> DecoderState:
         return replace(state, h=self.layers[i](state.h, state.rope, state.mask))
