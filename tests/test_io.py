@@ -225,3 +225,25 @@ def test_make_grid_layout_and_write_grid(tmp_path):
     assert (info.num_frames, info.height, info.width) == (7, 22, 38)
     with pytest.raises(ValueError, match="sizes must match"):
         make_grid([videos[0], torch.zeros(3, 9, 10, 3, dtype=torch.uint8)])
+
+
+def test_atomic_dir_replaces_a_folder_whole_and_keeps_it_on_failure(tmp_path):
+    from mmgen.io import atomic_dir
+
+    out = tmp_path / "model"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("one")
+        (tmp / "sub").mkdir()
+    assert (out / "a.txt").read_text() == "one" and (out / "sub").is_dir()
+    assert (out / "a.txt").stat().st_mode & 0o044  # readable by others, unlike mkdtemp's 0600
+
+    with atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # replaced, not merged
+
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "c.txt").write_text("half")
+            raise RuntimeError("save failed")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folders left behind

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from mmgen.io import atomic_dir
 
 # RunCheckpoint/LossCurve defaults every run gets (configs may add more callbacks).
 CHECKPOINT_EVERY = 200
@@ -70,19 +70,10 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, ema: bool = True) -
     generator.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     tokenizer = VideoTokenizer.from_config(state["tokenizer_config"])
     tokenizer.load_state_dict({k[len("tokenizer."):]: v for k, v in weights.items() if k.startswith("tokenizer.")})
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         generator.save_pretrained(tmp / "generator")
         tokenizer.save_pretrained(tmp / "tokenizer")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+    return Path(out_dir)
 
 
 def _import(path: str):

@@ -8,12 +8,13 @@ from mmgen.io.read import (
     resize_video,
     video_info,
 )
-from mmgen.io.write import atomic_path, make_grid, write_grid, write_video
+from mmgen.io.write import atomic_dir, atomic_path, make_grid, write_grid, write_video
 
 __all__ = [
     "BACKENDS",
     "VideoInfo",
     "VideoReadError",
+    "atomic_dir",
     "atomic_path",
     "available_backends",
     "make_grid",

@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 from fractions import Fraction
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -41,6 +43,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    For model folders (``save_pretrained``): a reader sees the old folder or the complete new
+    one, never a mix, and a failed save leaves the old folder untouched.
+    """
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = None
+    try:
+        yield tmp
+        _chmod_tree(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _chmod_tree(root: Path) -> None:
+    # mkdtemp and some writers create owner-only entries; saved models are meant to be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for p in root.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _as_uint8_thwc(frames, what: str = "frames") -> np.ndarray:

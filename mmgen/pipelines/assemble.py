@@ -10,12 +10,12 @@ so an interrupted run never leaves half a model.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
+
+from mmgen.io import atomic_dir
 
 
 def assemble(tokenizer_dir: str | Path, generator_dir: str | Path, out: str | Path, sampling: dict | None = None,
@@ -31,26 +31,9 @@ def assemble(tokenizer_dir: str | Path, generator_dir: str | Path, out: str | Pa
     pipe = VideoARPipeline(tokenizer=VideoTokenizer.from_pretrained(str(tokenizer_dir)).eval(),
                            transformer=VideoAR.from_pretrained(str(generator_dir)).eval(),
                            fps=fps, sampling=sampling)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp)
-        _make_readable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
-
-
-def _make_readable(root: Path) -> None:
-    """mkdtemp/safetensors create owner-only entries; a shipped model must be readable by all."""
-    root.chmod(0o755)
-    for p in root.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
