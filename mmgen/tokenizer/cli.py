@@ -15,13 +15,13 @@ import csv
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from mmgen.io import atomic_dir
 
 EXPORT_HELP = "convert a training checkpoint into a pretrained folder"
 RECON_HELP = "reconstruct videos and report PSNR / SSIM"
@@ -118,21 +118,8 @@ def load_checkpoint_tokenizer(ckpt: str):
 def export(ckpt: str, outdir: str) -> None:
     """Write ``outdir`` (replacing it) atomically: save into a sibling temp folder, then rename."""
     model = load_checkpoint_tokenizer(ckpt)
-    out = Path(outdir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(outdir) as tmp:
         model.save_pretrained(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- reconstruct
