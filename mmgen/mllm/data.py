@@ -35,15 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mmgen.data.moving_shapes import COLORS as _PALETTE
+from mmgen.data.moving_shapes import SHAPES
+
+# Six colours of the project's MovingShapes palette (same RGB values), and its four shapes.
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (230, 30, 30),
-    "green": (30, 190, 40),
-    "blue": (40, 70, 235),
-    "yellow": (240, 220, 40),
-    "cyan": (40, 210, 220),
-    "magenta": (215, 45, 215),
+    name: _PALETTE[name] for name in ("red", "green", "blue", "yellow", "cyan", "magenta")
 }
-SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES: dict[str, float] = {"tiny": 3.0, "small": 9.0, "large": 15.0}  # radius at 128 px
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 QTYPES = ("color", "shape", "count", "position", "existence")
