@@ -15,33 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from benchutil import median_seconds, sync
+
 from mmgen.ar.layout import GroupLayout
 from mmgen.io import atomic_path
 from mmgen.nn import attention
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, iters, warmup):
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -72,7 +55,7 @@ def main(argv=None):
     mask = layout.attention_mask().to(device)
     t0 = time.perf_counter()
     mask.block_mask(device)
-    _sync(device)
+    sync(device)
     build_ms = (time.perf_counter() - t0) * 1e3
     mask.dense(device)  # cached: keep building the dense mask out of the timed runs
     q, k, v = (torch.randn(args.batch, args.heads, L, args.head_dim, device=device, dtype=dtype,
@@ -103,7 +86,7 @@ def main(argv=None):
     base = None
     results = []
     for name, fn in rows:
-        t = _time(fn, device, args.iters, args.warmup)
+        t = median_seconds(fn, device, args.iters, args.warmup)
         base = base or t
         print(f"{name:<20} {t * 1e3:>10.3f} {t / base:>8.2f}x")
         results.append({"kernel": name, "ms": t * 1e3, "vs_dense": t / base})

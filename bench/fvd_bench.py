@@ -16,13 +16,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchutil import sync
+
 from mmgen.metrics.frechet import FeatureStats, frechet_distance_from_stats
 from mmgen.metrics.i3d import PyTorchI3D
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_extraction(device: torch.device, dtype: torch.dtype, batch: int, frames: int, repeats: int) -> float:
@@ -32,10 +29,10 @@ def time_extraction(device: torch.device, dtype: torch.dtype, batch: int, frames
     extractor(videos)  # warm-up (cuDNN autotune, allocator)
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         extractor(videos)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 

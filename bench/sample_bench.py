@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from benchutil import sync
+
 from mmgen.ar.model import VideoAR
 from mmgen.ar.presets import preset_config
 from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_codes
@@ -33,22 +35,17 @@ TINY = dict(bits=16, scales=[[1, 1], [2, 2], [4, 4], [8, 8]], num_frames=5, widt
 L_SCALES = [[1, 1], [2, 2], [3, 3], [4, 4], [6, 6], [8, 8]]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_sampling(model: VideoAR, quantizer, cond, frames: int, settings: SamplerSettings, device, repeats: int,
                   autocast: bool) -> float:
     """Median seconds for one batched sample_codes call (after one warm-up call)."""
     times = []
     for i in range(repeats + 1):
         gens = [torch.Generator().manual_seed(i * 100 + j) for j in range(len(cond))]
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             sample_codes(model, quantizer, cond, frames, settings, gens)
-        _sync(device)
+        sync(device)
         if i:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -107,10 +104,10 @@ def main(argv=None) -> None:
         tokenizer = tokenizer.to(device).eval()
         codes = sample_codes(model, quantizer, tiny_cond(8), model.config.num_frames, SamplerSettings())
         with torch.no_grad():
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             tokenizer.decode(tokenizer.codes_to_latent(codes))
-            _sync(device)
+            sync(device)
             dt = time.perf_counter() - t0
         rows.append(("tiny", "+decode", 8, 0, dt, dt / 8, 8 / dt, float("nan")))
 

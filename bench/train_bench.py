@@ -18,22 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from benchutil import median_seconds
+
 from mmgen.ar import VideoAR
 from mmgen.ar.flops import forward_flops
 from mmgen.ar.presets import preset_config
 from mmgen.io import atomic_path
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench(preset: str, batch: int, device: torch.device, steps: int, warmup: int, backend: str,
@@ -63,16 +58,7 @@ def bench(preset: str, batch: int, device: torch.device, steps: int, warmup: int
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
+    t = median_seconds(step, device, steps, warmup)
     flops = forward_flops(model.config)
     tokens = batch * flops["tokens"]
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
