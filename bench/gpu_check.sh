@@ -162,6 +162,7 @@ cat "$WORK/table.log"
 
 if [ -n "${OUT:-}" ]; then
   # At most a few files come back from $OUT: the results, every log in one file, the raw outputs.
+  mkdir -p "$OUT"
   [ -f "$RESULTS" ] && cp "$RESULTS" "$OUT/RESULTS.md"
   for f in "$WORK"/*.log; do printf '\n===== %s =====\n' "$(basename "$f")"; cat "$f"; done >"$OUT/gpu_check_logs.txt"
   tar -C "$WORK" --exclude=site --exclude=shadow --exclude=tok -czf "$OUT/gpu_check_raw.tar.gz" .
