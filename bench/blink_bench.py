@@ -7,6 +7,13 @@ question type and latency ratio to vanilla, on the normal (val) and held-out fin
         how tau_exp / tau_drop were chosen: rho quantiles per scanned layer and Blink accuracy for a
         few thresholds on a validation stream with seed 1 (the table uses seed 0; the fine-grained
         split is never used for tuning)
+    python bench/blink_bench.py --diagnose [--split finegrained] [--samples 600] [--seed 0]
+        where Blink's gain is lost: (1) does the top saliency tile hold the asked-about object, per
+        scanned layer and question type; (2) how often Blink expands / drops; (3) accuracy with the
+        asked-about object's tile (oracle) expanded at each Blink layer with the true zoom tokens
+        (the model's hidden states of the zoomed crop), TokenSR's and interpolation's tokens; and
+        (4) the ceiling of any TokenSR: the true zoomed crop of the tile Blink picks, appended
+        whenever Blink would expand
 """
 import sys
 
@@ -45,14 +52,94 @@ def tune(argv: list[str]) -> int:
         for drop_frac in (0.8, 0.0):
             c = replace(base, tau_exp=tau_exp, tau_drop=tau_exp * drop_frac)
             for mode in ("interp", "tokensr"):
-                acc, expanded = score(model, Blink(replace(c, mode=mode), bank), batches)
+                acc, expanded, _ = score(model, Blink(replace(c, mode=mode), bank), batches)
                 print(f"tau_exp={tau_exp:.3f} tau_drop={c.tau_drop:.3f} {mode:8s} acc {acc['all']:.3f} expanded {expanded:.0%}")
+    return 0
+
+
+def diagnose(argv: list[str]) -> int:
+    from dataclasses import replace
+
+    from mmgen.mllm.blink import Blink, BlinkTrace, gather_region
+    from mmgen.mllm.data import QTYPES, VQADataset
+    from mmgen.mllm.lightning import target_tiles, tile_origin
+    from mmgen.mllm.model import zoom_view
+    from mmgen.mllm.text import WORD_TO_ID, batch_encode
+    from mmgen.mllm.tokensr import interpolate_region
+
+    args = _parser_sub("eval").parse_args(argv)
+    model = load_model(args.model)
+    bank = load_tokensr(args.tokensr, args.model)
+    base = blink_config(args, "tokensr", bank)
+    cfg, split, n = model.config, args.split[0], args.samples
+    items = [VQADataset(n, split, args.seed, size=cfg.image_size)[i] for i in range(n)]
+    images, hires = torch.stack([it["image"] for it in items]), torch.stack([it["hires"] for it in items])
+    ids, lengths = batch_encode([it["question"] for it in items], cfg.max_text_len)
+    answers = torch.tensor([WORD_TO_ID[it["answer"]] for it in items])
+    qtype = [it["qtype"] for it in items]
+    bbox = torch.stack([it["target_bbox"] for it in items])
+    has_target = bbox[:, 0] >= 0
+    target = target_tiles(model, bbox, base.region, torch.Generator().manual_seed(0))
+    of_type = {q: torch.tensor([t == q for t in qtype]) for q in QTYPES}
+
+    def report(name: str, logits: torch.Tensor) -> None:
+        ok = (logits.argmax(-1) == answers).float()
+        print(f"{name:58s} all {ok.mean():.3f}  " + "  ".join(f"{q} {ok[m].mean():.3f}" for q, m in of_type.items()))
+
+    def blink_trace(config) -> tuple[torch.Tensor, BlinkTrace]:
+        trace = BlinkTrace()
+        return Blink(config, bank).run(model, model.prepare(images, ids, lengths), trace), trace
+
+    print(f"split {split}, seed {args.seed}, {n} questions; Blink: {base}\n")
+    with torch.no_grad():
+        vanilla = model(images, ids, lengths)
+        report("vanilla", vanilla)
+        _, scan = blink_trace(replace(base, tau_exp=float("inf"), tau_drop=0.0))
+        print("\n(1) top saliency tile == the asked-about object's tile (questions with one object)")
+        for layer, top in zip(scan.layers, scan.top):
+            hit = {q: (top == target)[m & has_target].float().mean().item() for q, m in of_type.items()}
+            print(f"  layer {layer}: " + "  ".join(f"{q} {v:.2f}" for q, v in hit.items() if v == v))
+        _, trace = blink_trace(base)
+        active = torch.stack(trace.active)
+        print("\n(2) expansion: " + ", ".join(f"layer {layer} active {a.float().mean():.2f}" for layer, a in
+                                            zip(trace.layers, active))
+              + f"; dropped later {(active[:-1] & ~active[1:]).any(0).float().mean():.2f}"
+              + f"; expanded after the first layer {(~active[:-1] & active[1:]).any(0).float().mean():.2f}")
+        print("\n(3) the asked-about object's tile (random tile where there is none) expanded at one layer")
+        r0, c0 = tile_origin(model, target, base.region)
+        pos = model.region_positions(r0, c0, base.region, base.factor)
+        zoom = zoom_view(model, hires, r0, c0, base.region, base.factor)
+        report("  true zoom tokens at the input", model(images, ids, lengths, extra=zoom, extra_pos=pos))
+        zoomed = model.hidden_states(model.prepare(images, extra=zoom, extra_pos=pos), range(*base.layers))
+        nv = model.grid[0] * model.grid[1]
+        for layer in range(*base.layers):
+            for kind in ("true zoom", "TokenSR", "interp"):
+                state = model.prepare(images, ids, lengths)
+                for i in range(model.num_layers):
+                    if i == layer:
+                        region = gather_region(state.h[:, :nv], model.grid, base.region, target)[0]
+                        extra = {"true zoom": lambda: zoomed[layer][:, nv:nv + pos.shape[1]],
+                                 "TokenSR": lambda: bank[layer](region).flatten(2).transpose(1, 2),
+                                 "interp": lambda: interpolate_region(region, base.factor).flatten(2).transpose(1, 2)}
+                        state = model.set_extra(state, extra[kind](), pos)
+                    state = model.run_layer(i, state)
+                report(f"  {kind} tokens at layer {layer}", model.readout(state))
+        print("\n(4) ceiling: the true zoom of the tile Blink picks (first scanned layer), where Blink expands")
+        r0, c0 = tile_origin(model, scan.top[0], base.region)
+        pos = model.region_positions(r0, c0, base.region, base.factor)
+        zoomed_logits = model(images, ids, lengths, extra=zoom_view(model, hires, r0, c0, base.region, base.factor),
+                              extra_pos=pos)
+        expands = active.any(0)
+        report(f"  where Blink expands ({expands.float().mean():.0%})",
+               torch.where(expands[:, None], zoomed_logits, vanilla))
+        report("  always", zoomed_logits)
     return 0
 
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if "--tune" in argv:
-        argv.remove("--tune")
-        sys.exit(tune(argv))
+    for flag, command in (("--tune", tune), ("--diagnose", diagnose)):
+        if flag in argv:
+            argv.remove(flag)
+            sys.exit(command(argv))
     sys.exit(main(["eval", "--table", *argv]))

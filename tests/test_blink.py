@@ -137,15 +137,13 @@ def test_expand_then_drop_restores_the_sequence(model, batch):
     state = model.prepare(images, ids, lengths)
     B = len(images)
     top = torch.zeros(B, dtype=torch.long)
-    tiles = torch.full((B,), -1)
     everyone = torch.ones(B, dtype=torch.bool)
-    expanded, tiles = blink._edit(model, 1, state, everyone, everyone, top, tiles)
+    expanded = blink._edit(model, 1, state, everyone, everyone, top)
     assert expanded.n_extra == 16 and expanded.h.shape[1] == state.h.shape[1] + 16
     assert torch.equal(expanded.h[:, :state.n_visual], state.h[:, :state.n_visual])
     assert torch.equal(expanded.h[:, expanded.text_start:], state.h[:, state.text_start:])
-    dropped, tiles = blink._edit(model, 2, expanded, ~everyone, ~everyone, top, tiles)
+    dropped = blink._edit(model, 2, expanded, ~everyone, ~everyone, top)
     assert dropped.n_extra == 0 and torch.equal(dropped.h, state.h) and torch.equal(dropped.pos, state.pos)
-    assert (tiles == -1).all()
 
 
 def test_batched_blink_equals_per_sample_blink(model, batch):
@@ -162,27 +160,33 @@ def test_batched_blink_equals_per_sample_blink(model, batch):
 
 
 def test_split_batches_equals_the_single_batch_reference(model, batch):
-    """Fast path: samples that disagree run on as sub-batches; answers and trace must match the
-    reference that carries invisible slots for the unexpanded samples."""
+    """Fast path: samples that expand, drop or stay run on as sub-batches; answers and trace must
+    match the reference that carries invisible slots for the unexpanded samples."""
     images, ids, lengths = batch
     probe = BlinkTrace()
     with torch.no_grad():
-        Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=math.inf, tau_drop=0.0), None).run(
+        Blink(BlinkConfig(layers=(1, 4), mode="interp", tau_exp=math.inf, tau_drop=0.0), None).run(
             model, model.prepare(images, ids, lengths), probe)
-    tau = float(probe.rho[0].median())  # about half the samples expand at the first scanned layer
-    outs, traces = [], []
-    for split in (False, True):
-        cfg = BlinkConfig(layers=(1, 3), mode="tokensr", tau_exp=tau, tau_drop=tau * 0.9, split_batches=split)
-        trace = BlinkTrace()
-        with torch.no_grad():
-            outs.append(Blink(cfg, _bank(model)).run(model, model.prepare(images, ids, lengths), trace))
-        traces.append(trace)
-    first = traces[1].active[0]
-    assert first.any() and not first.all()  # the batch really was split
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
-    for a, b in zip(traces[0].active + traces[0].tiles, traces[1].active + traces[1].tiles):
-        assert torch.equal(a, b)
-    torch.testing.assert_close(torch.stack(traces[1].rho), torch.stack(traces[0].rho))
+    rhos = torch.cat(probe.rho)
+    seen = {"split": False, "drop": False, "late expand": False}
+    for q_exp, q_drop in [(0.5, 0.45), (0.4, 0.35), (0.6, 0.2)]:
+        tau_exp, tau_drop = float(rhos.quantile(q_exp)), float(rhos.quantile(q_drop))
+        outs, traces = [], []
+        for split in (False, True):
+            cfg = BlinkConfig(layers=(1, 4), mode="tokensr", tau_exp=tau_exp, tau_drop=tau_drop, split_batches=split)
+            trace = BlinkTrace()
+            with torch.no_grad():
+                outs.append(Blink(cfg, _bank(model, (1, 4))).run(model, model.prepare(images, ids, lengths), trace))
+            traces.append(trace)
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+        for a, b in zip(traces[0].active + traces[0].tiles, traces[1].active + traces[1].tiles):
+            assert torch.equal(a, b)
+        torch.testing.assert_close(torch.stack(traces[1].rho), torch.stack(traces[0].rho))
+        active = torch.stack(traces[1].active)  # [layers, B]
+        seen["split"] |= bool(active.any(1).any() and not active.all(1).all())
+        seen["drop"] |= bool((active[:-1] & ~active[1:]).any())
+        seen["late expand"] |= bool((~active[:-1] & active[1:]).any())
+    assert all(seen.values()), seen  # every kind of regrouping was exercised
 
 
 def test_random_region_ablation_ignores_saliency(model, batch):
@@ -233,3 +237,23 @@ def test_tokensr_learns_a_mapping():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_comparison_table_rows_are_consistent(model, capsys):
+    from mmgen.mllm.evaluate import comparison, print_table
+
+    n = 10
+    rows = comparison(model, _bank(model), BlinkConfig(layers=(1, 3), tau_exp=0.0, tau_drop=0.0),
+                      ["finegrained", "val"], n=n, batch_size=5, seed=0, repeats=1, device=torch.device("cpu"))
+    variants = ["vanilla", "Blink-interp", "Blink", "random-region", "no-drop"]
+    assert [(r["split"], r["variant"]) for r in rows] == [(s, v) for s in ("finegrained", "val") for v in variants]
+    for split_rows in (rows[:5], rows[5:]):
+        vanilla = split_rows[0]
+        assert vanilla["ratio"] == vanilla["flops_ratio"] == 1.0 and vanilla["expanded"] is None
+        assert vanilla["fixed"] == vanilla["broken"] == 0
+        for r in split_rows[1:]:
+            assert r["expanded"] == 1.0  # tau_exp = 0: every question expands
+            assert r["flops_ratio"] > 1.0  # appended tokens and the saliency scan are extra work
+            assert round((r["acc"]["all"] - vanilla["acc"]["all"]) * n) == r["fixed"] - r["broken"]
+    print_table(rows)
+    assert "fixed/broken vs vanilla" in capsys.readouterr().out

@@ -113,6 +113,25 @@ def test_inactive_appended_tokens_are_invisible(model):
     assert not torch.allclose(on, vanilla, atol=1e-4)
 
 
+def test_merge_is_the_inverse_of_select(model):
+    items, images, ids, lengths = _batch()
+    r0 = c0 = torch.zeros(4, dtype=torch.long)
+    extra = torch.randn(4, 16, model.config.dim)
+    with torch.no_grad():
+        for state in (model.prepare(images, ids, lengths),
+                      model.set_extra(model.prepare(images, ids, lengths), extra, model.region_positions(r0, c0, 2, 2))):
+            a, b = torch.tensor([2, 0]), torch.tensor([3, 1])
+            merged = model.merge([model.select(state, a), model.select(state, b)])
+            whole = model.select(state, torch.cat([a, b]))
+            for field in ("h", "pos", "mask", "extra_active", "text_lengths"):
+                x, y = getattr(merged, field), getattr(whole, field)
+                assert (x is None and y is None) or torch.equal(x, y), field
+            torch.testing.assert_close(model.readout(merged), model.readout(whole))
+        with pytest.raises(ValueError, match="layout"):
+            model.merge([model.prepare(images, ids, lengths),
+                         model.set_extra(model.prepare(images, ids, lengths), extra, model.region_positions(r0, c0, 2, 2))])
+
+
 def test_target_tiles_follow_the_bbox(model):
     bbox = torch.tensor([[1.0, 1.0, 3.0, 3.0], [20.0, 20.0, 24.0, 24.0], [-1.0, -1.0, -1.0, -1.0]])
     tiles = target_tiles(model, bbox, 2)  # 32 px / 8 px patch = 4x4 grid -> 2x2 tiles of 16 px
@@ -174,19 +193,80 @@ def test_mllm_module_overfits_a_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def _train_batch(n=4):
+    ds = VQADataset(n, "train", size=32, hires=64)
+    return torch.utils.data.default_collate([ds[i] for i in range(n)])
+
+
 def test_tokensr_module_pairs_and_loss(model):
     module = TokenSRModule(model, layers=(1, 3), region=2, factor=2, hidden=8)
-    ds = VQADataset(4, "train", size=32, hires=64)
-    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
-    pairs = module.pairs(batch)
+    batch = _train_batch()
+    ids, lengths = batch_encode(batch["question"], 16)
+    pairs = module.pairs(batch, module.tiles(batch, ids, lengths))
     assert sorted(pairs) == [1, 2]
     region, target = pairs[1]
     assert region.shape == (4, 32, 2, 2) and target.shape == (4, 32, 4, 4)
-    loss, interp = module._losses(batch)
-    torch.testing.assert_close(loss, interp)  # a fresh TokenSR is exactly interpolation
+    loss, mse, interp, kd, ce = module._losses(batch)
+    assert kd is None and ce is None  # the hidden-state match alone
+    torch.testing.assert_close(mse, interp)  # a fresh TokenSR is exactly interpolation
     loss.backward()
     assert all(p.grad is None for p in module.model.parameters())  # MLLM frozen
     assert any(p.grad is not None for p in module.bank.parameters())
+
+
+def test_tokensr_training_regions_are_targets_or_blinks_choice(model):
+    from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace
+
+    batch = _train_batch(6)
+    ids, lengths = batch_encode(batch["question"], 16)
+    trace = BlinkTrace()
+    with torch.no_grad():
+        Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=float("inf"), tau_drop=0.0)).run(
+            model, model.prepare(batch["image"], ids, lengths), trace)
+    targets = target_tiles(model, batch["target_bbox"], 2)
+    has = batch["target_bbox"][:, 0] >= 0
+    always = TokenSRModule(model, layers=(1, 3), target_prob=1.0).tiles(batch, ids, lengths)
+    never = TokenSRModule(model, layers=(1, 3), target_prob=0.0).tiles(batch, ids, lengths)
+    assert torch.equal(always[has], targets[has]) and torch.equal(always[~has], trace.top[0][~has])
+    assert torch.equal(never, trace.top[0])
+
+
+def test_tokensr_student_is_what_blink_computes(model):
+    """The distillation student (TokenSR tokens appended at layer l) is exactly Blink expanding at l."""
+    from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace
+
+    module = TokenSRModule(model, layers=(1, 3), hidden=8, kd_weight=1.0)
+    torch.manual_seed(2)
+    for p in module.bank.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    items, images, ids, lengths = _batch()
+    for layer in (1, 2):
+        trace = BlinkTrace()
+        with torch.no_grad():
+            blink = Blink(BlinkConfig(layers=(layer, layer + 1), tau_exp=0.0, tau_drop=0.0), module.bank)
+            expected = blink.run(model, model.prepare(images, ids, lengths), trace)
+            got = module.student_logits(layer, images, ids, lengths, trace.top[0])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("term", ["kd", "ce"])
+def test_tokensr_answer_terms_train_tokensr_only_and_go_down(model, term):
+    torch.manual_seed(0)
+    weights = {"kd_weight": 1.0 if term == "kd" else 0.0, "ce_weight": 1.0 if term == "ce" else 0.0}
+    module = TokenSRModule(model, layers=(1, 3), hidden=8, mse_weight=0.0, **weights)
+    batch = _train_batch(8)
+    opt = torch.optim.Adam(module.bank.parameters(), lr=3e-2)
+    values = []
+    for _ in range(20):
+        loss, _, _, kd, ce = module._losses(batch)
+        assert (kd is None) == (term != "kd") and (ce is None) == (term != "ce")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        values.append((kd if term == "kd" else ce).item())
+    assert all(p.grad is None for p in module.model.parameters())
+    # a random frozen model reads the appended tokens only weakly: the CE can move a little only
+    assert values[-1] < 0.95 * values[0]
 
 
 # ------------------------------------------------------------------ images and CLI

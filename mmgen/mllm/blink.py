@@ -47,7 +47,7 @@ from .tokensr import TokenSRBank, interpolate_region
 
 
 class BlinkDecoder(Protocol):
-    """What Blink needs from a decoder (states are opaque except ``h``, ``n_visual``,
+    """What Blink needs from a decoder (states are opaque except ``h``, ``n_visual``, ``n_extra``,
     ``extra_active``, ``grid``)."""
 
     num_layers: int
@@ -67,6 +67,9 @@ class BlinkDecoder(Protocol):
     def select(self, state: Any, index: torch.Tensor) -> Any:
         """The state of the samples ``index`` (Long [b]) of the batch."""
 
+    def merge(self, states: list[Any]) -> Any:
+        """One batch from states with the same layout (e.g. all with the same appended block)."""
+
 
 @dataclass
 class BlinkConfig:
@@ -77,9 +80,11 @@ class BlinkConfig:
     validation stream with seed 1, and 0.8 of it; ``bench/blink_bench.py --tune``); mode: "tokensr" | "interp";
     region_choice: "saliency" | "random"; allow_drop: False = the no-drop ablation;
     saliency_rope: apply RoPE to q and k before scoring; seed: for region_choice="random";
-    split_batches: after a layer where some samples of a batch have appended tokens and others
-    not, run them on as two sub-batches instead of carrying invisible slots for the latter
-    (the same answers, less compute; False = the single-batch reference path)."""
+    split_batches: when some samples of a batch expand or drop at a layer and others do not, run
+    them on as sub-batches built from their own samples (at most two: with and without appended
+    tokens) instead of one batch with invisible slots for the samples without appended tokens
+    (the same answers, less compute: only the expanding samples go through TokenSR; False = the
+    single-batch reference path)."""
 
     layers: tuple[int, int] = (1, 3)
     region: int = 2
@@ -174,19 +179,18 @@ class _Group:
 
 
 def _record(trace: BlinkTrace, layer: int, B: int, scans) -> None:
-    """Add one scanned layer to the trace, the groups' values scattered back to batch order."""
-    def scatter(values: list[torch.Tensor]) -> torch.Tensor:
+    """Add one scanned layer to the trace, the groups' values scattered back to batch order.
+    scans: per group (parts, index, saliency, rho, top, active', tiles')."""
+    def scatter(k: int) -> torch.Tensor:
+        values = [scan[k] for scan in scans]
         full = values[0].new_empty((B, *values[0].shape[1:]))
-        for (g, *_), v in zip(scans, values):
-            full[g.index] = v
+        for scan, v in zip(scans, values):
+            full[scan[1]] = v
         return full
 
     trace.layers.append(layer)
-    trace.saliency.append(scatter([sal for _, sal, _, _ in scans]))
-    trace.rho.append(scatter([rho for _, _, rho, _ in scans]))
-    trace.top.append(scatter([top for _, _, _, top in scans]))
-    trace.active.append(scatter([g.active for g, *_ in scans]))
-    trace.tiles.append(scatter([g.tiles for g, *_ in scans]))
+    for k, values in enumerate((trace.saliency, trace.rho, trace.top, trace.active, trace.tiles), start=2):
+        values.append(scatter(k))
 
 
 # --------------------------------------------------------------------------- the runner
@@ -230,7 +234,9 @@ class Blink(nn.Module):
                          for g in groups]
                 if trace is not None:
                     _record(trace, i, B, scans)
-                groups = [part for g, *_ in scans for part in self._split(decoder, g)]
+                groups = [part for parts, *_ in scans for part in parts]
+                if cfg.split_batches and len(groups) > 2:
+                    groups = self._merge(decoder, groups)
             groups = [replace(g, state=decoder.run_layer(i, g.state)) for g in groups]
         if len(groups) == 1:
             return decoder.readout(groups[0].state)
@@ -241,7 +247,8 @@ class Blink(nn.Module):
         return logits
 
     def _scan(self, decoder, i, g: "_Group", random_top: torch.Tensor | None):
-        """Saliency, hysteresis and the edit for one group -> (group', saliency, rho, top)."""
+        """Saliency, hysteresis and the edit for one group
+        -> (groups that run on, the group's index, saliency, rho, top, active', tiles')."""
         cfg = self.config
         q, k = decoder.query_keys(i, g.state, with_rope=cfg.saliency_rope)
         sal = saliency(q, k)
@@ -249,34 +256,61 @@ class Blink(nn.Module):
         if random_top is not None:
             top = random_top
         new_active, expand, drop = hysteresis(g.active, rho, cfg.tau_exp, cfg.tau_drop, cfg.allow_drop)
-        state, tiles = g.state, g.tiles
-        if bool(expand.any()) or bool(drop.any()):
-            state, tiles = self._edit(decoder, i, state, new_active, expand, top, tiles)
-        return _Group(g.index, state, new_active, tiles), sal, rho, top
+        tiles = torch.where(expand, top, torch.where(new_active, g.tiles, torch.full_like(g.tiles, -1)))
+        if not (bool(expand.any()) or bool(drop.any())):
+            parts = [_Group(g.index, g.state, new_active, tiles)]
+        elif cfg.split_batches:
+            parts = self._regroup(decoder, i, g, new_active, expand, drop, top, tiles)
+        else:
+            parts = [_Group(g.index, self._edit(decoder, i, g.state, new_active, expand, top), new_active, tiles)]
+        return parts, g.index, sal, rho, top, new_active, tiles
 
-    def _split(self, decoder, g: "_Group") -> list["_Group"]:
-        """With ``split_batches``, samples with and without appended tokens continue as separate
-        sub-batches: the ones without drop the (invisible) slots instead of computing them."""
-        if not self.config.split_batches or g.state.n_extra == 0 or bool(g.active.all()):
-            return [g]
-        on, off = g.active.nonzero()[:, 0], (~g.active).nonzero()[:, 0]
-        without = decoder.set_extra(decoder.select(g.state, off), None, None)
-        return [_Group(g.index[on], decoder.select(g.state, on), g.active[on], g.tiles[on]),
-                _Group(g.index[off], without, g.active[off], g.tiles[off])]
+    def _regroup(self, decoder, i, g: "_Group", new_active, expand, drop, top, tiles) -> list["_Group"]:
+        """The edit with ``split_batches``: samples expanding now, dropping now and unchanged run on
+        as separate sub-batches, each built from its own samples only, so nobody carries (or
+        computes) invisible slots and only the expanding samples go through TokenSR."""
+        cfg = self.config
+        parts = []
+        for which, edit in ((~(expand | drop), None), (expand, "expand"), (drop, "drop")):
+            idx = which.nonzero()[:, 0]
+            if len(idx) == 0:
+                continue
+            state = g.state if len(idx) == len(which) else decoder.select(g.state, idx)
+            if edit == "expand":
+                region, r0, c0 = gather_region(state.h[:, :state.n_visual], state.grid, cfg.region, top[idx])
+                sr = self.upsample(i, region).flatten(2).transpose(1, 2)  # [b, (f p)^2, C]
+                state = decoder.set_extra(state, sr, decoder.region_positions(r0, c0, cfg.region, cfg.factor))
+            elif edit == "drop":
+                state = decoder.set_extra(state, None, None)
+            parts.append(_Group(g.index[idx], state, new_active[idx], tiles[idx]))
+        return parts
 
-    def _edit(self, decoder, i, state, new_active, expand, top, tiles):
-        """Append fresh SR tokens for samples expanding now; keep the (evolved) appended tokens of
-        samples still expanded; remove the block when no sample needs it."""
+    @staticmethod
+    def _merge(decoder, groups: list["_Group"]) -> list["_Group"]:
+        """Sub-batches with the same layout run on as one (samples that expanded at this layer join
+        those expanded earlier; those that dropped join those never expanded): a few samples as a
+        batch of their own would cost nearly as much dispatch as the whole batch."""
+        by_layout: dict[tuple[int, int], list[_Group]] = {}
+        for g in groups:
+            by_layout.setdefault((g.state.n_extra, g.state.h.shape[1]), []).append(g)
+        return [gs[0] if len(gs) == 1 else
+                _Group(torch.cat([g.index for g in gs]), decoder.merge([g.state for g in gs]),
+                       torch.cat([g.active for g in gs]), torch.cat([g.tiles for g in gs]))
+                for gs in by_layout.values()]
+
+    def _edit(self, decoder, i, state, new_active, expand, top):
+        """The single-batch reference edit: append fresh SR tokens for samples expanding now; keep
+        the (evolved) appended tokens of samples still expanded; remove the block when no sample
+        needs it (samples without appended tokens keep invisible slots)."""
         cfg = self.config
         if not bool(new_active.any()):
-            return decoder.set_extra(state, None, None), torch.full_like(tiles, -1)
+            return decoder.set_extra(state, None, None)
         region, r0, c0 = gather_region(state.h[:, :state.n_visual], state.grid, cfg.region, top)
         sr = self.upsample(i, region).flatten(2).transpose(1, 2)  # [B, (f p)^2, C]
         pos = decoder.region_positions(r0, c0, cfg.region, cfg.factor)
         if state.n_extra:  # samples that stay expanded keep their current appended tokens
             keep = (~expand)[:, None, None]
-            old_pos = state.pos if state.pos.ndim == 3 else state.pos.expand(len(tiles), -1, -1)
+            old_pos = state.pos if state.pos.ndim == 3 else state.pos.expand(len(expand), -1, -1)
             sr = torch.where(keep, state.h[:, state.n_visual:state.text_start], sr.to(state.h.dtype))
             pos = torch.where(keep, old_pos[:, state.n_visual:state.text_start], pos)
-        tiles = torch.where(expand, top, torch.where(new_active, tiles, torch.full_like(tiles, -1)))
-        return decoder.set_extra(state, sr, pos, new_active), tiles
+        return decoder.set_extra(state, sr, pos, new_active)

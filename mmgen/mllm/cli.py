@@ -79,6 +79,13 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
         p.add_argument("--lr", type=float, default=2e-3)
         p.add_argument("--layers", type=int, nargs=2, default=(1, 3), metavar=("START", "END"))
         p.add_argument("--region", type=int, default=2)
+        p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the zoom hidden-state match")
+        p.add_argument("--kd-weight", type=float, default=0.0,
+                       help="weight of the answer self-distillation from the zoomed view (see mllm.lightning)")
+        p.add_argument("--ce-weight", type=float, default=0.0,
+                       help="weight of the true-answer cross-entropy through Blink's expansion (see mllm.lightning)")
+        p.add_argument("--target-prob", type=float, default=0.5,
+                       help="probability of training on the asked-about object's tile instead of Blink's choice")
         p.add_argument("--max-minutes", type=float, default=30.0)
     else:  # eval
         p.add_argument("--model", default=None, help="MLLM dir (default: packaged)")
@@ -215,7 +222,9 @@ def _fit_tokensr(args) -> int:
     L.seed_everything(args.seed, workers=True)
     out = Path(args.out)
     model = load_model(args.model)
-    module = TokenSRModule(model, tuple(args.layers), args.region, lr=args.lr, total_steps=args.steps)
+    module = TokenSRModule(model, tuple(args.layers), args.region, lr=args.lr, total_steps=args.steps,
+                           mse_weight=args.mse_weight, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
+                           target_prob=args.target_prob)
     dm = VQADataModule(batch_size=args.batch_size, seed=args.seed + 1, image_size=model.config.image_size)
     trainer = _trainer(args, out, args.steps, max(args.steps // 3, 1))
     trainer.fit(module, dm)

@@ -6,10 +6,16 @@ on a uniformly random tile, same trigger) and no-drop (TokenSR, never dropping).
 exact match of the arg-max answer token.  Latency = wall time of the decoder pass
 (image encoder + all layers + readout, batched) per split: for each batch the minimum over
 ``repeats`` runs, summed over batches (on a shared machine other jobs only ever add time, so
-the minimum is the least noisy estimate of a variant's own cost), with the variants
-interleaved in each repeat so that load drift hits them alike; the ratio is to vanilla in the
-same run.  "expanded" = share of questions for which
-Blink expanded a region in at least one layer.
+the minimum is the least noisy estimate of a variant's own cost), with all variants run back
+to back on each batch so that load drift hits them alike; the ratio is to vanilla in the
+same run.  "FLOPs x vanilla" is the ratio of counted floating-point work (matmuls,
+convolutions, attention; :func:`flops`): it does not depend on the machine or its load, which
+on a shared CPU moves the wall-time ratio of one and the same variant by +-0.05 between runs,
+and it shows how much of Blink's wall-time overhead is dispatch of small tensors, not work.
+"expanded" = share of questions for which Blink expanded a region in at least one layer.
+"fixed/broken vs vanilla" counts the questions a variant gets right that vanilla gets wrong
+and the reverse: on a few hundred questions an accuracy difference of one or two points is
+only meaningful if those counts are lopsided.
 """
 from __future__ import annotations
 
@@ -48,11 +54,13 @@ def _runner(model, blink: Blink | None, trace: BlinkTrace | None = None):
 
 
 @torch.no_grad()
-def accuracy(run, batches) -> dict[str, float]:
-    """{qtype: accuracy, ..., "all": accuracy}."""
+def accuracy(run, batches, correct: list[bool] | None = None) -> dict[str, float]:
+    """{qtype: accuracy, ..., "all": accuracy}; per-question right/wrong appended to ``correct``."""
     right, total = defaultdict(int), defaultdict(int)
     for images, ids, lengths, answers, qtypes in batches:
         ok = (run(images, ids, lengths).argmax(-1) == answers).tolist()
+        if correct is not None:
+            correct.extend(ok)
         for q, o in zip(qtypes, ok):
             right[q] += o
             total[q] += 1
@@ -77,23 +85,34 @@ def print_accuracy(results: dict[str, dict[str, float]], title: str = "vanilla")
 
 
 @torch.no_grad()
-def _time(run, batches, device) -> list[float]:
-    """Wall time of each batch."""
-    out = []
-    for images, ids, lengths, *_ in batches:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        run(images, ids, lengths)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t)
-    return out
+def _time(run, batch, device) -> float:
+    """Wall time of one batch."""
+    images, ids, lengths, *_ = batch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    run(images, ids, lengths)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 @torch.no_grad()
-def score(model, blink: Blink | None, batches) -> tuple[dict[str, float], float | None]:
-    """Accuracy (see :func:`accuracy`) and, for Blink, the share of questions that expanded."""
+def flops(run, batches) -> int:
+    """Floating-point operations of matmuls, convolutions and attention over all batches
+    (torch.utils.flop_counter; elementwise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        for images, ids, lengths, *_ in batches:
+            run(images, ids, lengths)
+    return counter.get_total_flops()
+
+
+@torch.no_grad()
+def score(model, blink: Blink | None, batches) -> tuple[dict[str, float], float | None, torch.Tensor]:
+    """Accuracy (see :func:`accuracy`), for Blink the share of questions that expanded, and the
+    per-question correctness (bool [N])."""
     hits = total = 0
 
     def run(images, ids, lengths):
@@ -106,8 +125,9 @@ def score(model, blink: Blink | None, batches) -> tuple[dict[str, float], float 
         total += len(images)
         return logits
 
-    acc = accuracy(run, batches)
-    return acc, (hits / max(total, 1) if blink is not None else None)
+    correct: list[bool] = []
+    acc = accuracy(run, batches, correct)
+    return acc, (hits / max(total, 1) if blink is not None else None), torch.tensor(correct)
 
 
 def variants(base: BlinkConfig, bank) -> dict[str, Blink | None]:
@@ -121,7 +141,8 @@ def variants(base: BlinkConfig, bank) -> dict[str, Blink | None]:
 
 
 def comparison(model, bank, base: BlinkConfig, splits, n, batch_size, seed, repeats, device) -> list[dict]:
-    """Rows {split, variant, acc (dict), latency_s, ratio, expanded}."""
+    """Rows {split, variant, acc (dict), latency_s, ratio, flops_ratio, expanded, fixed, broken}; fixed / broken =
+    questions this variant answers right / wrong that vanilla answers wrong / right."""
     cfg = model.config
     rows = []
     for split in splits:
@@ -129,29 +150,37 @@ def comparison(model, bank, base: BlinkConfig, splits, n, batch_size, seed, repe
         vs = variants(base, bank)
         runs = {name: _runner(model, b) for name, b in vs.items()}
         for run in runs.values():  # warm-up (allocator, lazy init)
-            _time(run, batches[:1], device)
-        times = defaultdict(list)
+            _time(run, batches[0], device)
+        times = {name: [[] for _ in batches] for name in runs}  # [variant][batch] -> one time per repeat
         for _ in range(repeats):
-            for name, run in runs.items():
-                times[name].append(_time(run, batches, device))
+            for b, batch in enumerate(batches):  # every variant on the same batch back to back
+                for name, run in runs.items():
+                    times[name][b].append(_time(run, batch, device))
         # per batch the fastest repeat, summed: a load spike on one batch spoils one sample only
-        lat = {name: sum(min(ts) for ts in zip(*t)) for name, t in times.items()}
+        lat = {name: sum(min(ts) for ts in t) for name, t in times.items()}
+        ops = {name: flops(run, batches) for name, run in runs.items()}
+        ref = None
         for name, blink in vs.items():
-            acc, expanded = score(model, blink, batches)
+            acc, expanded, correct = score(model, blink, batches)
+            ref = correct if ref is None else ref  # vanilla comes first
             rows.append({"split": split, "variant": name, "acc": acc, "latency_s": lat[name],
-                         "ratio": lat[name] / lat["vanilla"], "expanded": expanded})
+                         "ratio": lat[name] / lat["vanilla"], "flops_ratio": ops[name] / ops["vanilla"],
+                         "expanded": expanded,
+                         "fixed": int((correct & ~ref).sum()), "broken": int((ref & ~correct).sum())})
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| split | variant | acc | " + " | ".join(QTYPES) + " | latency (s) | x vanilla | expanded |")
-    print("|---|---|---|" + "---|" * len(QTYPES) + "---|---|---|")
+    print("| split | variant | acc | " + " | ".join(QTYPES)
+          + " | fixed/broken vs vanilla | latency (s) | x vanilla | FLOPs x vanilla | expanded |")
+    print("|---|---|---|" + "---|" * len(QTYPES) + "---|---|---|---|---|")
     for r in rows:
         a = r["acc"]
         exp = "-" if r["expanded"] is None else f"{r['expanded']:.0%}"
         print(f"| {r['split']} | {r['variant']} | {a['all']:.3f} | "
               + " | ".join(f"{a.get(q, float('nan')):.3f}" for q in QTYPES)
-              + f" | {r['latency_s']:.3f} | {r['ratio']:.2f} | {exp} |")
+              + f" | +{r['fixed']}/-{r['broken']} | {r['latency_s']:.3f} | {r['ratio']:.2f}"
+              + f" | {r['flops_ratio']:.3f} | {exp} |")
 
 
 def run_table(model, bank, args, device) -> list[dict]:

@@ -228,6 +228,20 @@ class TinyLlava(ModelMixin, ConfigMixin):
             extra_active=None if state.extra_active is None else state.extra_active[index],
             text_lengths=None if state.text_lengths is None else state.text_lengths[index]))
 
+    def merge(self, states: list[DecoderState]) -> DecoderState:
+        """One batch from states of the same layout (sequence length, appended-block size), in order."""
+        first = states[0]
+        if any(s.h.shape[1] != first.h.shape[1] or s.n_extra != first.n_extra for s in states):
+            raise ValueError("merge needs states with the same sequence layout")
+        if all(s.pos.ndim == 2 and torch.equal(s.pos, first.pos) for s in states):
+            pos = first.pos
+        else:
+            pos = torch.cat([s.pos if s.pos.ndim == 3 else s.pos.expand(s.h.shape[0], -1, -1) for s in states])
+        cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+        return self._finish(replace(
+            first, h=torch.cat([s.h for s in states]), pos=pos,
+            extra_active=cat([s.extra_active for s in states]), text_lengths=cat([s.text_lengths for s in states])))
+
     def run_layer(self, i: int, state: DecoderState) -> DecoderState:
         return replace(state, h=self.layers[i](state.h, state.rope, state.mask))
 

@@ -2,7 +2,9 @@
 # Rebuild the packaged default VQA model (assets/vqa) and its TokenSR (assets/tokensr) on CPU,
 # exactly as they were made: a seeded 2000-step run of `mmgen vqa fit` (answer loss + dense
 # patch colour/shape loss + grounding loss, zoom-view augmentation; absolute visual position
-# embedding), a second fresh 3000-step schedule from there, then TokenSR with the MLLM frozen.  The wall-clock caps (--max-minutes) only bind
+# embedding), a second fresh 3000-step schedule from there, then TokenSR with the MLLM frozen
+# (400 steps, zoom hidden-state MSE only; regions: the asked-about object's tile or, half of the
+# time and for questions without one, the tile Blink's saliency picks).  The wall-clock caps (--max-minutes) only bind
 # on a busy machine, and then the result differs from the packaged one by how far training got
 # (see the training logs).
 set -euo pipefail
