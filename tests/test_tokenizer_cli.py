@@ -166,3 +166,11 @@ def test_short_training_improves_reconstruction(tmp_path):
         before = psnr(untrained.detokenize(untrained.tokenize(x)), x).mean()
         after = psnr(trained.detokenize(trained.tokenize(x)), x).mean()
     assert after > before + 3.0
+
+
+def test_chroma_loss_ignores_grey_shifts_and_sees_hue():
+    from mmgen.tokenizer.module import chroma_mse
+
+    x = torch.rand(2, 3, 5, 8, 8) * 1.6 - 0.8
+    assert chroma_mse(x + 0.2, x) < 1e-12          # same hue, brighter: no chroma error
+    assert chroma_mse(x[:, [1, 2, 0]], x) > 0.01    # channels rotated: hue changed

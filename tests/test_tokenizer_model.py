@@ -202,3 +202,58 @@ def test_cpu_inference_conv_fast_path_matches_conv3d(frames, stride):
         ref = conv.conv(conv._pad_past(x))  # plain nn.Conv3d
     assert fast.shape == ref.shape
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+VARIANTS = {
+    "3d-group-no-shortcuts": dict(time_kernel=3, shortcuts=False),
+    "3d-channel-norm-shortcuts": dict(time_kernel=3, norm_type="channel", shortcuts=True),
+    "framewise-no-norm": dict(time_kernel=1, norm_type="none", shortcuts=True),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_chunked_equals_full_for_every_norm_and_shortcut_variant(variant):
+    torch.manual_seed(0)
+    tok = VideoTokenizer(**{**SMALL, **VARIANTS[variant]}).eval()
+    x = _video(17)
+    with torch.no_grad():
+        z = tok.encode(x)
+        assert (tok.encode(x, chunk_frames=4) - z).abs().max() <= 1e-5
+        y = tok.decode(z)
+        assert (tok.decode(z, chunk_frames=1) - y).abs().max() <= 1e-5
+
+
+def test_resampling_shortcuts_are_pooling_and_channel_to_space():
+    from mmgen.tokenizer.layers import Downsample, Upsample
+
+    x = torch.randn(2, 4, 5, 6, 6)
+    down = Downsample(4, temporal=True, shortcut=True)
+    torch.nn.init.zeros_(down.conv.conv.weight)
+    torch.nn.init.zeros_(down.conv.conv.bias)
+    pooled = torch.nn.functional.avg_pool3d(x[:, :, 0::2], (1, 2, 2))  # frames 0, 2, 4
+    assert torch.allclose(down(x), pooled, atol=1e-6)
+
+    up = Upsample(4, 2, temporal=False, shortcut=True)  # 4 in -> 2 out: every input channel once
+    torch.nn.init.zeros_(up.conv.conv.weight)
+    torch.nn.init.zeros_(up.conv.conv.bias)
+    y = up(x)
+    assert y.shape == (2, 2, 5, 12, 12)
+    # output channel c at sub-pixel (i, j) is input channel 2c + (2i + j) // 2
+    assert torch.equal(y[:, 0, :, 0::2, 0::2], x[:, 0]) and torch.equal(y[:, 0, :, 1::2, 1::2], x[:, 1])
+    assert torch.equal(y[:, 1, :, 0::2, 1::2], x[:, 2]) and torch.equal(y[:, 1, :, 1::2, 0::2], x[:, 3])
+
+
+def test_norm_and_shortcut_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="norm type 'batch'"):
+        VideoTokenizer(**{**SMALL, "norm_type": "batch"})
+    with pytest.raises(ValueError, match="divisible by latent_dim 12"):
+        VideoTokenizer(**{**SMALL, "latent_dim": 12})
+
+
+def test_channel_norm_normalises_each_pixel_over_channels():
+    from mmgen.tokenizer.layers import ChannelNorm
+
+    x = torch.randn(2, 8, 3, 4, 4) * torch.arange(1, 17.0).reshape(1, 1, 1, 4, 4)
+    y = ChannelNorm(8)(x)
+    assert torch.allclose(y.mean(1), torch.zeros(2, 3, 4, 4), atol=1e-5)
+    assert torch.allclose(y.var(1, unbiased=False), torch.ones(2, 3, 4, 4), atol=1e-3)

@@ -10,6 +10,11 @@ finer grids. ``patch_size`` > 1 adds a per-frame
 pixel-unshuffle stem (and pixel-shuffle head), a cheap first 2x spatial compression for small
 models: no convolution then runs at full resolution. ``temporal_downsample[i]`` says whether down-sampling i also halves time;
 the decoder's matching up-sampling doubles it back (1 + m -> 1 + 2m).
+
+``shortcuts`` adds DC-AE's parameter-free residual paths around every resampling step and
+around the latent projection (channel averaging into the latent, channel duplication out of
+it): the convolutions then learn corrections to a plain resampled copy of the signal, which
+trains a highly compressing autoencoder much faster (see ``VideoTokenizer``).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmgen.tokenizer.layers import CausalConv3d, Downsample, FrameAttention, ResBlock3d, Upsample, _norm
+from mmgen.tokenizer.layers import CausalConv3d, Downsample, FrameAttention, Norm, ResBlock3d, Upsample
 
 
 def space_to_depth(x: Tensor, p: int) -> Tensor:
@@ -40,11 +45,17 @@ def depth_to_space(x: Tensor, p: int) -> Tensor:
     return y.reshape(b, t, c // (p * p), h * p, w * p).transpose(1, 2)
 
 
-def _mid(channels: int, groups: int, attention: bool, time_kernel: int) -> nn.Sequential:
-    layers: list[nn.Module] = [ResBlock3d(channels, channels, groups, time_kernel)]
+def _groups(wide: int, narrow: int, where: str) -> int:
+    if wide % narrow:
+        raise ValueError(f"the {where} shortcut needs the widest width {wide} divisible by latent_dim {narrow}")
+    return wide // narrow
+
+
+def _mid(channels: int, norm: Norm, attention: bool, time_kernel: int) -> nn.Sequential:
+    layers: list[nn.Module] = [ResBlock3d(channels, channels, norm, time_kernel)]
     if attention:
-        layers.append(FrameAttention(channels, groups))
-    layers.append(ResBlock3d(channels, channels, groups, time_kernel))
+        layers.append(FrameAttention(channels, norm))
+    layers.append(ResBlock3d(channels, channels, norm, time_kernel))
     return nn.Sequential(*layers)
 
 
@@ -57,10 +68,11 @@ class Encoder3d(nn.Module):
         channel_mult: Sequence[int],
         num_res_blocks: int,
         temporal_downsample: Sequence[bool],
-        norm_groups: int = 32,
+        norm: Norm = Norm(),
         mid_attention: bool = False,
         time_kernel: int = 3,
         patch_size: int = 1,
+        shortcuts: bool = False,
     ):
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
@@ -71,21 +83,26 @@ class Encoder3d(nn.Module):
         for i, width in enumerate(widths):
             blocks: list[nn.Module] = []
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock3d(ch, width, norm_groups, time_kernel))
+                blocks.append(ResBlock3d(ch, width, norm, time_kernel))
                 ch = width
             if i < len(widths) - 1:
-                blocks.append(Downsample(ch, temporal_downsample[i]))
+                blocks.append(Downsample(ch, temporal_downsample[i], shortcuts))
             self.levels.append(nn.Sequential(*blocks))
-        self.mid = _mid(ch, norm_groups, mid_attention, time_kernel)
-        self.norm_out = _norm(ch, norm_groups)
+        self.mid = _mid(ch, norm, mid_attention, time_kernel)
+        self.norm_out = norm(ch)
         self.conv_out = CausalConv3d(ch, latent_channels, (time_kernel, 3, 3))
+        self.shortcut_groups = _groups(ch, latent_channels, "encoder output") if shortcuts else 0
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(space_to_depth(x, self.patch_size))
         for level in self.levels:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        z = self.conv_out(F.silu(self.norm_out(h)))
+        if self.shortcut_groups:
+            b, c, t, hh, ww = h.shape
+            z = z + h.reshape(b, c // self.shortcut_groups, self.shortcut_groups, t, hh, ww).mean(2)
+        return z
 
 
 class Decoder3d(nn.Module):
@@ -97,33 +114,38 @@ class Decoder3d(nn.Module):
         channel_mult: Sequence[int],
         num_res_blocks: int,
         temporal_downsample: Sequence[bool],
-        norm_groups: int = 32,
+        norm: Norm = Norm(),
         mid_attention: bool = False,
         time_kernel: int = 3,
         patch_size: int = 1,
         decoder_res_blocks: int | None = None,
+        shortcuts: bool = False,
     ):
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
         ch = widths[-1]
         self.patch_size = patch_size
         self.conv_in = CausalConv3d(latent_channels, ch, (time_kernel, 3, 3))
-        self.mid = _mid(ch, norm_groups, mid_attention, time_kernel)
+        self.shortcut_repeats = _groups(ch, latent_channels, "decoder input") if shortcuts else 0
+        self.mid = _mid(ch, norm, mid_attention, time_kernel)
         self.levels = nn.ModuleList()
         for i in reversed(range(len(widths))):
             blocks: list[nn.Module] = []
             for _ in range(num_res_blocks + 1 if decoder_res_blocks is None else decoder_res_blocks):
-                blocks.append(ResBlock3d(ch, widths[i], norm_groups, time_kernel))
+                blocks.append(ResBlock3d(ch, widths[i], norm, time_kernel))
                 ch = widths[i]
             if i > 0:
-                blocks.append(Upsample(ch, widths[i - 1], temporal_downsample[i - 1]))
+                blocks.append(Upsample(ch, widths[i - 1], temporal_downsample[i - 1], shortcuts))
                 ch = widths[i - 1]
             self.levels.append(nn.Sequential(*blocks))
-        self.norm_out = _norm(ch, norm_groups)
+        self.norm_out = norm(ch)
         self.conv_out = CausalConv3d(ch, out_channels * patch_size**2, (time_kernel, 3, 3))
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.mid(self.conv_in(z))
+        h = self.conv_in(z)
+        if self.shortcut_repeats:
+            h = h + z.repeat_interleave(self.shortcut_repeats, dim=1)
+        h = self.mid(h)
         for level in self.levels:
             h = level(h)
         return depth_to_space(self.conv_out(F.silu(self.norm_out(h))), self.patch_size)

@@ -2,7 +2,7 @@
 
 Causality: output frame ``i`` depends only on input frames ``<= i`` (at the layer's own frame
 rate). Every temporal operation is a :class:`CausalConv3d` (padded with copies of the first
-frame, never with future frames) or frame-local (per-frame GroupNorm, spatial resampling).
+frame, never with future frames) or frame-local (per-frame GroupNorm, per-pixel ChannelNorm, spatial resampling).
 
 Streaming: inside ``with streaming(module):`` every causal layer keeps the tail of its input
 that the next chunk's first output window still needs, so feeding a video chunk by chunk gives
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -107,24 +108,59 @@ class FrameGroupNorm(nn.GroupNorm):
         return y.reshape(b, t, c, h, w).transpose(1, 2)
 
 
-def _norm(channels: int, groups: int) -> nn.Module:
-    """Per-frame GroupNorm with up to ``groups`` groups; ``groups=0``: no normalisation."""
-    if groups == 0:
-        return nn.Identity()
-    g = groups
-    while channels % g:
-        g //= 2
-    return FrameGroupNorm(g, channels, eps=1e-6)
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each (frame, pixel) separately.
+
+    Unlike a per-frame GroupNorm it keeps every pixel's own statistics: on sparse frames (a small
+    object on black) a frame-wide norm rescales an object's response by the object's own
+    energy, which hides how bright or which colour the object was and slows learning colour.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+NORM_TYPES = ("group", "channel", "none")
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Which normalisation the autoencoder uses; called with a width it builds one layer.
+
+    ``kind``: "group" (per-frame GroupNorm with up to ``groups`` groups; ``groups=0`` means
+    none), "channel" (:class:`ChannelNorm`) or "none".
+    """
+
+    kind: str = "group"
+    groups: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind not in NORM_TYPES:
+            raise ValueError(f"norm type {self.kind!r}: expected one of {NORM_TYPES}")
+
+    def __call__(self, channels: int) -> nn.Module:
+        if self.kind == "none" or (self.kind == "group" and self.groups == 0):
+            return nn.Identity()
+        if self.kind == "channel":
+            return ChannelNorm(channels)
+        g = self.groups
+        while channels % g:
+            g //= 2
+        return FrameGroupNorm(g, channels, eps=1e-6)
 
 
 class ResBlock3d(nn.Module):
     """norm -> SiLU -> causal conv, twice, plus a (1x1x1 if needed) shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int = 32, time_kernel: int = 3):
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm = Norm(), time_kernel: int = 3):
         super().__init__()
-        self.norm1 = _norm(in_channels, groups)
+        self.norm1 = norm(in_channels)
         self.conv1 = CausalConv3d(in_channels, out_channels, (time_kernel, 3, 3))
-        self.norm2 = _norm(out_channels, groups)
+        self.norm2 = norm(out_channels)
         self.conv2 = CausalConv3d(out_channels, out_channels, (time_kernel, 3, 3))
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1)
 
@@ -137,9 +173,9 @@ class ResBlock3d(nn.Module):
 class FrameAttention(nn.Module):
     """Single-head self-attention over the h*w positions of each frame (causal: frame-local)."""
 
-    def __init__(self, channels: int, groups: int = 32):
+    def __init__(self, channels: int, norm: Norm = Norm()):
         super().__init__()
-        self.norm = _norm(channels, groups)
+        self.norm = norm(channels)
         self.qkv = nn.Conv3d(channels, 3 * channels, 1)
         self.proj = nn.Conv3d(channels, channels, 1)
 
@@ -152,38 +188,80 @@ class FrameAttention(nn.Module):
         return x + self.proj(y)
 
 
-class Downsample(nn.Module):
-    """Stride-2 causal conv: halves h and w, and time too when ``temporal`` (1 + 2m -> 1 + m)."""
+def _keep_even_frames(x: Tensor, first_chunk: bool) -> Tensor:
+    """Frames 0, 2, 4, ... (1 + 2m -> 1 + m): the frames the strided causal conv's last tap sees.
 
-    def __init__(self, channels: int, temporal: bool):
+    Subsampling rather than averaging keeps an inflated 2D checkpoint exactly frame-wise.
+    """
+    if first_chunk:
+        if x.shape[2] % 2 == 0:
+            raise ValueError("temporal down-sampling needs 1 + 2m frames in the first chunk")
+        return x[:, :, 0::2]
+    if x.shape[2] % 2:
+        raise ValueError("temporal down-sampling needs 2m frames in every chunk after the first")
+    return x[:, :, 1::2]
+
+
+class Downsample(_Streamable):
+    """Stride-2 causal conv: halves h and w, and time too when ``temporal`` (1 + 2m -> 1 + m).
+
+    ``shortcut`` adds a parameter-free path (DC-AE's space-to-channel averaging, which for an
+    unchanged width is 2x2 average pooling; in time, the frames on the conv's output grid), so
+    the block learns a residual on top of a plain down-sampled copy of its input.
+    """
+
+    def __init__(self, channels: int, temporal: bool, shortcut: bool = False):
         super().__init__()
+        self.temporal, self.shortcut = temporal, shortcut
         self.conv = CausalConv3d(channels, channels, 3, stride=(2 if temporal else 1, 2, 2))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
+        y = self.conv(x)
+        if not self.shortcut:
+            return y
+        b, c, t, h, w = x.shape
+        s = x.reshape(b, c, t, h // 2, 2, w // 2, 2).mean((4, 6))
+        if self.temporal:
+            s = _keep_even_frames(s, first_chunk=self._state is None or not self._state.get("started", False))
+            if self._state is not None:
+                self._state["started"] = True
+        return y + s
 
 
 class Upsample(_Streamable):
     """Nearest x2 in h, w (and in time when ``temporal``: 1 + m -> 1 + 2m), then a causal conv.
 
     Temporal up-sampling repeats every frame twice except the very first one, which stays single
-    (it is the image latent); in streaming mode only the first chunk is trimmed.
+    (it is the image latent); in streaming mode only the first chunk is trimmed. ``shortcut`` adds
+    DC-AE's parameter-free channel-to-space path: the input's channels, duplicated to
+    ``4 * out_channels``, are spread over the 2x2 sub-pixels (needs ``4 * out`` divisible by ``in``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, temporal: bool):
+    def __init__(self, in_channels: int, out_channels: int, temporal: bool, shortcut: bool = False):
         super().__init__()
-        self.temporal = temporal
+        if shortcut and (4 * out_channels) % in_channels:
+            raise ValueError(f"an up-sampling shortcut from {in_channels} to {out_channels} channels needs "
+                             f"4 * {out_channels} divisible by {in_channels}")
+        self.temporal, self.shortcut = temporal, shortcut
+        self.repeats = 4 * out_channels // in_channels
         self.conv = CausalConv3d(in_channels, out_channels, 3)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _per_frame(self, x: Tensor, fn) -> Tensor:
         b, c, t, h, w = x.shape
-        x = F.interpolate(x.transpose(1, 2).reshape(b * t, c, h, w), scale_factor=2.0, mode="nearest")
-        x = x.reshape(b, t, c, 2 * h, 2 * w).transpose(1, 2)
+        y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))
+        return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        up = self._per_frame(x, lambda f: F.interpolate(f, scale_factor=2.0, mode="nearest"))
+        s = None
+        if self.shortcut:
+            s = self._per_frame(x, lambda f: F.pixel_shuffle(f.repeat_interleave(self.repeats, dim=1), 2))
         if self.temporal:
-            x = x.repeat_interleave(2, dim=2)
             first_chunk = self._state is None or not self._state.get("started", False)
-            if first_chunk:
-                x = x[:, :, 1:]
+            trim = 1 if first_chunk else 0
+            up = up.repeat_interleave(2, dim=2)[:, :, trim:]
+            s = None if s is None else s.repeat_interleave(2, dim=2)[:, :, trim:]
             if self._state is not None:
                 self._state["started"] = True
-        return self.conv(x)
+        y = self.conv(up)
+        return y if s is None else y + s

@@ -2,7 +2,11 @@
 
 ``VideoTokenizer()`` is the tiny default: 64x64 clips of 17 frames -> 5 latent frames of 8x8
 (8x spatial: a 2x pixel-unshuffle stem and two stride-2 levels; 4x temporal), 32 bits per
-token, scales 1, 2, 4, 8 per latent frame, about 1.9M parameters.
+token, scales 1, 2, 4, 8 per latent frame, about 0.7M parameters. Its residual blocks are
+frame-wise (``time_kernel=1``) and time is mixed by the causal 3D convs of the resampling steps,
+with DC-AE-style shortcuts (``shortcuts=True``): on 2 CPU cores this learns MovingShapes
+several times faster than the all-3D layout without shortcuts (which the VideoAR-like configs
+under ``tokenizers/`` keep: ``time_kernel: 3``, ``shortcuts: false``).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
 from mmgen.tokenizer.autoencoder import Decoder3d, Encoder3d
-from mmgen.tokenizer.layers import streaming
+from mmgen.tokenizer.layers import Norm, streaming
 from mmgen.tokenizer.quantizer import (
     BitwiseResidualQuantizer,
     IndexResidualQuantizer,
@@ -31,10 +35,14 @@ class VideoTokenizer(ModelMixin, ConfigMixin):
 
     Args (the saved config):
         in_channels: image channels (3).
-        norm_groups: groups of the per-frame GroupNorm (0: none). The tiny default uses 1
-            (a per-frame LayerNorm): with few channels and sparse frames (a small object on
-            black), narrow groups normalise an object's response to the same value whatever
-            its colour, which slows learning colour down markedly.
+        norm_type, norm_groups: "group" (per-frame GroupNorm with ``norm_groups`` groups; 0:
+            none), "channel" (per-pixel LayerNorm over channels) or "none". The tiny default
+            uses one group (a per-frame LayerNorm): with few channels and sparse frames (a small
+            object on black), narrow groups normalise an object's response to the same value
+            whatever its colour, which slows learning colour down markedly.
+        shortcuts: DC-AE's parameter-free residual paths around every resampling step and the
+            latent projection (see ``autoencoder``); needs the widest width divisible by
+            ``latent_dim`` and ``4 * out`` divisible by ``in`` at every up-sampling.
         base_channels, channel_mult, num_res_blocks, mid_attention: autoencoder
             width/depth (VAR layout); ``decoder_res_blocks`` (default num_res_blocks + 1);
             ``patch_size``: pixel-unshuffle stem. Spatial compression is
@@ -62,10 +70,12 @@ class VideoTokenizer(ModelMixin, ConfigMixin):
         channel_mult: Sequence[int] = (1, 2, 4),
         num_res_blocks: int = 1,
         temporal_downsample: Sequence[bool] = (True, True),
-        time_kernel: int = 3,
+        time_kernel: int = 1,
         patch_size: int = 2,
         decoder_res_blocks: int | None = None,
         norm_groups: int = 1,
+        norm_type: str = "group",
+        shortcuts: bool = True,
         mid_attention: bool = False,
         latent_dim: int = 32,
         scales: Sequence[Any] = (1, 2, 4, 8),
@@ -99,10 +109,11 @@ class VideoTokenizer(ModelMixin, ConfigMixin):
             channel_mult=list(channel_mult),
             num_res_blocks=num_res_blocks,
             temporal_downsample=[bool(v) for v in temporal_downsample],
-            norm_groups=norm_groups,
+            norm=Norm(norm_type, norm_groups),
             mid_attention=mid_attention,
             time_kernel=time_kernel,
             patch_size=patch_size,
+            shortcuts=shortcuts,
         )
         self.encoder = Encoder3d(in_channels, latent_dim, **arch)
         self.decoder = Decoder3d(in_channels, latent_dim, decoder_res_blocks=decoder_res_blocks, **arch)
