@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the default model shipped in mmgen/assets/default (CPU is enough; ~1 hour on 2 cores).
+# Reproduce the default model shipped in mmgen/assets/default (CPU is enough; ~40 minutes on 2 idle cores).
 #
 #   scripts/build_default_model.sh            # everything, from scratch
 #   TOKENIZER=DIR scripts/build_default_model.sh   # reuse an exported tokenizer folder
@@ -19,7 +19,7 @@ command -v mmgen > /dev/null || { echo "mmgen is not installed (pip install -e .
 
 RUN=${RUN:-runs/default_model}
 TOKENIZER=${TOKENIZER:-}
-NUM_SAMPLES=${NUM_SAMPLES:-512}
+NUM_SAMPLES=${NUM_SAMPLES:-2048}
 OUT=${OUT:-mmgen/assets/default}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$RUN"
