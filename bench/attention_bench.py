@@ -14,22 +14,14 @@ The block mask is built once per layout (its build time is printed separately).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
-from benchutil import median_seconds, sync
+from benchutil import median_seconds, sync, write_json
 
 from mmgen.ar.layout import GroupLayout
-from mmgen.io import atomic_path
 from mmgen.nn import attention
-
-
-def write_json(path: str, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(payload, indent=1))
 
 
 def main(argv=None):

@@ -1,11 +1,15 @@
-"""Timing shared by the bench scripts (imported as a sibling module: `python bench/x.py`)."""
+"""Timing and result files shared by the bench scripts (imported as a sibling module: `python bench/x.py`)."""
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+from mmgen.io import atomic_path
 
 
 def sync(device: torch.device) -> None:
@@ -26,3 +30,9 @@ def median_seconds(fn: Callable[[], object], device: torch.device, iters: int, w
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write ``payload`` as JSON at ``path`` atomically (bench/gpu_check.sh collects these)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(payload, indent=1))

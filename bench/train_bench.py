@@ -7,8 +7,7 @@ One training step = forward + bitwise BCE + backward + AdamW (fused on CUDA) on 
 next-scale inputs and random bit targets (the tokenizer is not timed: train from a latent
 cache).  On CUDA the step runs under bf16 autocast with the group-causal FlexAttention
 (block mask built once per layout).  tokens/s counts every sequence token (prefix + visual);
-model FLOPs per token come from mmgen.io import atomic_path
-from mmgen.ar.flops (attention only over allowed pairs, training =
+model FLOPs per token come from mmgen.ar.flops (attention only over allowed pairs, training =
 3x forward, checkpoint recomputation not counted).  MFU = achieved model FLOP/s / --peak-tflops
 (dense bf16 peak of the card; e.g. H100/H200 SXM: 989).  Rows after the first show the ratio of
 their tokens/s to the first row, measured in the same run.  ``--json PATH`` also writes the rows
@@ -17,18 +16,15 @@ their tokens/s to the first row, measured in the same run.  ``--json PATH`` also
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchutil import median_seconds
+from benchutil import median_seconds, write_json
 
 from mmgen.ar import VideoAR
 from mmgen.ar.flops import forward_flops
 from mmgen.ar.presets import preset_config
-from mmgen.io import atomic_path
 
 
 def bench(preset: str, batch: int, device: torch.device, steps: int, warmup: int, backend: str,
@@ -64,11 +60,6 @@ def bench(preset: str, batch: int, device: torch.device, steps: int, warmup: int
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {"step_s": t, "tokens_s": tokens / t, "tflops": tokens * flops["train_per_token"] / t / 1e12,
             "L": flops["tokens"], "mem_gib": peak_mem}
-
-
-def write_json(path: str, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(payload, indent=1))
 
 
 def main(argv=None):
