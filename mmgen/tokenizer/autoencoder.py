@@ -24,25 +24,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmgen.tokenizer.layers import CausalConv3d, Downsample, FrameAttention, Norm, ResBlock3d, Upsample
+from mmgen.tokenizer.layers import CausalConv3d, Downsample, FrameAttention, Norm, ResBlock3d, Upsample, per_frame
 
 
 def space_to_depth(x: Tensor, p: int) -> Tensor:
     """[B, C, T, H, W] -> [B, C*p*p, T, H/p, W/p] (per-frame pixel-unshuffle; p = 1: identity)."""
-    if p == 1:
-        return x
-    b, c, t, h, w = x.shape
-    y = F.pixel_unshuffle(x.transpose(1, 2).reshape(b * t, c, h, w), p)
-    return y.reshape(b, t, c * p * p, h // p, w // p).transpose(1, 2)
+    return x if p == 1 else per_frame(x, lambda f: F.pixel_unshuffle(f, p))
 
 
 def depth_to_space(x: Tensor, p: int) -> Tensor:
     """Inverse of :func:`space_to_depth`."""
-    if p == 1:
-        return x
-    b, c, t, h, w = x.shape
-    y = F.pixel_shuffle(x.transpose(1, 2).reshape(b * t, c, h, w), p)
-    return y.reshape(b, t, c // (p * p), h * p, w * p).transpose(1, 2)
+    return x if p == 1 else per_frame(x, lambda f: F.pixel_shuffle(f, p))
 
 
 def _groups(wide: int, narrow: int, where: str) -> int:

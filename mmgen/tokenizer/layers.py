@@ -30,6 +30,21 @@ class _Streamable(nn.Module):
 
     _state: dict | None = None
 
+    def _starting(self) -> bool:
+        """True for a whole-video call or the first streamed chunk (then later chunks are not)."""
+        if self._state is None:
+            return True
+        first = not self._state.get("started", False)
+        self._state["started"] = True
+        return first
+
+
+def per_frame(x: Tensor, fn) -> Tensor:
+    """Apply a 2D op ``fn`` ([N, C, H, W] -> [N, C', H', W']) to every frame of ``x [B, C, T, H, W]``."""
+    b, c, t, h, w = x.shape
+    y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))
+    return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+
 
 @contextlib.contextmanager
 def streaming(module: nn.Module) -> Iterator[None]:
@@ -103,9 +118,7 @@ class FrameGroupNorm(nn.GroupNorm):
     """GroupNorm over (channels, h, w) of each frame separately: no statistics across time."""
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, t, h, w = x.shape
-        y = super().forward(x.transpose(1, 2).reshape(b * t, c, h, w))
-        return y.reshape(b, t, c, h, w).transpose(1, 2)
+        return per_frame(x, super().forward)
 
 
 class ChannelNorm(nn.Module):
@@ -222,9 +235,7 @@ class Downsample(_Streamable):
         b, c, t, h, w = x.shape
         s = x.reshape(b, c, t, h // 2, 2, w // 2, 2).mean((4, 6))
         if self.temporal:
-            s = _keep_even_frames(s, first_chunk=self._state is None or not self._state.get("started", False))
-            if self._state is not None:
-                self._state["started"] = True
+            s = _keep_even_frames(s, first_chunk=self._starting())
         return y + s
 
 
@@ -246,22 +257,14 @@ class Upsample(_Streamable):
         self.repeats = 4 * out_channels // in_channels
         self.conv = CausalConv3d(in_channels, out_channels, 3)
 
-    def _per_frame(self, x: Tensor, fn) -> Tensor:
-        b, c, t, h, w = x.shape
-        y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))
-        return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
-
     def forward(self, x: Tensor) -> Tensor:
-        up = self._per_frame(x, lambda f: F.interpolate(f, scale_factor=2.0, mode="nearest"))
+        up = per_frame(x, lambda f: F.interpolate(f, scale_factor=2.0, mode="nearest"))
         s = None
         if self.shortcut:
-            s = self._per_frame(x, lambda f: F.pixel_shuffle(f.repeat_interleave(self.repeats, dim=1), 2))
+            s = per_frame(x, lambda f: F.pixel_shuffle(f.repeat_interleave(self.repeats, dim=1), 2))
         if self.temporal:
-            first_chunk = self._state is None or not self._state.get("started", False)
-            trim = 1 if first_chunk else 0
+            trim = 1 if self._starting() else 0
             up = up.repeat_interleave(2, dim=2)[:, :, trim:]
             s = None if s is None else s.repeat_interleave(2, dim=2)[:, :, trim:]
-            if self._state is not None:
-                self._state["started"] = True
         y = self.conv(up)
         return y if s is None else y + s
