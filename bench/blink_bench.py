@@ -3,10 +3,10 @@ question type and latency ratio to vanilla, on the normal (val) and held-out fin
 
     python bench/blink_bench.py [--model DIR] [--tokensr DIR] [--samples 600] [--repeats 3] [--device cpu]
         same as ``mmgen vqa eval --table ...``; without --model the packaged model and TokenSR are used
-    python bench/blink_bench.py --tune [--model DIR] [--samples 300]
+    python bench/blink_bench.py --tune [--model DIR] [--samples 300] [--split finegrained]
         how tau_exp / tau_drop were chosen: rho quantiles per scanned layer and Blink accuracy for a
-        few thresholds on a validation stream with seed 1 (the table uses seed 0; the fine-grained
-        split is never used for tuning)
+        few thresholds on the first --split (default val) drawn with seed 1 — a development stream:
+        the table uses seed 0, so its questions are never used for tuning
     python bench/blink_bench.py --diagnose [--split finegrained] [--samples 600] [--seed 0]
         where Blink's gain is lost: (1) does the top saliency tile hold the asked-about object, per
         scanned layer and question type; (2) how often Blink expands / drops; (3) accuracy with the
@@ -34,7 +34,7 @@ def tune(argv: list[str]) -> int:
     bank = load_tokensr(args.tokensr, args.model, device)
     base = blink_config(args, "tokensr", bank)
     cfg = model.config
-    batches = load_split("val", args.samples, 1, cfg.image_size, args.batch_size, cfg.max_text_len, device)
+    batches = load_split(args.split[0], args.samples, 1, cfg.image_size, args.batch_size, cfg.max_text_len, device)
     rhos = {}
     with torch.no_grad():
         for images, ids, lengths, *_ in batches:
@@ -47,7 +47,7 @@ def tune(argv: list[str]) -> int:
         print(f"layer {layer}: rho quantiles 25/50/75/90% = {[round(v, 3) for v in torch.quantile(torch.cat(r), qs).tolist()]}")
     first = torch.cat(rhos[min(rhos)])
     print(f"vanilla acc: {score(model, None, batches)[0]['all']:.3f}")
-    for q in (0.5, 0.75, 0.9):
+    for q in (0.1, 0.25, 0.5, 0.75):  # expand for about 90% ... 25% of the questions at the first layer
         tau_exp = float(torch.quantile(first, q))
         for drop_frac in (0.8, 0.0):
             c = replace(base, tau_exp=tau_exp, tau_drop=tau_exp * drop_frac)
@@ -60,7 +60,7 @@ def tune(argv: list[str]) -> int:
 def diagnose(argv: list[str]) -> int:
     from dataclasses import replace
 
-    from mmgen.mllm.blink import Blink, BlinkTrace, gather_region
+    from mmgen.mllm.blink import Blink, BlinkTrace, gather_region, super_resolve
     from mmgen.mllm.data import QTYPES, VQADataset
     from mmgen.mllm.lightning import target_tiles, tile_origin
     from mmgen.mllm.model import zoom_view
@@ -119,8 +119,9 @@ def diagnose(argv: list[str]) -> int:
                     if i == layer:
                         region = gather_region(state.h[:, :nv], model.grid, base.region, target)[0]
                         extra = {"true zoom": lambda: zoomed[layer][:, nv:nv + pos.shape[1]],
-                                 "TokenSR": lambda: bank[layer](region).flatten(2).transpose(1, 2),
-                                 "interp": lambda: interpolate_region(region, base.factor).flatten(2).transpose(1, 2)}
+                                 "TokenSR": lambda: super_resolve(model, bank[layer], region, r0, c0, base.factor)[0],
+                                 "interp": lambda: super_resolve(model, lambda x: interpolate_region(x, base.factor),
+                                                                 region, r0, c0, base.factor)[0]}
                         state = model.set_extra(state, extra[kind](), pos)
                     state = model.run_layer(i, state)
                 report(f"  {kind} tokens at layer {layer}", model.readout(state))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmgen.mllm.blink import (Blink, BlinkConfig, BlinkTrace, concentration, gather_region, hysteresis,
-                              region_scores, saliency)
+                              region_scores, saliency, super_resolve)
 from mmgen.mllm.data import VQADataset
 from mmgen.mllm.model import TinyLlava
 from mmgen.mllm.text import batch_encode
@@ -257,3 +257,26 @@ def test_comparison_table_rows_are_consistent(model, capsys):
             assert round((r["acc"]["all"] - vanilla["acc"]["all"]) * n) == r["fixed"] - r["broken"]
     print_table(rows)
     assert "fixed/broken vs vanilla" in capsys.readouterr().out
+
+
+def test_sign_test_matches_the_binomial_tails():
+    from mmgen.mllm.evaluate import sign_test
+
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(3, 3) == 1.0
+    assert abs(sign_test(5, 0) - 2 / 32) < 1e-12  # all five the same way: 2 * (1/2)^5
+    assert abs(sign_test(9, 1) - 2 * 11 / 1024) < 1e-12  # P(<= 1 of 10) = 11/1024, both tails
+    assert sign_test(1, 9) == sign_test(9, 1)
+
+
+def test_super_resolve_moves_position_embeddings_to_the_sub_cells(model):
+    """The upsampler sees content only; each new token carries its own sub-cell's embedding."""
+    r0, c0 = torch.tensor([0, 2]), torch.tensor([2, 0])
+    cells = model.region_positions(r0, c0, 2, 1)
+    content = torch.randn(2, 1, model.config.dim).expand(-1, 4, -1)  # the same content in all four cells
+    region = (content + model.position_embedding(cells)).transpose(1, 2).reshape(2, -1, 2, 2)
+    seen = []
+    sr, pos = super_resolve(model, lambda x: seen.append(x) or interpolate_region(x, 2), region, r0, c0, 2)
+    torch.testing.assert_close(seen[0], content.transpose(1, 2).reshape(2, -1, 2, 2))
+    torch.testing.assert_close(pos, model.region_positions(r0, c0, 2, 2))
+    torch.testing.assert_close(sr, content[:, :1].expand(-1, 16, -1) + model.position_embedding(pos))

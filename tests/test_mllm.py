@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from mmgen.mllm import cli
-from mmgen.mllm.data import ANSWERS, QUADRANTS, SIZES, VQADataset
+from mmgen.mllm.data import ANSWERS, NORMAL_SIZES, QUADRANTS, SIZES, VQADataset
 from mmgen.mllm.image import load_image
 from mmgen.mllm.lightning import MLLMModule, TokenSRModule, target_patches, target_tiles
 from mmgen.mllm.model import TinyLlava, zoom_view
@@ -54,7 +54,7 @@ def test_finegrained_targets_are_tiny_and_smaller_than_a_patch():
         s = ds.sample(i)
         if s.target_bbox is not None:
             x0, y0, x1, y1 = s.target_bbox
-            assert (x1 - x0) == 2 * SIZES["tiny"]
+            assert (x1 - x0) == pytest.approx(2 * SIZES["tiny"])
             assert (x1 - x0) * ds.size / ds.hires < 8  # smaller than one 8-px patch of the model input
     item = ds[0]
     assert item["image"].shape == (3, 64, 64) and item["image"].min() >= -1 and item["image"].max() <= 1
@@ -62,6 +62,17 @@ def test_finegrained_targets_are_tiny_and_smaller_than_a_patch():
 
 
 # ------------------------------------------------------------------ text
+def test_tiny_objects_only_in_the_finegrained_split_unless_asked_for():
+    normal = [VQADataset(40, split).sample(i) for split in ("train", "val") for i in range(40)]
+    assert all(o.size in NORMAL_SIZES for s in normal for o in s.objects)
+    fine = [VQADataset(40, "finegrained").sample(i) for i in range(40)]
+    assert sum(o.size == "tiny" for s in fine for o in s.objects) >= 40  # every question has a tiny target/decoy
+    mixed = [VQADataset(60, "train", sizes=tuple(SIZES)).sample(i) for i in range(60)]
+    assert {o.size for s in mixed for o in s.objects} == set(SIZES)
+    with pytest.raises(ValueError, match="sizes"):
+        VQADataset(4, "train", sizes=("huge",))
+
+
 def test_text_encoding_and_errors():
     ids, lengths = batch_encode(["what color is the circle ?", "is there a red square?"], 16)
     assert lengths.tolist() == [6, 6] and ids.dtype == torch.long
@@ -152,6 +163,23 @@ def test_visual_position_embedding_marks_where_a_token_is():
         torch.testing.assert_close(zoomed.h[0, 16:32], placed.position_embedding(pos[0]))  # appended at their sub-grid positions
 
 
+def test_conv_stem_gives_one_token_per_patch_and_sees_inside_it():
+    torch.manual_seed(0)
+    conv = TinyLlava(**TINY, stem="conv").eval()
+    x = torch.zeros(2, 3, 32, 32)
+    x[1, :, 2, 3] = 1.0  # one pixel inside the first patch
+    with torch.no_grad():
+        f = conv.vit_features(x)
+        raw = conv.patch_embed(x)
+    assert f.shape == (2, 16, TINY["vit_dim"]) and raw.shape == (2, TINY["vit_dim"], 4, 4)
+    changed = (raw[1] - raw[0]).abs().amax(0) > 0
+    assert changed[0, 0] and changed.sum() == 1  # a pixel well inside a patch only reaches that patch
+    with pytest.raises(ValueError, match="power-of-two"):
+        TinyLlava(**{**TINY, "patch": 6, "image_size": 36}, stem="conv")
+    with pytest.raises(ValueError, match="unknown stem"):
+        TinyLlava(**TINY, stem="resnet")
+
+
 def test_grounding_loss_is_the_saliency_of_the_target_patch(model):
     bbox = torch.tensor([[1.0, 1.0, 3.0, 3.0], [20.0, 9.0, 24.0, 13.0]])  # 4x4 grid of 8-px patches
     assert target_patches(model, bbox).tolist() == [0, 1 * 4 + 2]
@@ -199,7 +227,7 @@ def _train_batch(n=4):
 
 
 def test_tokensr_module_pairs_and_loss(model):
-    module = TokenSRModule(model, layers=(1, 3), region=2, factor=2, hidden=8)
+    module = TokenSRModule(model, layers=(1, 3), region=2, factor=2, hidden=8, kd_weight=0.0)
     batch = _train_batch()
     ids, lengths = batch_encode(batch["question"], 16)
     pairs = module.pairs(batch, module.tiles(batch, ids, lengths))
@@ -339,3 +367,16 @@ def test_patch_labels_mark_objects_including_tiny_ones():
     assert labels[6, 2, 0] == list(COLORS).index("red") + 1 and labels[5, 1, 0] == list(COLORS).index("red") + 1
     assert (labels[..., 0] > 0).sum() == 1 + 4  # the tiny object's cell + the 2x2 cells the circle's box fills
     assert labels[0, 0].tolist() == [0, 0]
+
+
+def test_packaged_model_and_tokensr_answer_normal_questions():
+    from mmgen.mllm.blink import Blink, BlinkConfig
+    from mmgen.mllm.evaluate import load_split, score
+
+    model = cli.load_model(None)
+    bank = cli.load_tokensr(None, None)
+    batches = load_split("val", 60, 5, model.config.image_size, 60, model.config.max_text_len, "cpu")
+    vanilla, _, _ = score(model, None, batches)
+    blink, expanded, _ = score(model, Blink(BlinkConfig(), bank), batches)
+    assert vanilla["all"] > 0.8 and blink["all"] > 0.8  # chance is about 0.3
+    assert expanded > 0

@@ -28,7 +28,7 @@ def _add_blink_args(p: argparse.ArgumentParser) -> None:
     d = BlinkConfig()
     p.add_argument("--tokensr", default=None, help="TokenSR weights dir (default: <model>/tokensr, or the packaged one)")
     p.add_argument("--blink-layers", type=int, nargs=2, default=None, metavar=("START", "END"),
-                   help=f"decoder layers [start, end) Blink scans (default {d.layers} or the TokenSR's)")
+                   help=f"decoder layers [start, end) Blink scans (default {d.layers})")
     p.add_argument("--tau-exp", type=float, default=d.tau_exp, help="expand when rho > tau_exp")
     p.add_argument("--tau-drop", type=float, default=d.tau_drop, help="drop when rho < tau_drop")
     p.add_argument("--region", type=int, default=d.region, help="region side p in tokens")
@@ -55,7 +55,7 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"mmgen vqa {name}")
     if name == "fit":
         p.add_argument("--out", required=True, help="output dir (model + Lightning checkpoints + logs)")
-        p.add_argument("--steps", type=int, default=2000)
+        p.add_argument("--steps", type=int, default=5000)
         p.add_argument("--batch-size", type=int, default=24)
         p.add_argument("--lr", type=float, default=3e-3)
         p.add_argument("--zoom-prob", type=float, default=0.5, help="zoom-view augmentation probability")
@@ -67,20 +67,27 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
         p.add_argument("--init", default=None, help="start from this MLLM dir's weights (continue training with a "
                        "fresh schedule; its architecture replaces --depth/--dim/--heads)")
         p.add_argument("--max-minutes", type=float, default=60.0, help="stop training after this long")
-        p.add_argument("--val-every", type=int, default=500)
+        p.add_argument("--val-every", type=int, default=1000)
         p.add_argument("--depth", type=int, default=4)
         p.add_argument("--dim", type=int, default=64)
         p.add_argument("--heads", type=int, default=2)
+        p.add_argument("--stem", choices=("conv", "patch"), default="conv",
+                       help="patch stem of the image encoder (see mmgen.mllm.model.patch_stem)")
+        p.add_argument("--lm-aux-weight", type=float, default=1.0,
+                       help="weight of the dense colour/shape/quadrant loss on the LM's visual hidden states")
+        p.add_argument("--zoom-off-target", type=float, default=0.25,
+                       help="share of zoom views taken from a random region instead of the asked-about one")
     elif name == "fit-tokensr":
         p.add_argument("--model", default=None, help="frozen MLLM dir (default: packaged)")
         p.add_argument("--out", required=True, help="output dir for the TokenSR bank")
-        p.add_argument("--steps", type=int, default=400)
+        p.add_argument("--steps", type=int, default=1500)
         p.add_argument("--batch-size", type=int, default=24)
         p.add_argument("--lr", type=float, default=2e-3)
         p.add_argument("--layers", type=int, nargs=2, default=(1, 3), metavar=("START", "END"))
         p.add_argument("--region", type=int, default=2)
+        p.add_argument("--hidden", type=int, default=64, help="TokenSR convolution width")
         p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the zoom hidden-state match")
-        p.add_argument("--kd-weight", type=float, default=0.0,
+        p.add_argument("--kd-weight", type=float, default=1.0,
                        help="weight of the answer self-distillation from the zoomed view (see mllm.lightning)")
         p.add_argument("--ce-weight", type=float, default=0.0,
                        help="weight of the true-answer cross-entropy through Blink's expansion (see mllm.lightning)")
@@ -163,8 +170,7 @@ def save_atomic(module, out: str | Path) -> None:
 def blink_config(args, mode: str, bank=None, **overrides):
     from .blink import BlinkConfig
 
-    layers = tuple(args.blink_layers) if args.blink_layers else (
-        (min(bank.config.layers), max(bank.config.layers) + 1) if bank is not None else BlinkConfig().layers)
+    layers = tuple(args.blink_layers) if args.blink_layers else BlinkConfig().layers
     return BlinkConfig(layers=layers, region=args.region, tau_exp=args.tau_exp, tau_drop=args.tau_drop,
                        mode=mode, **overrides)
 
@@ -198,12 +204,13 @@ def _fit(args) -> int:
 
     L.seed_everything(args.seed, workers=True)
     out = Path(args.out)
-    arch = {"depth": args.depth, "dim": args.dim, "heads": args.heads, "visual_pos_embed": True}
+    arch = {"depth": args.depth, "dim": args.dim, "heads": args.heads, "visual_pos_embed": True, "stem": args.stem}
     init = load_model(args.init) if args.init else None
     if init is not None:
         arch = {k: v for k, v in init.config.items() if not k.startswith("_")}
     module = MLLMModule(model_config=arch, lr=args.lr, total_steps=args.steps, zoom_prob=args.zoom_prob,
-                        aux_weight=args.aux_weight, ground_weight=args.ground_weight)
+                        zoom_off_target=args.zoom_off_target, aux_weight=args.aux_weight,
+                        ground_weight=args.ground_weight, lm_aux_weight=args.lm_aux_weight)
     if init is not None:
         module.model.load_state_dict(init.state_dict())
     dm = VQADataModule(batch_size=args.batch_size, seed=args.seed)
@@ -217,15 +224,17 @@ def _fit(args) -> int:
 def _fit_tokensr(args) -> int:
     import lightning as L
 
+    from .data import SIZES
     from .lightning import TokenSRModule, VQADataModule
 
     L.seed_everything(args.seed, workers=True)
     out = Path(args.out)
     model = load_model(args.model)
-    module = TokenSRModule(model, tuple(args.layers), args.region, lr=args.lr, total_steps=args.steps,
+    module = TokenSRModule(model, tuple(args.layers), args.region, hidden=args.hidden, lr=args.lr, total_steps=args.steps,
                            mse_weight=args.mse_weight, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
                            target_prob=args.target_prob)
-    dm = VQADataModule(batch_size=args.batch_size, seed=args.seed + 1, image_size=model.config.image_size)
+    dm = VQADataModule(batch_size=args.batch_size, seed=args.seed + 1, image_size=model.config.image_size,
+                       sizes=tuple(SIZES))  # TokenSR learns from images of every object size, tiny ones included
     trainer = _trainer(args, out, args.steps, max(args.steps // 3, 1))
     trainer.fit(module, dm)
     save_atomic(module.bank, out)

@@ -15,10 +15,13 @@ and it shows how much of Blink's wall-time overhead is dispatch of small tensors
 "expanded" = share of questions for which Blink expanded a region in at least one layer.
 "fixed/broken vs vanilla" counts the questions a variant gets right that vanilla gets wrong
 and the reverse: on a few hundred questions an accuracy difference of one or two points is
-only meaningful if those counts are lopsided.
+only meaningful if those counts are lopsided; "p" is the two-sided exact sign test on them
+(:func:`sign_test`: the chance of counts at least this lopsided if fixing and breaking were
+equally likely).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -41,6 +44,15 @@ def load_split(split: str, n: int, seed: int, image_size: int, batch_size: int, 
                         torch.tensor([WORD_TO_ID[it["answer"]] for it in items], device=device),
                         [it["qtype"] for it in items]))
     return batches
+
+
+def sign_test(fixed: int, broken: int) -> float:
+    """Two-sided exact sign test: P(a split of fixed + broken fair coin flips at least as lopsided)."""
+    n = fixed + broken
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(fixed, broken) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def _vanilla(model, images, ids, lengths):
@@ -172,14 +184,14 @@ def comparison(model, bank, base: BlinkConfig, splits, n, batch_size, seed, repe
 
 def print_table(rows: list[dict]) -> None:
     print("| split | variant | acc | " + " | ".join(QTYPES)
-          + " | fixed/broken vs vanilla | latency (s) | x vanilla | FLOPs x vanilla | expanded |")
-    print("|---|---|---|" + "---|" * len(QTYPES) + "---|---|---|---|---|")
+          + " | fixed/broken vs vanilla | p | latency (s) | x vanilla | FLOPs x vanilla | expanded |")
+    print("|---|---|---|" + "---|" * len(QTYPES) + "---|---|---|---|---|---|")
     for r in rows:
         a = r["acc"]
         exp = "-" if r["expanded"] is None else f"{r['expanded']:.0%}"
         print(f"| {r['split']} | {r['variant']} | {a['all']:.3f} | "
               + " | ".join(f"{a.get(q, float('nan')):.3f}" for q in QTYPES)
-              + f" | +{r['fixed']}/-{r['broken']} | {r['latency_s']:.3f} | {r['ratio']:.2f}"
+              + f" | +{r['fixed']}/-{r['broken']} | {sign_test(r['fixed'], r['broken']):.2g} | {r['latency_s']:.3f} | {r['ratio']:.2f}"
               + f" | {r['flops_ratio']:.3f} | {exp} |")
 
 

@@ -75,19 +75,42 @@ class DecoderState:
         return self.text_start + self.text_lengths - 1
 
 
+def patch_stem(kind: str, patch: int, dim: int) -> nn.Module:
+    """Image -> one ``dim``-vector per patch x patch pixels.
+
+    "patch": one linear patch-projection (ViT's).  "conv": 3x3 stride-2 convolutions with GELU
+    halving the resolution until a last 2x2 stride-2 projection reaches the patch size (patch must
+    be a power of two >= 4).  With the single projection, the from-scratch ViT had not learned to
+    tell the shapes apart after 1500 steps of the dense shape loss (0.32 per-patch accuracy on
+    object patches, chance 0.25); the conv stem reached 0.59 after 800 steps.
+    """
+    if kind == "patch":
+        return nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+    if kind != "conv":
+        raise ValueError(f"unknown stem {kind!r}; expected 'patch' or 'conv'")
+    if patch < 4 or patch & (patch - 1):
+        raise ValueError(f"the conv stem needs a power-of-two patch >= 4, got {patch}")
+    layers, width, c_in = [], 32, 3
+    while patch > 2:
+        layers += [nn.Conv2d(c_in, width, 3, stride=2, padding=1), nn.GELU()]
+        c_in, width, patch = width, min(2 * width, dim), patch // 2
+    return nn.Sequential(*layers, nn.Conv2d(c_in, dim, kernel_size=2, stride=2))
+
+
 class TinyLlava(ModelMixin, ConfigMixin):
-    """ViT (patch tokens on a gh x gw grid, 2-D RoPE) + 2-layer MLP projector + causal LM
-    built from :class:`mmgen.nn.Block` over the word vocabulary of :mod:`mmgen.mllm.text`."""
+    """ViT (patch tokens on a gh x gw grid, 2-D RoPE; a linear or convolutional patch stem) + 2-layer
+    MLP projector + causal LM built from :class:`mmgen.nn.Block` over the word vocabulary of
+    :mod:`mmgen.mllm.text`."""
 
     @register_to_config
     def __init__(self, image_size: int = 64, patch: int = 8, vit_dim: int = 64, vit_depth: int = 2,
                  vit_heads: int = 2, dim: int = 64, depth: int = 4, heads: int = 2,
                  mlp_ratio: float = 3.0, vocab_size: int = len(VOCAB), max_text_len: int = 16,
-                 pos_stride: int = 2, visual_pos_embed: bool = False):
+                 pos_stride: int = 2, visual_pos_embed: bool = False, stem: str = "patch"):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
-        self.patch_embed = nn.Conv2d(3, vit_dim, kernel_size=patch, stride=patch)
+        self.patch_embed = patch_stem(stem, patch, vit_dim)
         self.vit_rope = Rope3D(vit_dim // vit_heads)
         self.vit = nn.ModuleList([Block(vit_dim, vit_heads, mlp_ratio) for _ in range(vit_depth)])
         self.vit_norm = RMSNorm(vit_dim)
