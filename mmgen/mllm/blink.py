@@ -85,7 +85,7 @@ class BlinkConfig:
     +0.034 at 1.25-1.31x vanilla's wall time; layers 1-2 with tau_exp at the 25% / 50% rho
     quantile (0.76 / 0.995, drop at 0.8 of it) +0.008 / +0.005, and at 0.76 without dropping
     +0.013; layer 2 only, expanding always, +0.008 / +0.009 at 1.13-1.17x.  The questions whose
-    saliency is diffuse gained as much as the concentrated ones and dropping never helped, so
+    saliency is diffuse gained at least as much as the concentrated ones and dropping never helped, so
     for this model the trigger is off by default (``bench/blink_bench.py --tune --split
     finegrained`` prints the quantile sweep); the hysteresis stays available through the
     thresholds.  mode: "tokensr" | "interp";
@@ -177,11 +177,11 @@ def super_resolve(decoder, upsample, region: torch.Tensor, r0: torch.Tensor, c0:
     p = region.shape[-1]
     cells = decoder.region_positions(r0, c0, p, 1)
     subs = decoder.region_positions(r0, c0, p, factor)
-    content = region - _as_grid(decoder.position_embedding(cells), p)
+    content = region - tokens_to_grid(decoder.position_embedding(cells), p)
     return upsample(content).flatten(2).transpose(1, 2) + decoder.position_embedding(subs), subs
 
 
-def _as_grid(tokens: torch.Tensor | float, p: int) -> torch.Tensor | float:
+def tokens_to_grid(tokens: torch.Tensor | float, p: int) -> torch.Tensor | float:
     """[B, p*p, C] (row-major) -> [B, C, p, p]; a scalar stays as it is."""
     if not torch.is_tensor(tokens):
         return tokens

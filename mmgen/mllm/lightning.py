@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .blink import _as_grid, concentration, gather_region, region_scores, saliency, super_resolve
+from .blink import concentration, gather_region, region_scores, saliency, super_resolve, tokens_to_grid
 from .data import COLORS, NORMAL_SIZES, QUADRANTS, SHAPES, VQADataset
 from .model import TinyLlava, zoom_view
 from .text import WORD_TO_ID, batch_encode
@@ -228,8 +228,8 @@ class TokenSRModule(L.LightningModule):
         zstate = m.prepare(batch["image"], extra=zoom, extra_pos=m.region_positions(r0, c0, hp.region, hp.factor))
         zoomed = m.hidden_states(zstate, layers)
         n, fp = zstate.n_visual, hp.region * hp.factor
-        cells = _as_grid(m.position_embedding(m.region_positions(r0, c0, hp.region, 1)), hp.region)
-        subs = _as_grid(m.position_embedding(m.region_positions(r0, c0, hp.region, hp.factor)), fp)
+        cells = tokens_to_grid(m.position_embedding(m.region_positions(r0, c0, hp.region, 1)), hp.region)
+        subs = tokens_to_grid(m.position_embedding(m.region_positions(r0, c0, hp.region, hp.factor)), fp)
         out = {}
         for i in layers:
             region, _, _ = gather_region(full[i][:, :n], m.grid, hp.region, tiles)
