@@ -31,7 +31,7 @@ the MLLM's QA training never shows one, as an MLLM's instruction data rarely ask
 far smaller than its visual tokens — the situation Blink addresses.  (With tiny objects in the
 QA training as well, the model learned to read them as well as the hidden states allow, and
 appended region tokens could only re-present the same information: Blink-interp +0.010 and
-Blink -0.002 to +0.005 over vanilla's 0.836 on a fine-grained development stream.)  TokenSR,
+Blink -0.005 to +0.006 over vanilla's 0.836 on a fine-grained development stream.)  TokenSR,
 trained on images without answers, sees all sizes (``sizes=tuple(SIZES)``).
 """
 from __future__ import annotations
