@@ -32,7 +32,7 @@ def tune(argv: list[str]) -> int:
     device = _device(args.device)
     model = load_model(args.model, device)
     bank = load_tokensr(args.tokensr, args.model, device)
-    base = blink_config(args, "tokensr", bank)
+    base = blink_config(args, "tokensr")
     cfg = model.config
     batches = load_split(args.split[0], args.samples, 1, cfg.image_size, args.batch_size, cfg.max_text_len, device)
     rhos = {}
@@ -70,7 +70,7 @@ def diagnose(argv: list[str]) -> int:
     args = _parser_sub("eval").parse_args(argv)
     model = load_model(args.model)
     bank = load_tokensr(args.tokensr, args.model)
-    base = blink_config(args, "tokensr", bank)
+    base = blink_config(args, "tokensr")
     cfg, split, n = model.config, args.split[0], args.samples
     items = [VQADataset(n, split, args.seed, size=cfg.image_size)[i] for i in range(n)]
     images, hires = torch.stack([it["image"] for it in items]), torch.stack([it["hires"] for it in items])

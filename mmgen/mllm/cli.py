@@ -167,7 +167,7 @@ def save_atomic(module, out: str | Path) -> None:
             os.replace(Path(tmp) / name, out / name)
 
 
-def blink_config(args, mode: str, bank=None, **overrides):
+def blink_config(args, mode: str, **overrides):
     from .blink import BlinkConfig
 
     layers = tuple(args.blink_layers) if args.blink_layers else BlinkConfig().layers
@@ -274,7 +274,7 @@ def _ask(args) -> int:
         state = model.prepare(x, ids, lengths)
         if args.blink or args.blink_interp or args.show_saliency:
             bank = load_tokensr(args.tokensr, args.model) if args.blink else None
-            cfg = blink_config(args, "tokensr" if args.blink else "interp", bank)
+            cfg = blink_config(args, "tokensr" if args.blink else "interp")
             if not (args.blink or args.blink_interp):  # saliency only: scan but never expand
                 cfg.tau_exp, cfg.tau_drop = float("inf"), 0.0
             logits = Blink(cfg, bank).run(model, state, trace)

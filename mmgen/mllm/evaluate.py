@@ -198,7 +198,7 @@ def print_table(rows: list[dict]) -> None:
 def run_table(model, bank, args, device) -> list[dict]:
     from .cli import blink_config
 
-    base = blink_config(args, "tokensr", bank)
+    base = blink_config(args, "tokensr")
     print(f"Blink config: {base}")
     print(f"device: {device}, {args.samples} questions per split, batch {args.batch_size}, "
           f"latency = sum over batches of the min of {args.repeats} timed repeats\n")

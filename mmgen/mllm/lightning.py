@@ -104,6 +104,11 @@ def blink_tiles(model: TinyLlava, images: torch.Tensor, ids: torch.Tensor, lengt
     return concentration(region_scores(saliency(*model.query_keys(layer, state)), model.grid, region))[1]
 
 
+def _dense_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of per-patch logits [B, N, K] against labels Long [B, N]."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
 def _answers(answers: list[str], device) -> torch.Tensor:
     return torch.tensor([WORD_TO_ID[a] for a in answers], device=device)
 
@@ -155,8 +160,7 @@ class MLLMModule(L.LightningModule):
             loss = loss + hp.ground_weight * -picked.clamp_min(1e-6).log().mean()
         if hp.aux_weight > 0:
             labels = batch["patch_labels"]
-            aux = (F.cross_entropy(self.aux_color(feats).flatten(0, 1).float(), labels[..., 0].flatten())
-                   + F.cross_entropy(self.aux_shape(feats).flatten(0, 1).float(), labels[..., 1].flatten()))
+            aux = _dense_ce(self.aux_color(feats), labels[..., 0]) + _dense_ce(self.aux_shape(feats), labels[..., 1])
             loss = loss + hp.aux_weight * aux
         if hp.lm_aux_weight > 0:
             loss = loss + hp.lm_aux_weight * self._lm_aux(read, batch["patch_labels"])
@@ -169,10 +173,9 @@ class MLLMModule(L.LightningModule):
         gh, gw = self.model.grid
         r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
         quadrant = ((r >= gh // 2).long() * 2 + (c >= gw // 2).long()).reshape(-1).to(read.device)
-        out = self.lm_aux(read).float()
-        return (F.cross_entropy(out[..., :nc].flatten(0, 1), labels[..., 0].flatten())
-                + F.cross_entropy(out[..., nc:nc + ns].flatten(0, 1), labels[..., 1].flatten())
-                + F.cross_entropy(out[..., nc + ns:].flatten(0, 1), quadrant.expand(len(read), -1).flatten()))
+        out = self.lm_aux(read)
+        return (_dense_ce(out[..., :nc], labels[..., 0]) + _dense_ce(out[..., nc:nc + ns], labels[..., 1])
+                + _dense_ce(out[..., nc + ns:], quadrant.expand(len(read), -1)))
 
     def training_step(self, batch, batch_idx):
         loss, acc = self._step(batch, zoom=True)
