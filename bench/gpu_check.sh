@@ -107,14 +107,14 @@ if [ $MODE = gpu ]; then
   ATTN_ARGS=()
   TRAIN_ARGS=(--preset videoar-l --batch "${TRAIN_BATCHES:-8,16,32}" --steps 6 --warmup 2)
   SAMPLE_ARGS=(--large-batches 1,16 --repeats 2)
-  TOK_CONFIG=tokenizers/videoar_folder_256_d48.yaml TOK_SIZE=256 TOK_FRAMES=17 TOK_DEVICE=cuda
+  TOK_CONFIG=configs/tokenizer/videoar_folder_256_d48.yaml TOK_SIZE=256 TOK_FRAMES=17 TOK_DEVICE=cuda
   T_ENV=45 T_TESTS=90 T_ATTN=50 T_TRAIN=100 T_SAMPLE=60 T_TOKPREP=40 T_TOK=40 T_ATTN_BWD=50
 else
   ENV_ARGS=()
   ATTN_ARGS=(--frames 3 --scales 1,2,4 --heads 2 --head-dim 16 --iters 2 --warmup 1 --device cpu)
   TRAIN_ARGS=(--preset tiny --batch 1,2 --num-frames 2 --steps 2 --warmup 1 --device cpu)
   SAMPLE_ARGS=(--repeats 1 --device cpu)
-  TOK_CONFIG=tokenizers/moving_shapes_tiny.yaml TOK_SIZE=32 TOK_FRAMES=5 TOK_DEVICE=cpu
+  TOK_CONFIG=configs/tokenizer/moving_shapes_tiny.yaml TOK_SIZE=32 TOK_FRAMES=5 TOK_DEVICE=cpu
   T_ENV=60 T_TESTS=120 T_ATTN=60 T_TRAIN=120 T_SAMPLE=120 T_TOKPREP=60 T_TOK=60 T_ATTN_BWD=60
 fi
 

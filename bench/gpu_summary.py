@@ -1,7 +1,7 @@
 """Helpers of bench/gpu_check.sh: device facts, a random-weight tokenizer folder, and the ONE summary table.
 
     python bench/gpu_summary.py env --json WORK/env.json [--require-cuda]   # card, torch, matmul rate, MFU peak
-    python bench/gpu_summary.py tokenizer-dir --config tokenizers/videoar_folder_256_d48.yaml --out DIR
+    python bench/gpu_summary.py tokenizer-dir --config configs/tokenizer/videoar_folder_256_d48.yaml --out DIR
     python bench/gpu_summary.py table --work WORK --mode gpu|dry-run --results bench/RESULTS.md
 
 ``table`` reads what the steps of gpu_check.sh left in WORK (steps.tsv: name, exit code, seconds,

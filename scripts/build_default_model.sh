@@ -4,11 +4,11 @@
 #   scripts/build_default_model.sh            # everything, from scratch
 #   TOKENIZER=DIR scripts/build_default_model.sh   # reuse an exported tokenizer folder
 #
-# Steps: (1) tiny VideoTokenizer on MovingShapes (tokenizers/moving_shapes_tiny.yaml);
+# Steps: (1) tiny VideoTokenizer on MovingShapes (configs/tokenizer/moving_shapes_tiny.yaml);
 # (2) latent cache of the default caption slice (mmgen.pipelines.default_model: one large
 # circle, 8 colours, moving left/right/up/down); (3) text-conditional tiny VideoAR
-# (train/moving_shapes_default.yaml); (4) pipeline folder with the default sampling settings
-# (sample/default.yaml) -> mmgen/assets/default; (5) samples of every training caption and the
+# (configs/generator/moving_shapes_default.yaml); (4) pipeline folder with the default sampling settings
+# (configs/sample/default.yaml) -> mmgen/assets/default; (5) samples of every training caption and the
 # analytic MovingShapes benchmark (colour / motion adherence) in $RUN/eval.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ mkdir -p "$RUN"
 
 if [ -z "$TOKENIZER" ]; then
   echo "== (1) tokenizer (run folder runs/tokenizer_tiny, as configured)"
-  mmgen tokenizer fit --config tokenizers/moving_shapes_tiny.yaml
+  mmgen tokenizer fit --config configs/tokenizer/moving_shapes_tiny.yaml
   mmgen tokenizer export runs/tokenizer_tiny/checkpoints/last.ckpt runs/tokenizer_tiny/export
   TOKENIZER=runs/tokenizer_tiny/export
 fi
@@ -38,7 +38,7 @@ mmgen ar tokenize --tokenizer "$TOKENIZER" --out "$RUN/latents" \
 
 echo "== (3) generator"
 rm -rf "$RUN/generator"
-mmgen ar fit --config train/moving_shapes_default.yaml \
+mmgen ar fit --config configs/generator/moving_shapes_default.yaml \
     --model.tokenizer "$TOKENIZER" \
     --data.train.init_args.path "$RUN/latents" \
     --trainer.default_root_dir "$RUN/generator" --trainer.logger.init_args.save_dir "$RUN/generator"
@@ -47,10 +47,10 @@ mmgen ar export "$CKPT" "$RUN/export"
 
 echo "== (4) pipeline folder -> $OUT"
 python -m mmgen.pipelines.assemble --tokenizer "$RUN/export/tokenizer" --generator "$RUN/export/generator" \
-    --sampling sample/default.yaml --out "$OUT"
+    --sampling configs/sample/default.yaml --out "$OUT"
 
 echo "== (5) samples + MovingShapes benchmark"
 rm -rf "$RUN/eval"
-mmgen sample --model "$OUT" --prompts-file sample/default_prompts.txt --num-per-prompt 2 \
+mmgen sample --model "$OUT" --prompts-file configs/sample/default_prompts.txt --num-per-prompt 2 \
     --out "$RUN/eval" --grid --seed 0 --no-progress
 mmgen eval shapes --videos "$RUN/eval"

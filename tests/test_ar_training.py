@@ -125,7 +125,7 @@ def test_missing_tokenizer_folder_is_named(tmp_path):
 def test_training_configs_parse(name, capsys):
     from pathlib import Path
 
-    cfg = Path(__file__).parents[1] / "train" / f"{name}.yaml"
+    cfg = Path(__file__).parents[1] / "configs" / "generator" / f"{name}.yaml"
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(cfg), "--print_config"])
     assert exit_info.value.code == 0

@@ -162,7 +162,7 @@ def test_shipped_configs_build(name):
 
     import yaml
 
-    cfg = yaml.safe_load((Path(__file__).parents[1] / "tokenizers" / f"{name}.yaml").read_text())
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tokenizer" / f"{name}.yaml").read_text())
     with torch.device("meta"):
         tok = VideoTokenizer(**cfg["model"]["tokenizer"])
     assert tok.temporal_compression == 4

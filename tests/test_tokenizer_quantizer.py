@@ -1,4 +1,4 @@
-"""Multi-scale residual quantizers: contract of notes/INTERFACES.md (mmgen.tokenizer)."""
+"""Multi-scale residual quantizers: their shared public contract (mmgen.tokenizer)."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """`mmgen ar fit | export | tokenize`.
 
-  mmgen ar fit --config train/tiny.yaml [--ckpt_path RUN/checkpoints/last.ckpt] [--trainer.strategy fsdp ...]
+  mmgen ar fit --config configs/generator/tiny.yaml [--ckpt_path RUN/checkpoints/last.ckpt] [--trainer.strategy fsdp ...]
   mmgen ar export CKPT OUTDIR [--no-ema]          -> OUTDIR/generator/ and OUTDIR/tokenizer/ (save_pretrained)
   mmgen ar tokenize --tokenizer DIR --out CACHE [--dataset mmgen.data.MovingShapes --dataset-args '{...}']
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fit(argv[1:])
     parser = argparse.ArgumentParser(prog="mmgen ar", description="Train, export and pre-tokenize for the VideoAR generator.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fit", help="train (LightningCLI): mmgen ar fit --config train/tiny.yaml [--ckpt_path CKPT]",
+    sub.add_parser("fit", help="train (LightningCLI): mmgen ar fit --config configs/generator/tiny.yaml [--ckpt_path CKPT]",
                    add_help=False)
     ex = sub.add_parser("export", help="checkpoint -> save_pretrained folders (generator/, tokenizer/)")
     ex.add_argument("ckpt")

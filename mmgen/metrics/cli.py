@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--aggregate", type=Path, help="VBench results JSON to aggregate into Quality/Semantic/Total")
     vb.add_argument("--dims", nargs="+", default=None,
                     help="dimension names, or 'all' / 'quality' / 'semantic' (default: all)")
-    vb.add_argument("--preset", default=None, help="dimension preset: eval/vbench/NAME.yaml or a YAML path")
+    vb.add_argument("--preset", default=None, help="dimension preset: configs/eval/vbench/NAME.yaml or a YAML path")
     vb.add_argument("--dino", type=Path, default=None, help="DINO ViT-B/16 weights (default: $MMGEN_DINO_PATH)")
     vb.add_argument("--device", default=None)
     vb.add_argument("--out", type=Path, default=None, help="result JSON (default: VIDEOS/mmgen_eval_vbench.json)")

@@ -2,7 +2,7 @@
 
 A protocol fixes what published FVDs silently differ in: sample counts, clip length and
 frame stride, resolution, real-set split, how clips are picked, which extractor. Presets
-are YAML files in the repository's ``eval/fvd/`` (override the folder with
+are YAML files in the repository's ``configs/eval/fvd/`` (override the folder with
 ``MMGEN_EVAL_DIR``); ``--protocol`` also accepts a path to a YAML file.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ class FVDProtocol:
 def eval_dir() -> Path:
     """The preset folder: ``MMGEN_EVAL_DIR`` or the repository's ``eval/``."""
     env = os.environ.get(EVAL_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "eval"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs" / "eval"
 
 
 def available_protocols() -> list[str]:
@@ -92,7 +92,7 @@ def available_protocols() -> list[str]:
 
 
 def load_protocol(name_or_path: str | os.PathLike) -> FVDProtocol:
-    """A preset by name (``eval/fvd/NAME.yaml``) or a YAML file by path."""
+    """A preset by name (``configs/eval/fvd/NAME.yaml``) or a YAML file by path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = eval_dir() / "fvd" / f"{name_or_path}.yaml"

@@ -211,7 +211,7 @@ def unsupported_record(name: str) -> dict:
 
 
 def load_preset(name_or_path: str) -> list[str]:
-    """Dimension names of a preset: ``eval/vbench/NAME.yaml`` or a YAML path (``dims: [...]``)."""
+    """Dimension names of a preset: ``configs/eval/vbench/NAME.yaml`` or a YAML path (``dims: [...]``)."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = eval_dir() / "vbench" / f"{name_or_path}.yaml"

@@ -1,7 +1,7 @@
 """Assemble a pipeline folder from a saved tokenizer and generator.
 
     python -m mmgen.pipelines.assemble --tokenizer TOK_DIR --generator GEN_DIR \
-        [--sampling sample/default.yaml] [--fps 8] --out mmgen/assets/default
+        [--sampling configs/sample/default.yaml] [--fps 8] --out mmgen/assets/default
 
 ``TOK_DIR`` / ``GEN_DIR`` are ``save_pretrained`` folders (``mmgen ar export`` writes both).
 The result is written to a temporary folder beside ``--out`` and renamed over it at the end,

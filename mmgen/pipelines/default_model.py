@@ -1,6 +1,6 @@
 """Recipe of the default model shipped in ``mmgen/assets/default`` (built by
-``scripts/build_default_model.sh``; configs ``train/moving_shapes_default.yaml`` and
-``sample/default.yaml``).
+``scripts/build_default_model.sh``; configs ``configs/generator/moving_shapes_default.yaml`` and
+``configs/sample/default.yaml``).
 
 The default model must learn *colour* and *motion direction* from text within tens of
 minutes of training on a shared CPU (a few hundred optimiser steps), so it is trained on a

@@ -1,6 +1,6 @@
 """What `mmgen sample` / `mmgen extend` put on disk: videos plus one JSON sidecar each.
 
-Sidecar contract (notes/INTERFACES.md, "Sample outputs"; the metrics read it):
+Sidecar contract (the metrics read it):
 ``{"prompt": str | null, "class_id": int | null, "seed": int, "model": str,
 "num_frames": int, "fps": int, "settings": {...}}``.
 

@@ -1,6 +1,6 @@
 """`mmgen tokenizer fit | export | reconstruct`.
 
-* ``fit``: Lightning CLI (``--config tokenizers/x.yaml``, ``--ckpt_path`` to resume, any
+* ``fit``: Lightning CLI (``--config configs/tokenizer/x.yaml``, ``--ckpt_path`` to resume, any
   ``--trainer.*`` / ``--model.*`` / ``--data.*`` override). The run folder is
   ``trainer.default_root_dir``: logs (CSV), ``checkpoints/`` and the resolved ``config.yaml``.
 * ``export CKPT OUTDIR``: a Lightning checkpoint -> a pretrained folder

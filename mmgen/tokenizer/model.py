@@ -6,7 +6,7 @@ token, scales 1, 2, 4, 8 per latent frame, about 0.7M parameters. Its residual b
 frame-wise (``time_kernel=1``) and time is mixed by the causal 3D convs of the resampling steps,
 with DC-AE-style shortcuts (``shortcuts=True``): on 2 CPU cores this learns MovingShapes
 several times faster than the all-3D layout without shortcuts (which the VideoAR-like configs
-under ``tokenizers/`` keep: ``time_kernel: 3``, ``shortcuts: false``).
+under ``configs/tokenizer/`` keep: ``time_kernel: 3``, ``shortcuts: false``).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ scale schedule ``[(h_1, w_1), ..., (h_K, w_K) = (h, w)]``, coarse to fine:
     code_k   = quantise(r_k)
     f_hat   += up(dequant(code_k), (h, w))          # bilinear up-sampling (configurable)
 
-Two quantisers share this loop and its public API (the contract in notes/INTERFACES.md):
+Two quantisers share this loop and its public API:
 
 * :class:`BitwiseResidualQuantizer` (default, Infinity/BSQ-like): every token of every scale is
   ``d`` bits; ``codes[k]`` is a ``{-1., +1.}`` tensor ``[B, t, h_k, w_k, d]``.
