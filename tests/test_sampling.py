@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmgen.ar.model import VideoAR
-from mmgen.ar.sampling import SamplerSettings, effective_window, forward_steps, sample_bits, sample_codes
+from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_bits, sample_codes
 from mmgen.tokenizer import BitwiseResidualQuantizer
 
 SCALES = [(1, 1), (2, 2), (3, 3)]
@@ -142,10 +142,10 @@ def test_settings_and_window_errors():
     s = SamplerSettings.from_dict({"guidance": "adaptive", "temperature": 0.9})
     assert SamplerSettings.from_dict(s.to_dict()) == s
     with pytest.raises(ValueError, match="without a frame window"):
-        effective_window(tiny_model(), 2)
+        tiny_model().decoding_window(2)
     with pytest.raises(ValueError, match="exceeds"):
-        effective_window(tiny_model(frame_window=1), 2)
-    assert effective_window(tiny_model(frame_window=2), None) == 2
+        tiny_model(frame_window=1).decoding_window(2)
+    assert tiny_model(frame_window=2).decoding_window(None) == 2
     with pytest.raises(ValueError, match="out of range"):
         decode(tiny_model(), [9], 1, [0])
 

@@ -64,6 +64,14 @@ class KVCache:
         self.length += n
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
+    def drop(self, start: int, n: int) -> None:
+        """Remove the ``n`` entries from ``start`` on, moving the later ones down."""
+        keep = slice(start + n, self.length)
+        # clone: source and destination ranges overlap
+        self.k[:, :, start:self.length - n] = self.k[:, :, keep].clone()
+        self.v[:, :, start:self.length - n] = self.v[:, :, keep].clone()
+        self.length -= n
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with rotary positions, optional QK-norm and a KV cache.

@@ -28,7 +28,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from mmgen.ar.model import VideoAR
-from mmgen.ar.sampling import SamplerSettings, effective_window, forward_steps, sample_codes
+from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_codes
 from mmgen.io import resize_video
 from mmgen.tokenizer.layers import streaming
 from mmgen.tokenizer.model import VideoTokenizer
@@ -111,7 +111,7 @@ class VideoARPipeline(DiffusionPipeline):
         merged = dict(self.config.sampling)
         merged.update({k: v for k, v in overrides.items() if v is not None})
         settings = SamplerSettings.from_dict(merged)
-        effective_window(self.transformer, settings.window)
+        self.transformer.decoding_window(settings.window)
         return settings.to_dict()
 
     def num_latent_frames(self, num_frames: int) -> int:
