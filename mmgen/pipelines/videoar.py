@@ -30,7 +30,7 @@ from diffusers.utils import BaseOutput
 from mmgen.ar.model import VideoAR
 from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_codes
 from mmgen.io import resize_video
-from mmgen.tokenizer.layers import streaming
+from mmgen.tokenizer.layers import StreamState
 from mmgen.tokenizer.model import VideoTokenizer
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
@@ -168,9 +168,9 @@ class VideoARPipeline(DiffusionPipeline):
     def _settings(self, **overrides) -> SamplerSettings:
         return SamplerSettings.from_dict(self.resolve_settings(**overrides))
 
-    def _decode(self, codes: list[torch.Tensor]) -> torch.Tensor:
+    def _decode(self, codes: list[torch.Tensor], state: StreamState | None = None) -> torch.Tensor:
         latent = self.tokenizer.codes_to_latent([c.to(self.tokenizer.dtype) for c in codes])
-        return self.tokenizer.decode(latent)
+        return self.tokenizer.decode(latent, state=state)
 
     def _format(self, video_u8: torch.Tensor, output_type: str):
         """uint8 [B, T, H, W, 3] -> the requested output type."""
@@ -215,8 +215,7 @@ class VideoARPipeline(DiffusionPipeline):
         generators = self._generators(len(cond), generator, seed)
         decoder = _StreamDecoder(self, callback_on_frames) if callback_on_frames is not None else None
         K = len(self.transformer.scales)
-        stream_state = streaming(self.tokenizer.decoder) if decoder is not None else contextlib.nullcontext()
-        with stream_state, self._autocast(), self._progress(forward_steps(latent_frames, K), progress) as update:
+        with self._autocast(), self._progress(forward_steps(latent_frames, K), progress) as update:
             codes = sample_codes(self.transformer, self.tokenizer.quantizer, cond, latent_frames, settings,
                                  generators, on_frame=decoder, progress=update)
         if output_type == "latent":
@@ -239,8 +238,7 @@ class VideoARPipeline(DiffusionPipeline):
         latent_frames = self.num_latent_frames(num_frames)
         decoder = _StreamDecoder(self, on_frames, keep=False)
         K = len(self.transformer.scales)
-        with streaming(self.tokenizer.decoder), self._autocast(), \
-                self._progress(forward_steps(latent_frames, K), progress) as update:
+        with self._autocast(), self._progress(forward_steps(latent_frames, K), progress) as update:
             sample_codes(self.transformer, self.tokenizer.quantizer, cond, latent_frames, sampler,
                          self._generators(len(cond), generator, seed), on_frame=decoder, keep_codes=False,
                          progress=update)
@@ -322,16 +320,17 @@ class VideoARPipeline(DiffusionPipeline):
 
 class _StreamDecoder:
     """Decodes each latent frame as soon as its codes are complete and passes the frames on.
-    Use inside ``streaming(tokenizer.decoder)``: the causal decoder then carries its state
-    from call to call and gives exactly the frames a full decode would."""
+    The causal decoder's state travels in ``self.state`` from call to call, so the frames are
+    exactly those a full decode would give."""
 
     def __init__(self, pipe: VideoARPipeline, callback, keep: bool = True):
         self.pipe, self.callback, self.keep = pipe, callback, keep
+        self.state = StreamState()
         self.chunks: list[torch.Tensor] = []
         self.frames_out = 0
 
     def __call__(self, t: int, frame_codes: list[torch.Tensor]) -> None:
-        frames = _video_to_uint8(self.pipe._decode(frame_codes))
+        frames = _video_to_uint8(self.pipe._decode(frame_codes, self.state))
         self.frames_out += frames.shape[1]
         if self.keep:
             self.chunks.append(frames)
