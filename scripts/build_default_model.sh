@@ -5,7 +5,7 @@
 #   TOKENIZER=DIR scripts/build_default_model.sh   # reuse an exported tokenizer folder
 #
 # Steps: (1) tiny VideoTokenizer on MovingShapes (configs/tokenizer/moving_shapes_tiny.yaml);
-# (2) latent cache of the default caption slice (mmgen.pipelines.default_model: one large
+# (2) latent cache of the default caption slice (mmgen.data.default_model: one large
 # circle, 8 colours, moving left/right/up/down); (3) text-conditional tiny VideoAR
 # (configs/generator/moving_shapes_default.yaml); (4) pipeline folder with the default sampling settings
 # (configs/sample/default.yaml) -> mmgen/assets/default; (5) samples of every training caption and the
@@ -33,7 +33,7 @@ fi
 
 echo "== (2) latent cache ($NUM_SAMPLES clips)"
 mmgen ar tokenize --tokenizer "$TOKENIZER" --out "$RUN/latents" \
-    --dataset mmgen.pipelines.default_model.DefaultModelShapes \
+    --dataset mmgen.data.default_model.DefaultModelShapes \
     --dataset-args "{\"num_samples\": $NUM_SAMPLES, \"seed\": 0}" --batch-size 16 --device cpu
 
 echo "== (3) generator"

@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from mmgen.io import atomic_path
-from mmgen.tokenizer.module import AtomicModelCheckpoint
+from mmgen.checkpoint import AtomicModelCheckpoint
 
 
 class RunCheckpoint(AtomicModelCheckpoint):

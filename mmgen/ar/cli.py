@@ -28,7 +28,7 @@ def _fit(argv: list[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
 
     from .callbacks import LossCurve, RunCheckpoint
-    from .data import ARDataModule
+    from mmgen.data.latents import ARDataModule
     from .training import ARModule, NonFiniteLossError
 
     class _CLI(LightningCLI):
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         out = export_checkpoint(args.ckpt, args.out_dir, ema=not args.no_ema)
         print(f"exported {args.ckpt} -> {out}/generator, {out}/tokenizer")
         return 0
-    from .data import tokenize_dataset
+    from mmgen.data.latents import tokenize_dataset
     from .training import load_tokenizer
 
     try:

@@ -13,14 +13,12 @@ disk is still a good one.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
-from weakref import proxy
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Timer
 
 from mmgen.nn.schedule import warmup_cosine
 from mmgen.tokenizer.losses import LPIPS, Discriminator3d, LeCAM, hinge_d_loss, hinge_g_loss
@@ -230,18 +228,3 @@ def _plain_config(config) -> dict:
             continue
         out[k] = [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, (list, tuple)) else v
     return out
-
-
-class AtomicModelCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose files appear atomically (written to a temp file, then renamed)."""
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(tmp, filepath)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
