@@ -171,3 +171,24 @@ def test_flex_matches_sdpa_cuda_bf16():
     ref = attention(q, k, v, mask, backend="sdpa")
     out = attention(q, k, v, mask, backend="flex")
     assert (out.float() - ref.float()).abs().max() < 2e-2
+
+
+def test_swiglu_loads_separate_gate_and_up_weights():
+    """Checkpoints from before the fused gate/up projection load and compute the same function."""
+    import torch.nn.functional as F
+
+    from mmgen.nn import SwiGLU
+
+    torch.manual_seed(0)
+    gate, up, down = torch.randn(24, 8), torch.randn(24, 8), torch.randn(8, 24)
+    mlp = SwiGLU(8, 24)
+    mlp.load_state_dict({"gate_proj.weight": gate, "up_proj.weight": up, "down_proj.weight": down})
+    x = torch.randn(2, 5, 8)
+    expected = (F.silu(x @ gate.T) * (x @ up.T)) @ down.T
+    assert torch.allclose(mlp(x), expected, atol=1e-5)
+    block = Block(8, 2)  # hidden 64 (rounded up to a multiple of 64)
+    gate, up = torch.randn(64, 8), torch.randn(64, 8)
+    old = {k: v for k, v in block.state_dict().items() if "gate_up" not in k}
+    old["mlp.gate_proj.weight"], old["mlp.up_proj.weight"] = gate, up
+    block.load_state_dict(old)
+    assert torch.equal(block.mlp.gate_up_proj.weight, torch.cat([gate, up]))

@@ -32,7 +32,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from mmgen.nn import Block, GroupMask, KVCache, RMSNorm, Rope3D, resolve_backend
+from mmgen.nn import Block, GroupMask, KVCache, RMSNorm, Rope3D, resolve_backend, upgrade_state_dict
 
 from . import text as text_tokens
 from .layout import GroupLayout
@@ -132,6 +132,10 @@ class VideoAR(ModelMixin, ConfigMixin):
         # configs saved before the runtime choices left the config still hold them: drop them quietly
         config_dict = {k: v for k, v in config_dict.items() if k not in cls.ignore_for_config}
         return super().extract_init_dict(config_dict, **kwargs)
+
+    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
+        super()._fix_state_dict_keys_on_load(state_dict)
+        upgrade_state_dict(self, state_dict)  # checkpoints from before the fused SwiGLU projection
 
     def _init_weights(self) -> None:
         for name, p in self.named_parameters():
