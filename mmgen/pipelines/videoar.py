@@ -6,7 +6,10 @@
 
 Components: ``tokenizer`` (:class:`mmgen.tokenizer.VideoTokenizer`) and ``transformer``
 (:class:`mmgen.ar.VideoAR`); pipeline config: ``fps`` and the default ``sampling`` settings
-(:class:`mmgen.ar.sampling.SamplerSettings` as a dict), saved in ``model_index.json``.
+(:class:`mmgen.ar.sampling.SamplerSettings` as a dict), saved in ``model_index.json``. The folder
+is diffusers' pipeline layout (``DiffusionPipeline.from_pretrained`` reads it), but the class does
+not derive from ``DiffusionPipeline``: importing that pulls in diffusers' whole model zoo (and
+peft, transformers, scipy.stats when installed), several times the cost of ``import torch``.
 
 Video extension (VideoAR section 7, "frame re-encoding"): :meth:`extend` re-encodes the
 last frames of a clip (one frame for image-to-video), teacher-forces their codes as the
@@ -18,18 +21,21 @@ with a frame window its memory does not grow with the length of the video.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
 
 from mmgen.ar.model import VideoAR
 from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_codes
-from mmgen.io import resize_video
+from mmgen.io import atomic_path, resize_video
 from mmgen.tokenizer.layers import StreamState
 from mmgen.tokenizer.model import VideoTokenizer
 
@@ -37,7 +43,7 @@ OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
 
 @dataclass
-class VideoARPipelineOutput(BaseOutput):
+class VideoARPipelineOutput:
     """``frames``: np.float32 ``[B, T, H, W, 3]`` in [0, 1] ("np"), torch float ``[B, T, 3, H, W]``
     in [0, 1] ("pt"), ``list[list[PIL.Image]]`` ("pil") or the codes, list[K] of
     ``[B, t, h_k, w_k, d]`` ("latent")."""
@@ -58,16 +64,68 @@ def _video_to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
 
 
-class VideoARPipeline(DiffusionPipeline):
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The pipeline's own settings (``model_index.json`` beside the components)."""
+
+    fps: int = 8
+    sampling: dict = field(default_factory=dict)
+
+
+class VideoARPipeline:
     """Text- or class-conditional video generation with a VideoAR transformer and its tokenizer."""
 
-    model_cpu_offload_seq = "transformer->tokenizer"
+    COMPONENTS = {"tokenizer": VideoTokenizer, "transformer": VideoAR}
+    INDEX = "model_index.json"
 
     def __init__(self, tokenizer: VideoTokenizer, transformer: VideoAR, fps: int = 8, sampling: dict | None = None):
-        super().__init__()
         transformer.check_tokenizer(tokenizer)
-        self.register_modules(tokenizer=tokenizer, transformer=transformer)
-        self.register_to_config(fps=int(fps), sampling=SamplerSettings.from_dict(sampling).to_dict())
+        self.tokenizer, self.transformer = tokenizer, transformer
+        self.config = PipelineConfig(int(fps), SamplerSettings.from_dict(sampling).to_dict())
+
+    # ------------------------------------------------------------------ save / load / device
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write each component's ``save_pretrained`` folder and ``model_index.json`` (diffusers' layout)."""
+        root = Path(save_directory)
+        root.mkdir(parents=True, exist_ok=True)
+        index = {"_class_name": type(self).__name__, "_diffusers_version": version("diffusers"),
+                 "fps": self.config.fps, "sampling": self.config.sampling}
+        for name, cls in self.COMPONENTS.items():
+            getattr(self, name).save_pretrained(root / name)
+            index[name] = [cls.__module__, cls.__name__]
+        with atomic_path(root / self.INDEX) as tmp:
+            Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "VideoARPipeline":
+        """Load a folder written by :meth:`save_pretrained`; ``kwargs`` go to each component's
+        ``from_pretrained`` (e.g. ``low_cpu_mem_usage``). Only the expected component classes
+        are loaded, whatever the index names."""
+        root = Path(pretrained_model_name_or_path)
+        index_file = root / cls.INDEX
+        if not index_file.is_file():
+            raise FileNotFoundError(f"{root} has no {cls.INDEX}: not a pipeline folder (write one with "
+                                    f"python -m mmgen.pipelines.assemble)")
+        index = json.loads(index_file.read_text())
+        parts = {}
+        for name, expected in cls.COMPONENTS.items():
+            named = index.get(name)
+            if named is None or list(named)[-1] != expected.__name__:
+                raise ValueError(f"{index_file}: component {name!r} is {named}, expected {expected.__name__}")
+            parts[name] = expected.from_pretrained(str(root / name), **kwargs).eval()
+        return cls(**parts, fps=index.get("fps", 8), sampling=index.get("sampling"))
+
+    def to(self, device) -> "VideoARPipeline":
+        self.tokenizer.to(device)
+        self.transformer.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    def progress_bar(self, total: int):
+        return tqdm(total=total)
 
     # ------------------------------------------------------------------ properties
     @property
