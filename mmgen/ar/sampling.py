@@ -83,6 +83,32 @@ def sample_bits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1
     return bits.float() * 2.0 - 1.0
 
 
+def sample_indices(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0,
+                   generator: Generators = None) -> torch.Tensor:
+    """Sample one code index per token from ``[B, ..., V]`` logits (index head, VQ tokenizer).
+
+    ``temperature`` divides the logits (``0`` = argmax); ``top_p`` keeps the smallest set of most
+    likely codes holding ``>= top_p`` of the mass. One uniform draw per token, inverted through
+    the CDF, whatever the settings (so, as for bits, the random stream depends only on the seed
+    and the shapes, and one generator per row keeps rows batch-independent).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.float()
+    u = _uniform(tuple(logits.shape[:-1]), generator, logits.device)
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs, order = torch.softmax(logits / temperature, dim=-1).sort(dim=-1, descending=True)
+    if top_p < 1.0:
+        before = probs.cumsum(-1) - probs  # mass of the likelier codes
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    cdf = probs.cumsum(-1)
+    pick = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).clamp(max=cdf.shape[-1] - 1)
+    return order.gather(-1, pick).squeeze(-1)
+
+
 # --------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -166,11 +192,12 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
                  on_frame: FrameCallback | None = None, keep_codes: bool = True,
                  progress: Callable[[int], None] | None = None,
                  kv_dtype: torch.dtype | None = None) -> list[torch.Tensor] | None:
-    """Sample the bit codes of ``num_frames`` latent frames for a batch of conditions.
+    """Sample the codes of ``num_frames`` latent frames for a batch of conditions.
 
     Args:
-        model: a :class:`VideoAR` with a bit head.
-        quantizer: the tokenizer's (bitwise) quantizer: ``dequant_up`` / ``down_to``.
+        model: a :class:`VideoAR` with a bit head (bits, :func:`sample_bits`) or an index head
+            (VQ code indices, :func:`sample_indices`).
+        quantizer: the tokenizer's quantizer (bitwise or index): ``dequant_up`` / ``down_to``.
         cond: prompts or class ids (one per video), or prefix tokens Long [B, P].
         num_frames: latent frames to produce (context frames included).
         settings: :class:`SamplerSettings` (default: no CFG, temperature 1, cached).
@@ -184,11 +211,11 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
         kv_dtype: storage dtype of the KV cache (default: the compute dtype; bf16 on GPU halves it).
 
     Returns:
-        list[K] of ``{-1, +1}`` float codes ``[B, num_frames, h_k, w_k, d]`` (or ``None``).
+        list[K] of ``{-1, +1}`` float codes ``[B, num_frames, h_k, w_k, d]`` (bit head) or long
+        indices ``[B, num_frames, h_k, w_k]`` (index head), or ``None``.
     """
     settings = settings or SamplerSettings()
-    if model.config.head != "bits":
-        raise ValueError("sample_codes samples bits; this model has an index head")
+    bits_head = model.config.head == "bits"
     scales, K = model.scales, len(model.scales)
     if [tuple(s) for s in quantizer.scales] != scales:
         raise ValueError(f"quantizer scales {quantizer.scales} != model scales {scales}")
@@ -223,14 +250,18 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
             logits = step(torch.cat([x, x]) if use_cfg else x, t, k)
             h, w = scales[k]
             if t < context_frames:
-                bits = context[k][:, t:t + 1].to(device=device, dtype=torch.float32)
+                code = context[k][:, t:t + 1].to(device)
+                code = code.float() if bits_head else code.long()
             else:
                 if use_cfg:
                     logits = apply_cfg(*split_cfg_batch(logits, B), settings.guidance(t, k, num_frames, K))
                 tau = settings.temperature(t, k, num_frames, K)
-                bits = sample_bits(logits, tau, settings.top_p, generator).view(B, 1, h, w, d)
-            f_hat = f_hat + quantizer.dequant_up(bits, k)
-            frame_codes.append(bits)
+                if bits_head:
+                    code = sample_bits(logits, tau, settings.top_p, generator).view(B, 1, h, w, d)
+                else:
+                    code = sample_indices(logits, tau, settings.top_p, generator).view(B, 1, h, w)
+            f_hat = f_hat + quantizer.dequant_up(code, k)
+            frame_codes.append(code)
             if progress:
                 progress(1)
         previous = f_hat

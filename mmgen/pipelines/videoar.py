@@ -227,7 +227,9 @@ class VideoARPipeline:
         return SamplerSettings.from_dict(self.resolve_settings(**overrides))
 
     def _decode(self, codes: list[torch.Tensor], state: StreamState | None = None) -> torch.Tensor:
-        latent = self.tokenizer.codes_to_latent([c.to(self.tokenizer.dtype) for c in codes])
+        # bit codes take the tokenizer's dtype; index codes stay integer
+        latent = self.tokenizer.codes_to_latent([c.to(self.tokenizer.dtype) if c.is_floating_point() else c
+                                                 for c in codes])
         return self.tokenizer.decode(latent, state=state)
 
     def _format(self, video_u8: torch.Tensor, output_type: str):
