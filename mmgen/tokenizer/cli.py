@@ -14,13 +14,13 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
+from mmgen.cli_utils import UserError
 from mmgen.io import atomic_dir
 
 EXPORT_HELP = "convert a training checkpoint into a pretrained folder"
@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("fit", help="train (Lightning CLI: `mmgen tokenizer fit --help`)", add_help=False)
     ex = sub.add_parser("export", help=EXPORT_HELP, description=EXPORT_HELP)
     ex.add_argument("ckpt", help="Lightning checkpoint (.ckpt) written by `mmgen tokenizer fit`")
-    ex.add_argument("outdir", help="output folder (config.json + diffusion_pytorch_model.safetensors)")
+    ex.add_argument("outdir", help="new or empty output folder (config.json + diffusion_pytorch_model.safetensors)")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace OUTDIR if it is a model folder written by mmgen (never anything else)")
     rc = sub.add_parser("reconstruct", help=RECON_HELP, description=RECON_HELP)
     rc.add_argument("--model", required=True, help="pretrained tokenizer folder (from `export`)")
     rc.add_argument("--input", required=True, help="a video file or a folder of videos")
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     rc.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.command == "export":
-        export(args.ckpt, args.outdir)
+        export(args.ckpt, args.outdir, overwrite=args.overwrite)
         print(f"exported {args.ckpt} -> {args.outdir}")
         return 0
     return _reconstruct(args)
@@ -99,14 +101,13 @@ def _fit(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------- export
 def load_checkpoint_tokenizer(ckpt: str):
     """Build the VideoTokenizer stored in a ``mmgen tokenizer fit`` checkpoint."""
+    from mmgen.io.checkpoint import load_checkpoint
     from mmgen.tokenizer.model import VideoTokenizer
 
-    if not os.path.isfile(ckpt):
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = load_checkpoint(ckpt, "mmgen tokenizer fit")
     config = state.get("tokenizer_config")
     if config is None:
-        raise ValueError(f"{ckpt}: no 'tokenizer_config' in the checkpoint (not written by `mmgen tokenizer fit`)")
+        raise UserError(f"{ckpt}: no 'tokenizer_config' in the checkpoint (not written by `mmgen tokenizer fit`)")
     model = VideoTokenizer(**config)
     weights = {k.removeprefix("tokenizer."): v for k, v in state["state_dict"].items() if k.startswith("tokenizer.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -115,11 +116,13 @@ def load_checkpoint_tokenizer(ckpt: str):
     return model.eval()
 
 
-def export(ckpt: str, outdir: str) -> None:
-    """Write ``outdir`` (replacing it) atomically: save into a sibling temp folder, then rename."""
-    model = load_checkpoint_tokenizer(ckpt)
-    with atomic_dir(outdir) as tmp:
-        model.save_pretrained(tmp)
+def export(ckpt: str, outdir: str, overwrite: bool = False) -> None:
+    """Write the pretrained folder ``outdir`` atomically (a sibling temp folder, then a rename).
+
+    ``outdir`` must be new or empty, or, with ``overwrite``, a model folder mmgen wrote; it is
+    checked before the checkpoint is read (:func:`mmgen.io.atomic_dir`)."""
+    with atomic_dir(outdir, overwrite=overwrite, inputs=[ckpt]) as tmp:
+        load_checkpoint_tokenizer(ckpt).save_pretrained(tmp)
 
 
 # ---------------------------------------------------------------------------- reconstruct
