@@ -36,7 +36,7 @@ _OS_HINTS = {
     errno.EPERM: "check its permissions or choose another path",
     errno.EROFS: "the file system is read-only; choose another path",
     errno.ENOSPC: "the disk is full; free some space or choose another path",
-    errno.EEXIST: "something is already there; choose another path",
+    errno.EEXIST: "something is already there (a file where a folder is needed?); choose another path",
     errno.ENOTDIR: "a file is in the way where a folder is needed; choose another path",
     errno.EISDIR: "a folder is in the way where a file is needed; choose another path",
     errno.ENOTEMPTY: "the folder is not empty; choose another path",

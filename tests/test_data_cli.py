@@ -51,8 +51,10 @@ def test_synth_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--out", str(tmp_path), "--holdout", "purple:circle"])
     assert "purple:circle" in capsys.readouterr().err
-    assert main(["synth", "--out", str(tmp_path), "--num", "0"]) == 2
-    assert main(["synth", "--out", str(tmp_path), "--num", "2", "--split", "heldout"]) == 2
+    from mmgen.cli import main as mmgen_main
+
+    assert mmgen_main(["data", "synth", "--out", str(tmp_path), "--num", "0"]) == 2
+    assert mmgen_main(["data", "synth", "--out", str(tmp_path), "--num", "2", "--split", "heldout"]) == 2
     assert "holdout" in capsys.readouterr().err
 
 
@@ -79,7 +81,9 @@ def test_inspect_table_and_json(synth_dir, tmp_path, capsys):
 
 
 def test_inspect_missing_or_empty_folder(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "nope")]) == 2
+    from mmgen.cli import main as mmgen_main
+
+    assert mmgen_main(["data", "inspect", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["videos"] == 0

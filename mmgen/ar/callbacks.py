@@ -29,6 +29,11 @@ class LossCurve(pl.Callback):
         self.every_n_steps, self.key, self.chance = every_n_steps, key, chance
         self.steps: list[int] = []
         self.values: list[float] = []
+        self.path: Path | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(key=self.key, every_n_steps=self.every_n_steps)
 
     def state_dict(self) -> dict:
         return {"steps": list(self.steps), "values": list(self.values)}
@@ -38,7 +43,12 @@ class LossCurve(pl.Callback):
 
     @staticmethod
     def run_dir(trainer: pl.Trainer) -> Path:
+        """The run folder. ``trainer.log_dir`` is a collective under DDP (rank 0 broadcasts it):
+        call this on every rank, as :meth:`on_train_start` does, never on rank 0 alone."""
         return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def on_train_start(self, trainer, pl_module):
+        self.path = self.run_dir(trainer) / "loss_curve.png"  # every rank takes part in the broadcast
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         value = trainer.callback_metrics.get(self.key)
@@ -46,11 +56,11 @@ class LossCurve(pl.Callback):
             self.steps.append(trainer.global_step)
             self.values.append(float(value))
         if trainer.is_global_zero and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.plot(self.run_dir(trainer) / "loss_curve.png")
+            self.plot(self.path)
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero:
-            self.plot(self.run_dir(trainer) / "loss_curve.png")
+            self.plot(self.path)
 
     def plot(self, path: Path) -> None:
         if not self.values:

@@ -11,8 +11,6 @@ def load_checkpoint(path: str | os.PathLike, made_by: str) -> dict:
     raises UserError naming the file (never advice to load it unsafely).
 
     made_by: the command that writes such checkpoints, for the message (``mmgen ar fit``)."""
-    import pickle
-
     import torch
 
     path = os.fspath(path)
@@ -22,7 +20,7 @@ def load_checkpoint(path: str | os.PathLike, made_by: str) -> dict:
         raise UserError(f"checkpoint {path} is empty (an interrupted copy?); use another checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # random bytes fail in many ways (KeyError, UnpicklingError, RuntimeError...)
         raise UserError(f"{path} is not a readable checkpoint written by `{made_by}` (corrupt, truncated or "
                         f"another format: {type(exc).__name__})") from None
     if not isinstance(state, dict) or "state_dict" not in state:

@@ -108,11 +108,19 @@ def _cuda() -> bool:
 
 
 def _settings(args: argparse.Namespace) -> dict:
+    """The sampling overrides of --config and the flags, checked before the model is loaded
+    (the window is checked against the model later)."""
+    from mmgen.ar.sampling import SamplerSettings
+
     settings = load_settings(args.config)
     for key in ("guidance", "temperature", "top_p", "window"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
+    try:
+        SamplerSettings.from_dict({k: v for k, v in settings.items() if k != "batch_size"})
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc)) from None
     return settings
 
 
