@@ -64,6 +64,7 @@ def test_tokenizer_fit_with_gan_ddp_finishes_writes_and_resumes(tmp_path):
     cfg = _config(run, 3, gan_weight=1.0)
     cfg["model"]["gan_start_step"] = 2  # steps 0-1 leave the discriminator unused, then both train
     cfg["trainer"].pop("devices")
+    cfg["data"]["init_args"]["num_train"] = 4  # one full batch of 2 per rank (the loader drops partial ones)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     _run(["tokenizer", "fit", "--config", str(path), *DDP])

@@ -171,7 +171,6 @@ def xformers_available() -> bool:
         return False
 
 
-@functools.cache
 def _warn_fallback(backend: str, reason: str) -> None:
     warnings.warn(f"attention backend {backend!r}: {reason}; using the SDPA reference (same result)", stacklevel=3)
 
@@ -180,7 +179,8 @@ def resolve_backend(backend: str, device: torch.device, mask=None, head_dim: int
     """Pick the concrete backend for ``backend`` on ``device``.  "auto" takes Flex only for a
     GroupMask on CUDA with a power-of-two head dim >= 16 (what its kernels are tuned for).
 
-    A requested backend that cannot compute this call falls back to SDPA (a warning, once):
+    A requested backend that cannot compute this call falls back to SDPA (xformers with a
+    warning, which Python's default filter shows once):
     xformers whose kernels do not run here, Flex given a dense tensor mask (it needs a
     GroupMask; a dense mask is already materialised, so SDPA costs nothing extra). A model
     saved with any backend therefore runs anywhere."""
