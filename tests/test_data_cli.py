@@ -68,9 +68,12 @@ def test_inspect_table_and_json(synth_dir, tmp_path, capsys):
     (bad / "empty.webm").touch()
 
     assert main(["inspect", str(bad)]) == 0
-    out = capsys.readouterr().out
-    for expected in ("videos", "unreadable", "32x32 (2)", "broken.avi", "empty.webm"):
-        assert expected in out
+    captured = capsys.readouterr()
+    for expected in ("videos", "unreadable", "32x32 (2)"):
+        assert expected in captured.out
+    for skipped in ("sub/broken.avi", "empty.webm"):  # each bad file named in one line
+        assert f"mmgen data inspect: skipped {skipped}:" in captured.err
+    assert "2 video(s) done, 2 skipped" in captured.err
 
     assert main(["inspect", str(bad), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

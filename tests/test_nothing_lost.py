@@ -307,3 +307,22 @@ def test_flex_backend_takes_dense_masks_and_group_mask_rows():
     rows = mask.rows(slice(2, 4), 4)  # KV-cached step: queries 2..3 against keys 0..3
     assert torch.equal(rows.dense(), dense[2:4, :4])
     torch.testing.assert_close(attention(q[:, :, 2:4], k[:, :, :4], v[:, :, :4], rows, backend="flex"), ref[:, :, 2:4])
+
+
+# ----------------------------------------------------------------------------------- item 10 (training)
+def test_training_progress_lines_when_output_is_a_file():
+    import io
+    from types import SimpleNamespace
+
+    from mmgen.ar.callbacks import ProgressLog
+
+    log = io.StringIO()  # not a terminal, like `mmgen ar fit ... > run.log`
+    cb = ProgressLog(every_n_steps=2, stream=log)
+    trainer = SimpleNamespace(global_step=0, max_steps=6, is_global_zero=True,
+                              callback_metrics={"train/loss": torch.tensor(0.5)})
+    cb.on_train_start(trainer, None)
+    for step in range(1, 7):
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, None, None, None, step)
+    lines = log.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"] and "train/loss 0.5000" in lines[0]

@@ -20,14 +20,14 @@ import torch
 
 from mmgen.cli_utils import UserError
 
-# RunCheckpoint/LossCurve defaults every run gets (configs may add more callbacks).
+# RunCheckpoint/LossCurve/ProgressLog: defaults every run gets (configs may add more callbacks).
 CHECKPOINT_EVERY = 200
 
 
 def _fit(argv: list[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
 
-    from .callbacks import LossCurve, RunCheckpoint
+    from .callbacks import LossCurve, ProgressLog, RunCheckpoint
     from .data import ARDataModule
     from .training import ARModule, NonFiniteLossError
 
@@ -39,7 +39,7 @@ def _fit(argv: list[str]) -> int:
     # args= is how we hand LightningCLI our argv; its "also got sys.argv" warning does not apply.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     defaults = {"callbacks": [RunCheckpoint(save_last=True, every_n_train_steps=CHECKPOINT_EVERY),
-                              LossCurve(every_n_steps=50)]}
+                              LossCurve(every_n_steps=50), ProgressLog(every_n_steps=50)]}
     cli = _CLI(ARModule, ARDataModule, run=False, args=argv, trainer_defaults=defaults,
                save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mmgen ar fit"})
     try:

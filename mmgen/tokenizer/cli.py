@@ -64,6 +64,7 @@ def _fit(argv: list[str]) -> int:
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
+    from mmgen.ar.callbacks import ProgressLog
     from mmgen.tokenizer.model import config_mismatches, resolved_config
     from mmgen.tokenizer.module import NonFiniteLossError, TokenizerModule
 
@@ -100,6 +101,7 @@ def _fit(argv: list[str]) -> int:
                 subclass_mode_data=True,
                 args=["fit", *argv],
                 save_config_kwargs={"overwrite": True},
+                trainer_defaults={"callbacks": [ProgressLog(every_n_steps=100)]},
                 seed_everything_default=0,
                 parser_kwargs={"prog": "mmgen tokenizer"},
             )
