@@ -32,7 +32,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from mmgen.nn import Block, GroupMask, KVCache, RMSNorm, Rope3D, resolve_backend, upgrade_state_dict
+from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, upgrade_state_dict
 
 from . import text as text_tokens
 from .layout import GroupLayout
@@ -86,7 +86,7 @@ class VideoAR(ModelMixin, ConfigMixin):
 
     Runtime choices, arguments but not saved config (old configs that hold them still load):
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU);
-        see :meth:`set_attention_backend`
+        see :meth:`set_attention_backend`; every backend computes the same function
       grad_checkpointing: recompute blocks in backward; see :meth:`set_gradient_checkpointing`
     """
 
@@ -151,8 +151,12 @@ class VideoAR(ModelMixin, ConfigMixin):
             block.checkpointing = enabled
 
     def set_attention_backend(self, backend: str) -> None:
-        """Attention backend of every block (see :func:`mmgen.nn.attention`)."""
-        resolve_backend(backend, self.device)  # fails early on an unknown or unusable name
+        """Choose the attention kernel for this run (the saved ``attn_backend`` is only the default
+        it was trained with; every backend computes the same function)."""
+        from mmgen.nn.attention import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
         for block in self.blocks:
             block.attn.backend = backend
 
@@ -303,8 +307,7 @@ class VideoAR(ModelMixin, ConfigMixin):
             raise ValueError(f"prefill: condition batch {tokens.shape[0]} != cache batch {cache.batch_size}")
         layout, P = cache.layout, cache.layout.prefix_len
         # a class token needs no mask; a text prefix is causal (the layout's visibility of it)
-        mask = GroupMask(layout.group_id[:P], layout.group_id[:P], layout.group_visibility()[:P, :P]).dense(
-            self.device) if P > 1 else None
+        mask = layout.attention_mask().rows(slice(0, P), P).to(self.device) if P > 1 else None
         self._run_cached(cache, self.cond_embed(tokens), self._rope(layout.pos[:P]), mask)
         cache.next_group = P
 
