@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two processes per run on shared cores
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
