@@ -343,3 +343,19 @@ def test_training_progress_lines_when_output_is_a_file():
         cb.on_train_batch_end(trainer, None, None, None, step)
     lines = log.getvalue().splitlines()
     assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"] and "train/loss 0.5000" in lines[0]
+
+
+def test_extend_checks_its_arguments_and_keeps_a_users_file(model_dir, tmp_path, capsys):
+    from mmgen.io import write_video
+
+    clip = tmp_path / "in.mp4"
+    write_video(clip, np.zeros((5, 16, 16, 3), np.uint8))
+    mine = tmp_path / "mine.mp4"
+    mine.write_bytes(b"my own video")
+    base = ["extend", "--model", str(model_dir), "--video", str(clip), "--no-progress"]
+    for flags, message in ((["--seconds", "inf", "--out", str(tmp_path / "o.mp4")], "finite number"),
+                           (["--seconds", "1", "--out", str(clip)], "is the input video"),
+                           (["--seconds", "1", "--out", str(mine)], "was not written by this command")):
+        assert mmgen([*base, *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert mine.read_bytes() == b"my own video" and not (tmp_path / "o.mp4").exists()
