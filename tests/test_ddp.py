@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two processes per run on shared cores
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
-def _run(args, timeout=600):
+def _run(args, timeout=1500):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "mmgen.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)

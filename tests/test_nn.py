@@ -4,6 +4,7 @@ import torch
 
 from mmgen.nn import (Block, GroupMask, KVCache, Rope3D, SelfAttention, apply_rope, attention,
                       default_axes_dims, resolve_backend)
+from mmgen.nn.attention import flex
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -50,7 +51,7 @@ def test_flex_matches_sdpa_on_cpu(batched):
         mask = GroupMask(groups, groups, vis)
     q, k, v = torch.randn(3, 2, 2, L, 16).unbind(0)
     ref = attention(q, k, v, mask, backend="sdpa")
-    out = attention(q, k, v, mask, backend="flex")
+    out = flex(q, k, v, mask)  # attention(backend="flex") takes SDPA off CUDA: call Flex itself
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
     if batched:  # the dropped group really changed sample 1 only
         full = attention(q, k, v, _group_causal(groups), backend="sdpa")
@@ -79,8 +80,9 @@ def test_backend_resolution_and_errors():
     if not torch.cuda.is_available():  # a saved "xformers" must not stop a model from running here
         with pytest.warns(UserWarning, match="xformers kernels do not run here"):
             assert resolve_backend("xformers", torch.device("cpu")) == "sdpa"
-    assert resolve_backend("flex", torch.device("cpu"), m) == "flex"
-    assert resolve_backend("flex", torch.device("cpu"), m.dense()) == "sdpa"  # Flex needs a GroupMask
+    assert resolve_backend("flex", torch.device("cuda"), m) == "flex"
+    assert resolve_backend("flex", torch.device("cuda"), m.dense()) == "sdpa"  # Flex needs a GroupMask
+    assert resolve_backend("flex", torch.device("cpu"), m) == "sdpa"  # eager CPU Flex: a reference only
 
 
 def test_rope_default_split_and_validation():

@@ -276,13 +276,33 @@ def test_prompts_file_skips_bad_prompts_and_names_them(model_dir, tmp_path, caps
 
 
 # ----------------------------------------------------------------------------------- item 8
-def test_a_model_saved_with_flex_samples_on_cpu_with_any_backend(tmp_path):
-    """Text prefix + KV cache + attn_backend="flex": the old code handed Flex a dense mask (TypeError)."""
+def test_flex_text_model_kv_cached_steps_match_sdpa():
+    """Text prefix + KV cache + attn_backend="flex": the old code handed Flex a dense prefix mask
+    (TypeError), so a model trained with Flex could not sample anywhere."""
+    from mmgen.ar.model import VideoAR
+
+    torch.manual_seed(0)
+    model = VideoAR(**{**GEN, "attn_backend": "flex", "frame_window": 1}).eval()
+    assert model.blocks[0].attn.backend == "flex"
+    logits = {}
+    for backend in ("flex", "sdpa"):
+        model.set_attention_backend(backend)
+        cache = model.new_cache(1, 2)
+        model.prefill(cache, ["red"])  # the text prefix: a causal mask over the prefix rows
+        first = model.forward_group(cache, None, 0, 0)
+        logits[backend] = model.forward_group(cache, torch.randn(1, 2, 2, 4, generator=torch.Generator().manual_seed(1)),
+                                              0, 1), first
+    torch.testing.assert_close(logits["flex"], logits["sdpa"])
+
+
+@pytest.mark.slow
+def test_a_model_saved_with_flex_samples_on_cpu(tmp_path):
+    """The whole pipeline, saved with attn_backend="flex" and loaded back (eager Flex on CPU is slow)."""
     from test_pipeline import tiny_pipeline
 
     from mmgen.pipelines import VideoARPipeline
 
-    pipe = tiny_pipeline(frame_window=1)
+    pipe = tiny_pipeline()
     reference = pipe(prompt=["red"], num_frames=5, seed=0, progress=False).frames
     pipe.transformer.register_to_config(attn_backend="flex")
     pipe.save_pretrained(tmp_path / "flex")
@@ -290,24 +310,24 @@ def test_a_model_saved_with_flex_samples_on_cpu_with_any_backend(tmp_path):
     # the backend is a runtime choice, not saved config: an old config that holds one still loads
     assert loaded.transformer.blocks[0].attn.backend == "auto"
     np.testing.assert_array_equal(loaded(prompt=["red"], num_frames=5, seed=0, progress=False).frames, reference)
-    for backend in ("flex", "sdpa", "xformers", "auto"):  # xformers cannot run here: falls back with a warning
+    for backend in ("sdpa", "xformers", "auto"):  # xformers cannot run here: falls back with a warning
         loaded.transformer.set_attention_backend(backend)
         np.testing.assert_array_equal(loaded(prompt=["red"], num_frames=5, seed=0, progress=False).frames, reference)
 
 
-def test_flex_backend_takes_dense_masks_and_group_mask_rows():
+def test_group_mask_rows_are_the_rows_of_the_full_mask():
     from mmgen.nn.attention import GroupMask, attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 6, 8) for _ in range(3))
     groups = torch.tensor([0, 0, 1, 1, 2, 2])
     mask = GroupMask(groups, groups, torch.ones(3, 3, dtype=torch.bool).tril())
-    dense = mask.dense()
-    ref = attention(q, k, v, dense, backend="sdpa")
-    torch.testing.assert_close(attention(q, k, v, dense, backend="flex"), ref)
-    rows = mask.rows(slice(2, 4), 4)  # KV-cached step: queries 2..3 against keys 0..3
-    assert torch.equal(rows.dense(), dense[2:4, :4])
-    torch.testing.assert_close(attention(q[:, :, 2:4], k[:, :, :4], v[:, :, :4], rows, backend="flex"), ref[:, :, 2:4])
+    rows = mask.rows(slice(2, 4), 4)  # a KV-cached step: queries 2..3 against keys 0..3
+    assert torch.equal(rows.dense(), mask.dense()[2:4, :4])
+    full = attention(q, k, v, mask, backend="sdpa")
+    torch.testing.assert_close(attention(q[:, :, 2:4], k[:, :, :4], v[:, :, :4], rows, backend="sdpa"), full[:, :, 2:4])
+    # Flex given a dense mask computes with SDPA instead of raising
+    torch.testing.assert_close(attention(q, k, v, mask.dense(), backend="flex"), full)
 
 
 # ----------------------------------------------------------------------------------- item 10 (training)
@@ -327,3 +347,19 @@ def test_training_progress_lines_when_output_is_a_file():
         cb.on_train_batch_end(trainer, None, None, None, step)
     lines = log.getvalue().splitlines()
     assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"] and "train/loss 0.5000" in lines[0]
+
+
+def test_extend_checks_its_arguments_and_keeps_a_users_file(model_dir, tmp_path, capsys):
+    from mmgen.io import write_video
+
+    clip = tmp_path / "in.mp4"
+    write_video(clip, np.zeros((5, 16, 16, 3), np.uint8))
+    mine = tmp_path / "mine.mp4"
+    mine.write_bytes(b"my own video")
+    base = ["extend", "--model", str(model_dir), "--video", str(clip), "--no-progress"]
+    for flags, message in ((["--seconds", "inf", "--out", str(tmp_path / "o.mp4")], "finite number"),
+                           (["--seconds", "1", "--out", str(clip)], "is the input video"),
+                           (["--seconds", "1", "--out", str(mine)], "was not written by this command")):
+        assert mmgen([*base, *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert mine.read_bytes() == b"my own video" and not (tmp_path / "o.mp4").exists()

@@ -8,7 +8,8 @@ attention.  Three backends compute the same function:
 * ``"flex"`` — FlexAttention with a ``BlockMask``.  On CUDA the kernel is ``torch.compile``d
   once (lazily, module level) and skips fully masked 128x128 tiles, so a group-causal mask
   costs roughly half of dense attention instead of the 2x a materialised dense mask costs.
-  On CPU it runs the (slow, eager) reference implementation, which the parity tests use.
+  Elsewhere ``attention`` runs SDPA for it; :func:`flex` runs the (slow, eager) CPU reference,
+  which the parity tests use.
 * ``"xformers"`` — ``memory_efficient_attention`` with an additive bias; used only when a real
   tiny CUDA call succeeds (checked once and cached), never just because the import works.
 
@@ -117,7 +118,10 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex(q, k, v, mask):
+def flex(q, k, v, mask=None):
+    """FlexAttention itself on any device (``mask``: None or a GroupMask): compiled on CUDA,
+    torch's eager reference elsewhere. :func:`attention` runs it on CUDA only; parity tests and
+    benchmarks call it directly to check the block-mask path on CPU."""
     from torch.nn.attention.flex_attention import flex_attention
 
     block = None if mask is None else mask.block_mask(q.device)
@@ -179,17 +183,18 @@ def resolve_backend(backend: str, device: torch.device, mask=None, head_dim: int
     """Pick the concrete backend for ``backend`` on ``device``.  "auto" takes Flex only for a
     GroupMask on CUDA with a power-of-two head dim >= 16 (what its kernels are tuned for).
 
-    A requested backend that cannot compute this call falls back to SDPA (xformers with a
-    warning, which Python's default filter shows once):
-    xformers whose kernels do not run here, Flex given a dense tensor mask (it needs a
-    GroupMask; a dense mask is already materialised, so SDPA costs nothing extra). A model
-    saved with any backend therefore runs anywhere."""
+    A requested backend that cannot serve this call runs SDPA (the same function), so a model
+    saved with any backend samples anywhere: xformers whose kernels do not run here (with a
+    warning, shown once by Python's default filter); Flex off CUDA (torch's CPU Flex is an eager
+    reference that recompiles for every new key length, 5-75 s each on 2 cores, so KV-cached
+    sampling would take hours; :func:`flex` runs it on purpose); Flex given a dense tensor mask
+    (it needs a GroupMask; a materialised dense mask costs SDPA nothing extra)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "xformers" and not xformers_available():
         _warn_fallback(backend, "xformers kernels do not run here (not installed, no CUDA, or no kernel for this GPU)")
         return "sdpa"
-    if backend == "flex" and isinstance(mask, torch.Tensor):
+    if backend == "flex" and (device.type != "cuda" or isinstance(mask, torch.Tensor)):
         return "sdpa"
     if backend != "auto":
         return backend
@@ -207,7 +212,7 @@ def attention(q, k, v, mask=None, backend: str = "auto") -> torch.Tensor:
     """
     name = resolve_backend(backend, q.device, mask, q.shape[-1])
     if name == "flex":
-        return _flex(q, k, v, mask)
+        return flex(q, k, v, mask)
     if name == "xformers":
         return _xformers(q, k, v, mask)
     return _sdpa(q, k, v, mask)

@@ -335,12 +335,22 @@ def extend_main(argv: list[str] | None = None) -> int:
 
 
 def _extend(args: argparse.Namespace) -> int:
-    if not args.seconds > 0:
-        raise UserError(f"--seconds must be > 0, got {args.seconds}")
+    import math
+
+    from mmgen.io.destination import check_output_files
+
+    if not (args.seconds > 0 and math.isfinite(args.seconds)):
+        raise UserError(f"--seconds must be a finite number > 0, got {args.seconds}")
+    _check_seed(args.seed)
     try:
         out = check_writable_file(args.out)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if os.path.abspath(out) == os.path.abspath(args.video):
+        raise UserError(f"--out {out} is the input video; choose another --out")
+    stem = os.path.splitext(out)[0]
+    check_output_files([out, stem + ".json", *([stem + "_frames"] if args.stream else [])], is_sample_output,
+                       "choose another --out or move the file")
     frames = read_input_frames(args.video)
     settings = _settings(args)
     settings.pop("batch_size", None)
