@@ -47,8 +47,9 @@ from .tokensr import TokenSRBank, interpolate_region
 
 
 class BlinkDecoder(Protocol):
-    """What Blink needs from a decoder (states are opaque except ``h``, ``n_visual``, ``n_extra``,
-    ``extra_active``, ``grid``)."""
+    """What Blink needs from a decoder (states are opaque except ``h`` [B, L, C], ``grid``, ``n_extra``,
+    ``visual_h`` / ``extra_h`` (the visual and appended blocks of ``h``) and ``extra_pos`` (the
+    appended block's positions in the decoder's own convention, as ``region_positions`` gives them))."""
 
     num_layers: int
 
@@ -310,7 +311,7 @@ class Blink(nn.Module):
                 continue
             state = g.state if len(idx) == len(which) else decoder.select(g.state, idx)
             if edit == "expand":
-                region, r0, c0 = gather_region(state.h[:, :state.n_visual], state.grid, cfg.region, top[idx])
+                region, r0, c0 = gather_region(state.visual_h, state.grid, cfg.region, top[idx])
                 sr, pos = super_resolve(decoder, lambda x: self.upsample(i, x), region, r0, c0, cfg.factor)
                 state = decoder.set_extra(state, sr, pos)
             elif edit == "drop":
@@ -338,11 +339,11 @@ class Blink(nn.Module):
         cfg = self.config
         if not bool(new_active.any()):
             return decoder.set_extra(state, None, None)
-        region, r0, c0 = gather_region(state.h[:, :state.n_visual], state.grid, cfg.region, top)
+        region, r0, c0 = gather_region(state.visual_h, state.grid, cfg.region, top)
         sr, pos = super_resolve(decoder, lambda x: self.upsample(i, x), region, r0, c0, cfg.factor)
         if state.n_extra:  # samples that stay expanded keep their current appended tokens
             keep = (~expand)[:, None, None]
-            old_pos = state.pos if state.pos.ndim == 3 else state.pos.expand(len(expand), -1, -1)
-            sr = torch.where(keep, state.h[:, state.n_visual:state.text_start], sr.to(state.h.dtype))
-            pos = torch.where(keep, old_pos[:, state.n_visual:state.text_start], pos)
+            sr = torch.where(keep, state.extra_h, sr.to(state.h.dtype))
+            old_pos = state.extra_pos
+            pos = torch.where(keep.reshape(-1, *[1] * (old_pos.ndim - 1)), old_pos, pos)
         return decoder.set_extra(state, sr, pos, new_active)
