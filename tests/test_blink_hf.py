@@ -10,7 +10,7 @@ from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace  # noqa: E402
 from mmgen.mllm.hf import LlavaDecoder, tokensr_loss, vicrop  # noqa: E402
 from mmgen.mllm.tokensr import TokenSRBank  # noqa: E402
 
-IMAGE = 100  # the image placeholder id of the tiny config
+IMAGE = 127  # the image placeholder id of the tiny config (the last of its 128 words)
 
 
 def tiny_llava(attn: str = "sdpa", seed: int = 0):
@@ -169,3 +169,50 @@ def test_vicrop_appends_the_zoomed_crop(llava):
     out = vicrop(dec, ids, pixels, layer=1, region=2, factor=2, attention_mask=mask)
     ref = _last_logits(llava, ids, mask, pixels)
     assert out.shape == ref.shape and torch.isfinite(out).all() and not torch.allclose(out, ref, atol=1e-4)
+
+
+def tiny_llava_folder(path):
+    """A loadable LLaVA folder: the tiny model + a word-level tokenizer and CLIP image processor built here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", *"USER ASSISTANT : what color is the circle ? red blue".split()]
+    vocab = {w: i for i, w in enumerate(words + [f"w{i}" for i in range(IMAGE - len(words))])}
+    vocab["<image>"] = IMAGE
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    tok.add_tokens(["<image>"], special_tokens=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=4, image_token="<image>",
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    model = tiny_llava()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return model, processor
+
+
+def test_vqa_command_answers_with_a_local_llava_folder(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from mmgen.mllm.cli import main
+    from mmgen.mllm.hf import encode_prompts
+
+    folder = tmp_path / "llava"
+    model, processor = tiny_llava_folder(folder)
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "scene.png")
+    question = "what color is the circle ?"
+    ids, mask, pixels = encode_prompts(processor, [rgb], [question])
+    ref = model.generate(input_ids=ids, pixel_values=pixels, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    expect = processor.tokenizer.decode(ref[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    common = ["--model", str(folder), "--image", str(tmp_path / "scene.png"), "--question", question,
+              "--max-new-tokens", "5", "--device", "cpu"]
+    assert main(common) == 0
+    assert capsys.readouterr().out.strip() == expect
+    assert main([*common, "--blink-interp", "--blink-layers", "1", "3", "--region", "2"]) == 0
+    assert capsys.readouterr().out.strip()  # an answer (Blink may change it)
+    assert main([*common, "--blink", "--tokensr", str(tmp_path / "none")]) == 2
+    assert "fit-tokensr" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
 SUBCOMMANDS = ("fit", "fit-tokensr", "eval")
+HF_REGION = 4  # 4 x 4 of LLaVA-1.5's 24 x 24 visual grid: 36 regions, 64 SR tokens at 2x
 
 
 def _add_blink_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,8 @@ def _add_blink_args(p: argparse.ArgumentParser) -> None:
                    help=f"decoder layers [start, end) Blink scans (default {d.layers})")
     p.add_argument("--tau-exp", type=float, default=d.tau_exp, help="expand when rho > tau_exp")
     p.add_argument("--tau-drop", type=float, default=d.tau_drop, help="drop when rho < tau_drop")
-    p.add_argument("--region", type=int, default=d.region, help="region side p in tokens")
+    p.add_argument("--region", type=int, default=None,
+                   help=f"region side p in tokens (default {d.region}; {HF_REGION} for a Hugging Face LLaVA)")
 
 
 def _parser_ask() -> argparse.ArgumentParser:
@@ -39,7 +41,10 @@ def _parser_ask() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True, help="image file (png/jpg/...)")
     p.add_argument("--question", required=True, help='e.g. "what color is the circle ?"')
-    p.add_argument("--model", default=None, help="MLLM dir (save_pretrained); default: packaged model")
+    p.add_argument("--model", default=None, help="MLLM dir (save_pretrained), or a local Hugging Face LLaVA folder "
+                   "(config.json with model_type 'llava', safetensors weights, processor files); default: packaged model")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (Hugging Face LLaVA)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--blink", action="store_true", help="Blink with trained TokenSR")
     g.add_argument("--blink-interp", action="store_true", help="Blink-interp (training-free interpolation)")
@@ -167,11 +172,14 @@ def save_atomic(module, out: str | Path) -> None:
             os.replace(Path(tmp) / name, out / name)
 
 
-def blink_config(args, mode: str, **overrides):
+def blink_config(args, mode: str, layers: tuple[int, int] | None = None, region: int | None = None, **overrides):
+    """The BlinkConfig the command line asks for; ``layers`` / ``region``: the model family's defaults."""
     from .blink import BlinkConfig
 
-    layers = tuple(args.blink_layers) if args.blink_layers else BlinkConfig().layers
-    return BlinkConfig(layers=layers, region=args.region, tau_exp=args.tau_exp, tau_drop=args.tau_drop,
+    d = BlinkConfig()
+    layers = tuple(args.blink_layers) if args.blink_layers else layers or d.layers
+    region = args.region or region or d.region
+    return BlinkConfig(layers=layers, region=region, tau_exp=args.tau_exp, tau_drop=args.tau_drop,
                        mode=mode, **overrides)
 
 
@@ -258,6 +266,11 @@ def _eval(args) -> int:
 def _ask(args) -> int:
     import torch
 
+    from .hf import is_llava_folder
+
+    if is_llava_folder(args.model):
+        return _ask_hf(args)
+
     from .blink import Blink, BlinkTrace
     from .data import to_model_input
     from .image import load_image
@@ -272,6 +285,7 @@ def _ask(args) -> int:
     trace = BlinkTrace() if args.show_saliency else None
     with torch.no_grad():
         state = model.prepare(x, ids, lengths)
+        cfg = None
         if args.blink or args.blink_interp or args.show_saliency:
             bank = load_tokensr(args.tokensr, args.model) if args.blink else None
             cfg = blink_config(args, "tokensr" if args.blink else "interp")
@@ -284,9 +298,41 @@ def _ask(args) -> int:
             logits = model.readout(state)
     answer = decode_answer(int(logits[0].argmax()))
     print(answer)
-    if args.show_saliency:
-        from .viz import save_saliency
-
-        save_saliency(args.show_saliency, image, trace, model.grid, args.region, f"{args.question}  ->  {answer}")
-        print(f"wrote {args.show_saliency}", file=sys.stderr)
+    _saliency_figure(args, image, trace, model.grid, cfg.region if trace is not None else None, answer)
     return 0
+
+
+def _ask_hf(args) -> int:
+    """`mmgen vqa --model LLAVA_FOLDER`: greedy answer from a local Hugging Face LLaVA, Blink on the prompt."""
+    from .blink import Blink, BlinkTrace
+    from .hf import default_layers, encode_prompts, load_llava
+    from .image import load_image
+
+    device = _device(args.device)
+    decoder, processor = load_llava(args.model, device)
+    image, notes = load_image(args.image, args.max_side)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    ids, mask, pixels = encode_prompts(processor, [image], [args.question], device=device)
+    blink = trace = cfg = None
+    if args.blink or args.blink_interp or args.show_saliency:
+        bank = load_tokensr(args.tokensr, args.model, device) if args.blink else None
+        cfg = blink_config(args, "tokensr" if args.blink else "interp", default_layers(decoder.num_layers), HF_REGION)
+        if not (args.blink or args.blink_interp):
+            cfg.tau_exp, cfg.tau_drop = float("inf"), 0.0
+        blink, trace = Blink(cfg, bank), BlinkTrace() if args.show_saliency else None
+    tokens = decoder.generate(ids, pixels.to(decoder.dtype), args.max_new_tokens, blink,
+                              processor.tokenizer.eos_token_id, trace=trace)
+    answer = processor.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+    print(answer)
+    _saliency_figure(args, image, trace, decoder.grid, cfg.region if cfg else None, answer)
+    return 0
+
+
+def _saliency_figure(args, image, trace, grid, region, answer: str) -> None:
+    if not args.show_saliency:
+        return
+    from .viz import save_saliency
+
+    save_saliency(args.show_saliency, image, trace, grid, region, f"{args.question}  ->  {answer}")
+    print(f"wrote {args.show_saliency}", file=sys.stderr)

@@ -48,6 +48,9 @@ import torch.nn.functional as F
 from .blink import Blink, gather_region, super_resolve
 
 
+LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"  # LLaVA-1.5's conversation template
+
+
 def is_llava_folder(path: str | Path | None) -> bool:
     """A local Hugging Face LLaVA folder (config.json with model_type "llava")?"""
     if path is None or not (Path(path) / "config.json").is_file():
@@ -56,6 +59,44 @@ def is_llava_folder(path: str | Path | None) -> bool:
         return json.loads((Path(path) / "config.json").read_text()).get("model_type") == "llava"
     except (OSError, ValueError):
         return False
+
+
+def load_llava(path: str | Path, device=None, dtype: torch.dtype | None = None):
+    """A local LLaVA folder (safetensors weights + processor files; nothing is downloaded)
+    -> (LlavaDecoder over the frozen model, processor).  dtype: float16 on CUDA, float32 otherwise."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    device = torch.device(device or "cpu")
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                              dtype=dtype)
+        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the LLaVA folder {path} (it needs config.json, *.safetensors weights and "
+                         f"the processor files): {str(e).splitlines()[0]}") from e
+    model.requires_grad_(False)
+    return LlavaDecoder(model.to(device).eval()), processor
+
+
+def encode_prompts(processor, images, questions: list[str], template: str = LLAVA_PROMPT, device=None):
+    """Images (uint8 [H, W, 3] arrays or PIL images) + questions -> (input_ids, attention_mask,
+    pixel_values), right-padded (the layout :meth:`LlavaDecoder.prepare` needs)."""
+    from PIL import Image
+
+    pil = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in images]
+    tok = getattr(processor, "tokenizer", None)
+    if tok is not None:
+        tok.padding_side = "right"
+    enc = processor(text=[template.format(question=q) for q in questions], images=pil, padding=True,
+                    return_tensors="pt")
+    return tuple(enc[k].to(device) if device is not None else enc[k]
+                 for k in ("input_ids", "attention_mask", "pixel_values"))
+
+
+def default_layers(num_layers: int) -> tuple[int, int]:
+    """The paper's layers 12-18 of LLaVA-1.5-7B's 32, scaled to the model's depth."""
+    return round(12 * num_layers / 32), max(round(18 * num_layers / 32), round(12 * num_layers / 32) + 1)
 
 
 @dataclass
@@ -270,7 +311,7 @@ class LlavaDecoder:
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, max_new_tokens: int = 32,
-                 blink: Blink | None = None, eos_token_id: int | None = None) -> torch.Tensor:
+                 blink: Blink | None = None, eos_token_id: int | None = None, trace=None) -> torch.Tensor:
         """Greedy answer tokens Long [1, n] for one prompt; Blink (if given) acts on the prompt pass."""
         from transformers import DynamicCache
 
@@ -278,7 +319,7 @@ class LlavaDecoder:
             raise ValueError("generate takes one prompt at a time")
         cache = DynamicCache(config=self.text_config)
         state = self.prepare(input_ids, pixel_values, cache=cache)
-        logits = self.run(state, blink)
+        logits = self.run(state, blink, trace)
         next_pos = input_ids.shape[1]  # question positions do not depend on appended tokens
         out = []
         for step in range(max_new_tokens):
