@@ -1,4 +1,5 @@
 """Blink on Hugging Face LLaVA (mmgen.mllm.hf), on tiny random configs built here (nothing downloaded)."""
+import json
 import math
 
 import pytest
@@ -152,13 +153,13 @@ def test_tokensr_training_step_lowers_its_loss(llava):
     bank = TokenSRBank(layers=(1,), dim=64, hidden=16, factor=2)
     opt = torch.optim.Adam(bank.parameters(), lr=1e-3)
     tiles = torch.tensor([0, 6, 9])
-    before = tokensr_loss(dec, bank, 1, ids, pixels, tiles, 2, 2, mask)
+    before = tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles)
     assert before.requires_grad and not any(p.requires_grad and p.grad is not None for p in llava.parameters())
     for _ in range(5):
         opt.zero_grad()
-        tokensr_loss(dec, bank, 1, ids, pixels, tiles, 2, 2, mask).backward()
+        tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles).backward()
         opt.step()
-    after = tokensr_loss(dec, bank, 1, ids, pixels, tiles, 2, 2, mask)
+    after = tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles)
     assert float(after.detach()) < float(before.detach())
     assert all(p.grad is None for p in llava.parameters())  # the MLLM stays frozen
 
@@ -216,3 +217,37 @@ def test_vqa_command_answers_with_a_local_llava_folder(tmp_path, capsys):
     assert capsys.readouterr().out.strip()  # an answer (Blink may change it)
     assert main([*common, "--blink", "--tokensr", str(tmp_path / "none")]) == 2
     assert "fit-tokensr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_llava_bench_script_scores_pope_files_and_trains_tokensr(tmp_path, capsys):
+    """bench/blink_llava.py on the tiny folder: a missing image is skipped and named, the rest scored;
+    --fit-tokensr writes a bank the Blink row then uses."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("blink_llava", "bench/blink_llava.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = tmp_path / "llava"
+    tiny_llava_folder(folder)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append({"image": f"{i}.png", "text": "is the circle red ?", "label": "yes" if i % 2 else "no"})
+    lines.append({"image": "missing.png", "text": "is the circle red ?", "label": "no"})
+    (tmp_path / "pope.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    common = ["--model", str(folder), "--pope", str(tmp_path / "pope.jsonl"), "--image-root", str(tmp_path),
+              "--blink-layers", "1", "3", "--region", "2", "--device", "cpu", "--batch-size", "2"]
+    assert bench.main([*common, "--fit-tokensr", str(tmp_path / "sr"), "--steps", "2", "--hidden", "8"]) == 0
+    assert (tmp_path / "sr" / "config.json").is_file()
+    capsys.readouterr()
+    assert bench.main([*common, "--tokensr", str(tmp_path / "sr")]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped" in err and "missing.png" in err and "4 question(s) done, 1 skipped" in err
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    assert {"vanilla", "Blink-interp", "Blink", "ViCrop"} <= set(rows)
+    assert "4 questions" in out

@@ -26,13 +26,9 @@ Decisions are per sample; a batch whose samples disagree is split into sub-batch
 without appended tokens, ``split_batches``) so no sample pays for slots it cannot see.
 
 Blink only decides and edits; the decoder is reached through :class:`BlinkDecoder`.  Our
-:class:`~mmgen.mllm.model.TinyLlava` implements it directly.  A Hugging Face LLaVA-family
-model can implement it without forking transformers or switching to eager attention:
-``run_layer`` calls ``language_model.layers[i](h, position_embeddings=rotary(pos), ...)`` (the
-fused attention kernel stays on), and ``query_keys`` recomputes only the one query row and
-the visual keys from the layer input with ``layer.input_layernorm``, ``self_attn.q_proj`` and
-``self_attn.k_proj`` (captured with a forward pre-hook when the layer loop is not driven
-directly); ``set_extra`` concatenates hidden states, position ids and the attention mask.
+:class:`~mmgen.mllm.model.TinyLlava` implements it directly; :class:`mmgen.mllm.hf.LlavaDecoder`
+implements it for a Hugging Face ``LlavaForConditionalGeneration`` by driving its language model's
+decoder layers itself (the fused attention kernel stays on).
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .blink import Blink, gather_region, super_resolve
+from .blink import Blink, concentration, gather_region, region_scores, saliency, super_resolve
 
 
 LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"  # LLaVA-1.5's conversation template
@@ -371,12 +371,21 @@ def _pool_grid(tokens: torch.Tensor, grid: tuple[int, int], n: int) -> torch.Ten
     return F.adaptive_avg_pool2d(g, n).flatten(2).transpose(1, 2).to(tokens.dtype)
 
 
-def tokensr_loss(decoder: LlavaDecoder, bank, layer: int, input_ids, pixel_values, tiles: torch.Tensor,
-                 region: int, factor: int, attention_mask=None) -> torch.Tensor:
-    """TokenSR's loss at one Blink layer: MSE between TokenSR's tokens for the tiles ``tiles`` [B] of the
-    full view and the frozen model's own hidden states of the zoomed tiles (pooled to the SR grid)."""
+def top_tiles(decoder: LlavaDecoder, state: LlavaState, layer: int, region: int) -> torch.Tensor:
+    """The top-saliency tile [B] of ``state`` (the input of ``layer``), as Blink scores it."""
+    q, k = decoder.query_keys(layer, state)
+    return concentration(region_scores(saliency(q, k), state.grid, region))[1]
+
+
+def tokensr_loss(decoder: LlavaDecoder, bank, layer: int, input_ids, pixel_values, region: int, factor: int,
+                 attention_mask=None, tiles: torch.Tensor | None = None) -> torch.Tensor:
+    """TokenSR's loss at one Blink layer: MSE between TokenSR's tokens for tiles [B] of the full view
+    (default: the top-saliency tile, the one Blink would expand) and the frozen model's own hidden
+    states of the zoomed tiles (pooled to the SR grid)."""
     with torch.no_grad():
         full = decoder.hidden_at(decoder.prepare(input_ids, pixel_values, attention_mask), layer)
+        if tiles is None:
+            tiles = top_tiles(decoder, full, layer, region)
         regions, r0, c0 = gather_region(full.visual_h, full.grid, region, tiles)
         zoom = decoder.prepare(input_ids, decoder.zoom_pixels(pixel_values, r0, c0, region), attention_mask)
         target = _pool_grid(decoder.hidden_at(zoom, layer).visual_h, full.grid, region * factor)
@@ -389,11 +398,8 @@ def vicrop(decoder: LlavaDecoder, input_ids, pixel_values, layer: int, region: i
            attention_mask=None) -> torch.Tensor:
     """ViCrop-style baseline: saliency at ``layer`` picks the top region; its zoomed crop's tokens
     are appended at the input and the prompt is run again -> logits [B, V]."""
-    from .blink import concentration, region_scores, saliency
-
     state = decoder.hidden_at(decoder.prepare(input_ids, pixel_values, attention_mask), layer)
-    q, k = decoder.query_keys(layer, state)
-    _, top = concentration(region_scores(saliency(q, k), state.grid, region))
+    top = top_tiles(decoder, state, layer, region)
     per_row = state.grid[1] // region
     r0, c0 = (top // per_row) * region, (top % per_row) * region
     extra = decoder.zoom_tokens(pixel_values, r0, c0, region, factor)
