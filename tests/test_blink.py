@@ -147,16 +147,27 @@ def test_expand_then_drop_restores_the_sequence(model, batch):
 
 
 def test_batched_blink_equals_per_sample_blink(model, batch):
-    """Decisions are per sample: padding other samples' slots must not change anyone's answer."""
+    """Decisions are per sample: padding other samples' slots must not change anyone's answer.  The
+    threshold is the median first-layer rho, so the batch holds samples that expand and samples
+    that do not (asserted), and the single-batch path gives the latter invisible slots."""
     images, ids, lengths = batch
-    cfg = BlinkConfig(layers=(1, 3), mode="interp", tau_exp=0.3, tau_drop=0.25)
-    blink = Blink(cfg, None)
+    probe = BlinkTrace()
     with torch.no_grad():
-        rho = BlinkTrace()
-        together = blink.run(model, model.prepare(images, ids, lengths), rho)
+        Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=math.inf), None).run(
+            model, model.prepare(images, ids, lengths), probe)
+    tau_exp = float(probe.rho[0].median())
+    blink = Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=tau_exp, tau_drop=0.0, split_batches=False), None)
+    with torch.no_grad():
+        trace = BlinkTrace()
+        together = blink.run(model, model.prepare(images, ids, lengths), trace)
         alone = torch.cat([blink.run(model, model.prepare(images[i:i + 1], ids[i:i + 1, :lengths[i]], lengths[i:i + 1]))
                            for i in range(len(images))])
+        vanilla = model(images, ids, lengths)
+    expanded = torch.stack(trace.active).any(0)  # at either scanned layer
+    assert bool(expanded.any()) and not bool(expanded.all())  # the padded case happened
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together[~expanded], vanilla[~expanded], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(together[expanded], vanilla[expanded], atol=1e-4)
 
 
 def test_split_batches_equals_the_single_batch_reference(model, batch):
