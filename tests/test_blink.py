@@ -251,11 +251,14 @@ def test_tokensr_learns_a_mapping():
 
 
 def test_comparison_table_rows_are_consistent(model, capsys):
-    from mmgen.mllm.evaluate import comparison, print_table
+    from mmgen.mllm.evaluate import comparison, comparison_steps, print_table
 
-    n = 10
-    rows = comparison(model, _bank(model), BlinkConfig(layers=(1, 3), tau_exp=0.0, tau_drop=0.0),
-                      ["finegrained", "val"], n=n, batch_size=5, seed=0, repeats=1, device=torch.device("cpu"))
+    n, ticks = 10, []
+    rows = [row for split in ("finegrained", "val")
+            for row in comparison(model, _bank(model), BlinkConfig(layers=(1, 3), tau_exp=0.0, tau_drop=0.0),
+                                  split, n=n, batch_size=5, seed=0, repeats=1, device=torch.device("cpu"),
+                                  tick=lambda: ticks.append(1))]
+    assert len(ticks) == 2 * comparison_steps(n, 5, 1)  # the progress count is exact
     variants = ["vanilla", "Blink-interp", "Blink", "random-region", "no-drop"]
     assert [(r["split"], r["variant"]) for r in rows] == [(s, v) for s in ("finegrained", "val") for v in variants]
     for split_rows in (rows[:5], rows[5:]):

@@ -357,6 +357,37 @@ def test_cli_errors_are_clear(saved, capsys, tmp_path):
     assert "config.json" in capsys.readouterr().err
 
 
+def test_eval_finishes_good_splits_and_names_bad_ones(saved, capsys):
+    root, _ = saved
+    common = ["eval", "--model", str(root / "model"), "--samples", "4", "--batch-size", "4", "--device", "cpu"]
+    assert cli.main([*common, "--split", "val", "bogus"]) == 0
+    out, err = capsys.readouterr()
+    assert "| val | vanilla |" in out and "skipped bogus: unknown split" in err and "1 split(s) done, 1 skipped" in err
+    assert cli.main([*common, "--split", "val", "bogus", "--strict"]) == 1
+    assert cli.main([*common, "--split", "bogus"]) == 1  # nothing succeeded
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_eval_table_reports_progress_when_not_on_a_terminal(saved, capsys):
+    root, _ = saved
+    assert cli.main(["eval", "--table", "--model", str(root / "model"), "--split", "val", "--samples", "4",
+                     "--batch-size", "2", "--repeats", "1", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "| val | Blink |" in out
+    assert "vqa eval --table: 25/25 (100%)" in err  # 5 variants x (warm-up + 1 repeat x 2 batches + FLOPs + score)
+
+
+def test_expected_errors_are_one_line_and_debug_shows_the_traceback(saved, capsys, tmp_path):
+    root, img = saved
+    argv = ["eval", "--model", str(tmp_path / "missing"), "--split", "val"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmgen vqa: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(FileNotFoundError):
+        cli.main([*argv, "--debug"])
+
+
 def test_patch_labels_mark_objects_including_tiny_ones():
     from mmgen.mllm.data import COLORS, SHAPES, SceneObject, patch_labels
 

@@ -107,6 +107,8 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
         p.add_argument("--table", action="store_true",
                        help="compare vanilla, Blink-interp, Blink, random-region, no-drop (accuracy, latency)")
         p.add_argument("--repeats", type=int, default=5, help="timing repeats per variant (--table)")
+        p.add_argument("--strict", action="store_true",
+                       help="exit with status 1 if any split failed (default: only if none succeeded)")
         _add_blink_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -115,13 +117,17 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # tracebacks instead of one-line errors
+    argv = [a for a in argv if a != "--debug"]
     try:
         if argv and argv[0] in SUBCOMMANDS:
             args = _parser_sub(argv[0]).parse_args(argv[1:])
             return {"fit": _fit, "fit-tokensr": _fit_tokensr, "eval": _eval}[argv[0]](args)
         return _ask(_parser_ask().parse_args(argv))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mmgen vqa: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        print(f"mmgen vqa: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
 
 
@@ -251,16 +257,34 @@ def _fit_tokensr(args) -> int:
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate_splits, print_accuracy, run_table
+    """Each split is one item of a batch: a split that fails is named and the others still finish."""
+    from .batch import Progress, run_batch
+    from .evaluate import (comparison, comparison_steps, describe_table, evaluate_split, print_accuracy,
+                           print_table, variants)
 
     device = _device(args.device)
     model = load_model(args.model, device)
-    if args.table:
-        bank = load_tokensr(args.tokensr, args.model, device)
-        run_table(model, bank, args, device)
-        return 0
-    print_accuracy(evaluate_splits(model, args.split, args.samples, args.batch_size, args.seed, device))
-    return 0
+    if not args.table:
+        result = run_batch(args.split, lambda s: (s, evaluate_split(model, s, args.samples, args.batch_size,
+                                                                     args.seed, device)),
+                           command="vqa eval", what="split")
+        if result.done:
+            print_accuracy(dict(result.done))
+        return result.exit_code(args.strict)
+    bank = load_tokensr(args.tokensr, args.model, device)
+    base = blink_config(args, "tokensr")
+    print(describe_table(base, args.samples, args.batch_size, args.repeats, device))
+    steps = comparison_steps(args.samples, args.batch_size, args.repeats, len(variants(base, bank)))
+    progress = Progress(steps * len(args.split), "vqa eval --table")
+    try:
+        result = run_batch(args.split, lambda s: comparison(model, bank, base, s, args.samples, args.batch_size,
+                                                             args.seed, args.repeats, device, progress.update),
+                           command="vqa eval", what="split")
+    finally:
+        progress.close()
+    if result.done:
+        print_table([row for rows in result.done for row in rows])
+    return result.exit_code(args.strict)
 
 
 def _ask(args) -> int:

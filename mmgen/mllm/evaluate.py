@@ -81,10 +81,10 @@ def accuracy(run, batches, correct: list[bool] | None = None) -> dict[str, float
     return {q: right[q] / total[q] for q in total}
 
 
-def evaluate_splits(model, splits, n, batch_size, seed, device) -> dict[str, dict[str, float]]:
+def evaluate_split(model, split, n, batch_size, seed, device) -> dict[str, float]:
     cfg = model.config
-    return {s: accuracy(_runner(model, None), load_split(s, n, seed, cfg.image_size, batch_size, cfg.max_text_len,
-                                                          device)) for s in splits}
+    return accuracy(_runner(model, None), load_split(split, n, seed, cfg.image_size, batch_size, cfg.max_text_len,
+                                                     device))
 
 
 def print_accuracy(results: dict[str, dict[str, float]], title: str = "vanilla") -> None:
@@ -152,34 +152,46 @@ def variants(base: BlinkConfig, bank) -> dict[str, Blink | None]:
     }
 
 
-def comparison(model, bank, base: BlinkConfig, splits, n, batch_size, seed, repeats, device) -> list[dict]:
-    """Rows {split, variant, acc (dict), latency_s, ratio, flops_ratio, expanded, fixed, broken}; fixed / broken =
-    questions this variant answers right / wrong that vanilla answers wrong / right."""
+def comparison(model, bank, base: BlinkConfig, split, n, batch_size, seed, repeats, device,
+               tick=lambda: None) -> list[dict]:
+    """Rows {split, variant, acc (dict), latency_s, ratio, flops_ratio, expanded, fixed, broken} of one split;
+    fixed / broken = questions this variant answers right / wrong that vanilla answers wrong / right.
+    ``tick()`` is called once per variant and batch of each pass (see :func:`comparison_steps`)."""
     cfg = model.config
     rows = []
-    for split in splits:
-        batches = load_split(split, n, seed, cfg.image_size, batch_size, cfg.max_text_len, device)
-        vs = variants(base, bank)
-        runs = {name: _runner(model, b) for name, b in vs.items()}
-        for run in runs.values():  # warm-up (allocator, lazy init)
-            _time(run, batches[0], device)
-        times = {name: [[] for _ in batches] for name in runs}  # [variant][batch] -> one time per repeat
-        for _ in range(repeats):
-            for b, batch in enumerate(batches):  # every variant on the same batch back to back
-                for name, run in runs.items():
-                    times[name][b].append(_time(run, batch, device))
-        # per batch the fastest repeat, summed: a load spike on one batch spoils one sample only
-        lat = {name: sum(min(ts) for ts in t) for name, t in times.items()}
-        ops = {name: flops(run, batches) for name, run in runs.items()}
-        ref = None
-        for name, blink in vs.items():
-            acc, expanded, correct = score(model, blink, batches)
-            ref = correct if ref is None else ref  # vanilla comes first
-            rows.append({"split": split, "variant": name, "acc": acc, "latency_s": lat[name],
-                         "ratio": lat[name] / lat["vanilla"], "flops_ratio": ops[name] / ops["vanilla"],
-                         "expanded": expanded,
-                         "fixed": int((correct & ~ref).sum()), "broken": int((ref & ~correct).sum())})
+    batches = load_split(split, n, seed, cfg.image_size, batch_size, cfg.max_text_len, device)
+    vs = variants(base, bank)
+    runs = {name: _runner(model, b) for name, b in vs.items()}
+    for run in runs.values():  # warm-up (allocator, lazy init)
+        _time(run, batches[0], device)
+        tick()
+    times = {name: [[] for _ in batches] for name in runs}  # [variant][batch] -> one time per repeat
+    for _ in range(repeats):
+        for b, batch in enumerate(batches):  # every variant on the same batch back to back
+            for name, run in runs.items():
+                times[name][b].append(_time(run, batch, device))
+                tick()
+    # per batch the fastest repeat, summed: a load spike on one batch spoils one sample only
+    lat = {name: sum(min(ts) for ts in t) for name, t in times.items()}
+    ops = {}
+    for name, run in runs.items():
+        ops[name] = flops(run, batches)
+        tick()
+    ref = None
+    for name, blink in vs.items():
+        acc, expanded, correct = score(model, blink, batches)
+        tick()
+        ref = correct if ref is None else ref  # vanilla comes first
+        rows.append({"split": split, "variant": name, "acc": acc, "latency_s": lat[name],
+                     "ratio": lat[name] / lat["vanilla"], "flops_ratio": ops[name] / ops["vanilla"],
+                     "expanded": expanded,
+                     "fixed": int((correct & ~ref).sum()), "broken": int((ref & ~correct).sum())})
     return rows
+
+
+def comparison_steps(n: int, batch_size: int, repeats: int, n_variants: int = 5) -> int:
+    """How many ticks :func:`comparison` makes for one split."""
+    return n_variants * (3 + repeats * math.ceil(n / batch_size))  # warm-up, timings, FLOPs, accuracy
 
 
 def print_table(rows: list[dict]) -> None:
@@ -195,13 +207,6 @@ def print_table(rows: list[dict]) -> None:
               + f" | {r['flops_ratio']:.3f} | {exp} |")
 
 
-def run_table(model, bank, args, device) -> list[dict]:
-    from .cli import blink_config
-
-    base = blink_config(args, "tokensr")
-    print(f"Blink config: {base}")
-    print(f"device: {device}, {args.samples} questions per split, batch {args.batch_size}, "
-          f"latency = sum over batches of the min of {args.repeats} timed repeats\n")
-    rows = comparison(model, bank, base, args.split, args.samples, args.batch_size, args.seed, args.repeats, device)
-    print_table(rows)
-    return rows
+def describe_table(base: BlinkConfig, n: int, batch_size: int, repeats: int, device) -> str:
+    return (f"Blink config: {base}\ndevice: {device}, {n} questions per split, batch {batch_size}, "
+            f"latency = sum over batches of the min of {repeats} timed repeats\n")
