@@ -259,14 +259,15 @@ def test_comparison_table_rows_are_consistent(model, capsys):
                                   split, n=n, batch_size=5, seed=0, repeats=1, device=torch.device("cpu"),
                                   tick=lambda: ticks.append(1))]
     assert len(ticks) == 2 * comparison_steps(n, 5, 1)  # the progress count is exact
-    variants = ["vanilla", "Blink-interp", "Blink", "random-region", "no-drop"]
+    variants = ["vanilla", "Blink-interp", "Blink", "random-region", "no-drop", "ViCrop"]
     assert [(r["split"], r["variant"]) for r in rows] == [(s, v) for s in ("finegrained", "val") for v in variants]
-    for split_rows in (rows[:5], rows[5:]):
+    for split_rows in (rows[:6], rows[6:]):
         vanilla = split_rows[0]
         assert vanilla["ratio"] == vanilla["flops_ratio"] == 1.0 and vanilla["expanded"] is None
         assert vanilla["fixed"] == vanilla["broken"] == 0
+        assert split_rows[-1]["expanded"] is None and split_rows[-1]["flops_ratio"] > 1.5  # ViCrop runs twice
         for r in split_rows[1:]:
-            assert r["expanded"] == 1.0  # tau_exp = 0: every question expands
+            assert r["variant"] == "ViCrop" or r["expanded"] == 1.0  # tau_exp = 0: every question expands
             assert r["flops_ratio"] > 1.0  # appended tokens and the saliency scan are extra work
             assert round((r["acc"]["all"] - vanilla["acc"]["all"]) * n) == r["fixed"] - r["broken"]
     print_table(rows)

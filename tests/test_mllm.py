@@ -375,7 +375,7 @@ def test_eval_table_reports_progress_when_not_on_a_terminal(saved, capsys):
                      "--batch-size", "2", "--repeats", "1", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
     assert "| val | Blink |" in out
-    assert "vqa eval --table: 25/25 (100%)" in err  # 5 variants x (warm-up + 1 repeat x 2 batches + FLOPs + score)
+    assert "vqa eval --table: 30/30 (100%)" in err  # 6 variants x (warm-up + 1 repeat x 2 batches + FLOPs + score)
 
 
 def test_expected_errors_are_one_line_and_debug_shows_the_traceback(saved, capsys, tmp_path):
