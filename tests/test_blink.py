@@ -170,6 +170,21 @@ def test_batched_blink_equals_per_sample_blink(model, batch):
     assert not torch.allclose(together[expanded], vanilla[expanded], atol=1e-4)
 
 
+def test_scans_that_cannot_change_any_state_are_skipped(model, batch, monkeypatch):
+    """Expanding everyone at layer 1 with tau_drop = 0 leaves nothing for layer 2's scan to decide:
+    without a trace to fill it is skipped, and the answers are those of the full scan."""
+    images, ids, lengths = batch
+    blink = Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=0.0, tau_drop=0.0), None)
+    with torch.no_grad():
+        traced = blink.run(model, model.prepare(images, ids, lengths), BlinkTrace())
+        calls = []
+        real = model.query_keys
+        monkeypatch.setattr(model, "query_keys", lambda i, *a, **k: calls.append(i) or real(i, *a, **k))
+        fast = blink.run(model, model.prepare(images, ids, lengths))
+    assert calls == [1]
+    assert torch.equal(fast, traced)
+
+
 def test_split_batches_equals_the_single_batch_reference(model, batch):
     """Fast path: samples that expand, drop or stay run on as sub-batches; answers and trace must
     match the reference that carries invisible slots for the unexpanded samples."""

@@ -260,11 +260,16 @@ class Blink(nn.Module):
                          torch.full((B,), -1, dtype=torch.long, device=device))]
         for i in range(decoder.num_layers):
             if start <= i < end:
+                if trace is None:  # nothing to record: a scan that cannot change any state is skipped
+                    todo = [g for g in groups if not self._settled(g)]
+                    settled = [g for g in groups if self._settled(g)]
+                else:
+                    todo, settled = groups, []
                 scans = [self._scan(decoder, i, g, None if random_tiles is None else random_tiles[i - start, g.index])
-                         for g in groups]
+                         for g in todo]
                 if trace is not None:
                     _record(trace, i, B, scans)
-                groups = [part for parts, *_ in scans for part in parts]
+                groups = [part for parts, *_ in scans for part in parts] + settled
                 if cfg.split_batches and len(groups) > 2:
                     groups = self._merge(decoder, groups)
             groups = [replace(g, state=decoder.run_layer(i, g.state)) for g in groups]
@@ -275,6 +280,14 @@ class Blink(nn.Module):
         for g, out in zip(groups, outs):
             logits[g.index] = out
         return logits
+
+    def _settled(self, g: "_Group") -> bool:
+        """No rho can change this group's state: all expanded and no rho is below tau_drop (rho >= 0),
+        or none expanded and no rho exceeds tau_exp (rho <= 1)."""
+        cfg = self.config
+        if bool(g.active.all()):
+            return not cfg.allow_drop or cfg.tau_drop <= 0.0
+        return not bool(g.active.any()) and cfg.tau_exp >= 1.0
 
     def _scan(self, decoder, i, g: "_Group", random_top: torch.Tensor | None):
         """Saliency, hysteresis and the edit for one group
