@@ -411,3 +411,24 @@ def test_packaged_model_and_tokensr_answer_normal_questions():
     blink, expanded, _ = score(model, Blink(BlinkConfig(), bank), batches)
     assert vanilla["all"] > 0.8 and blink["all"] > 0.8  # chance is about 0.3
     assert expanded > 0
+
+
+@pytest.mark.slow
+def test_fit_starts_from_the_yaml_config_like_the_other_trainers(tmp_path):
+    """`mmgen vqa fit` is a LightningCLI over configs/mllm/vqa.yaml; the trained model is saved to --out
+    and a run resumes from its checkpoint."""
+    import yaml
+
+    cfg = yaml.safe_load(open("configs/mllm/vqa.yaml"))
+    cfg["model"]["model_config"].update(dim=16, depth=2)
+    cfg["model"]["ground_weight"] = 0.0
+    cfg["data"].update(batch_size=4, train_samples=16)
+    cfg["trainer"].update(accelerator="cpu", limit_val_batches=0)
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    small = ["--config", str(tmp_path / "small.yaml"), "--out", str(out), "--trainer.max_steps", "2"]
+    assert cli.main(["fit", *small]) == 0
+    model = cli.load_model(str(out))
+    assert model.config.dim == 16 and model.config.stem == "conv" and model.config.visual_pos_embed
+    assert (out / "ckpt" / "last.ckpt").is_file()
+    assert cli.main(["fit", *small[:-1], "3", "--ckpt_path", str(out / "ckpt" / "last.ckpt")]) == 0

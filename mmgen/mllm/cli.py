@@ -2,7 +2,8 @@
 
   mmgen vqa --image IMG --question "what color is the circle ?" [--model DIR] [--blink|--blink-interp]
             [--tokensr DIR] [--show-saliency OUT.png]
-  mmgen vqa fit --out DIR [--steps N ...]              train the MLLM from scratch (Lightning)
+  mmgen vqa fit --config configs/mllm/vqa.yaml --out DIR [--ckpt_path CKPT] [--model.lr ...]
+                                                       train the MLLM from scratch (LightningCLI)
   mmgen vqa fit-tokensr --model DIR --out DIR [...]    train TokenSR with the MLLM frozen
   mmgen vqa eval [--model DIR] [--split val finegrained] [--table]   accuracy per question type;
             --table adds the Blink comparison (vanilla, Blink-interp, Blink, random-region, no-drop)
@@ -58,31 +59,7 @@ def _parser_ask() -> argparse.ArgumentParser:
 
 def _parser_sub(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"mmgen vqa {name}")
-    if name == "fit":
-        p.add_argument("--out", required=True, help="output dir (model + Lightning checkpoints + logs)")
-        p.add_argument("--steps", type=int, default=5000)
-        p.add_argument("--batch-size", type=int, default=24)
-        p.add_argument("--lr", type=float, default=3e-3)
-        p.add_argument("--zoom-prob", type=float, default=0.5, help="zoom-view augmentation probability")
-        p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the dense patch colour/shape loss")
-        p.add_argument("--ground-weight", type=float, default=1.0,
-                       help="weight of the grounding loss (saliency of the asked-about object's patch)")
-        p.add_argument("--stop-after", type=int, default=None,
-                       help="stop after this many steps of the --steps schedule (a partial run)")
-        p.add_argument("--init", default=None, help="start from this MLLM dir's weights (continue training with a "
-                       "fresh schedule; its architecture replaces --depth/--dim/--heads)")
-        p.add_argument("--max-minutes", type=float, default=60.0, help="stop training after this long")
-        p.add_argument("--val-every", type=int, default=1000)
-        p.add_argument("--depth", type=int, default=4)
-        p.add_argument("--dim", type=int, default=64)
-        p.add_argument("--heads", type=int, default=2)
-        p.add_argument("--stem", choices=("conv", "patch"), default="conv",
-                       help="patch stem of the image encoder (see mmgen.mllm.model.patch_stem)")
-        p.add_argument("--lm-aux-weight", type=float, default=1.0,
-                       help="weight of the dense colour/shape/quadrant loss on the LM's visual hidden states")
-        p.add_argument("--zoom-off-target", type=float, default=0.25,
-                       help="share of zoom views taken from a random region instead of the asked-about one")
-    elif name == "fit-tokensr":
+    if name == "fit-tokensr":
         p.add_argument("--model", default=None, help="frozen MLLM dir (default: packaged)")
         p.add_argument("--out", required=True, help="output dir for the TokenSR bank")
         p.add_argument("--steps", type=int, default=1500)
@@ -120,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv  # tracebacks instead of one-line errors
     argv = [a for a in argv if a != "--debug"]
     try:
+        if argv and argv[0] == "fit":
+            return _fit(argv[1:])
         if argv and argv[0] in SUBCOMMANDS:
             args = _parser_sub(argv[0]).parse_args(argv[1:])
-            return {"fit": _fit, "fit-tokensr": _fit_tokensr, "eval": _eval}[argv[0]](args)
+            return {"fit-tokensr": _fit_tokensr, "eval": _eval}[argv[0]](args)
         return _ask(_parser_ask().parse_args(argv))
     except (ValueError, OSError) as e:
         if debug:
@@ -205,34 +184,44 @@ def _trainer(args, out: Path, steps: int, val_every: int | None):
         callbacks=[ModelCheckpoint(dirpath=str(out / "ckpt"), save_last=True, every_n_train_steps=250)])
 
 
-def _resume(out: Path) -> str | None:
-    last = out / "ckpt" / "last.ckpt"
-    return str(last) if last.is_file() else None
-
-
 # --------------------------------------------------------------------------- subcommands
-def _fit(args) -> int:
-    import lightning as L
+def _fit(argv: list[str]) -> int:
+    """LightningCLI over MLLMModule + VQADataModule (every constructor argument is a YAML key, see
+    configs/mllm/vqa.yaml); ``--out`` receives the trained model (save_pretrained)."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
 
     from .lightning import MLLMModule, VQADataModule
 
-    L.seed_everything(args.seed, workers=True)
-    out = Path(args.out)
-    arch = {"depth": args.depth, "dim": args.dim, "heads": args.heads, "visual_pos_embed": True, "stem": args.stem}
-    init = load_model(args.init) if args.init else None
-    if init is not None:
-        arch = {k: v for k, v in init.config.items() if not k.startswith("_")}
-    module = MLLMModule(model_config=arch, lr=args.lr, total_steps=args.steps, zoom_prob=args.zoom_prob,
-                        zoom_off_target=args.zoom_off_target, aux_weight=args.aux_weight,
-                        ground_weight=args.ground_weight, lm_aux_weight=args.lm_aux_weight)
-    if init is not None:
-        module.model.load_state_dict(init.state_dict())
-    dm = VQADataModule(batch_size=args.batch_size, seed=args.seed)
-    trainer = _trainer(args, out, min(args.steps, args.stop_after or args.steps), args.val_every)
-    trainer.fit(module, dm, ckpt_path=_resume(out), weights_only=True)
-    save_atomic(module.model, out)
-    print(f"saved MLLM to {out}")
+    class _CLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            parser.add_argument("--out", type=str, required=True, help="where the trained MLLM is saved")
+            parser.add_argument("--ckpt_path", type=str | None, default=None,
+                                help="resume from this Lightning checkpoint (e.g. OUT/ckpt/last.ckpt)")
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # our argv, on purpose
+    out = _option(argv, "--out")
+    defaults = {"default_root_dir": out, "enable_progress_bar": sys.stderr.isatty(),
+                "callbacks": [ModelCheckpoint(dirpath=str(Path(out or ".") / "ckpt"), save_last=True,
+                                              every_n_train_steps=250)]}
+    cli = _CLI(MLLMModule, VQADataModule, run=False, args=argv, trainer_defaults=defaults,
+               save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mmgen vqa fit"})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+    save_atomic(cli.model.model, cli.config.out)
+    print(f"saved MLLM to {cli.config.out}")
     return 0
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``name VALUE`` or ``name=VALUE`` in argv (None when absent)."""
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a[len(name) + 1:]
+    return None
 
 
 def _fit_tokensr(args) -> int:
