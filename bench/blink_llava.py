@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from mmgen.mllm.batch import run_batch
+from mmgen.cli_utils import run_batch
 from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace
 from mmgen.mllm.cli import HF_REGION, _device, load_tokensr, save_atomic
 from mmgen.mllm.evaluate import sign_test

@@ -193,6 +193,8 @@ def _fit(argv: list[str]) -> int:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
+    from mmgen.ar.callbacks import ProgressLog
+
     from .lightning import MLLMModule, VQADataModule
 
     class _CLI(LightningCLI):
@@ -205,7 +207,7 @@ def _fit(argv: list[str]) -> int:
     out = _option(argv, "--out")
     defaults = {"default_root_dir": out, "enable_progress_bar": sys.stderr.isatty(),
                 "callbacks": [ModelCheckpoint(dirpath=str(Path(out or ".") / "ckpt"), save_last=True,
-                                              every_n_train_steps=250)]}
+                                              every_n_train_steps=250), ProgressLog(every_n_steps=50)]}
     cli = _CLI(MLLMModule, VQADataModule, run=False, args=argv, trainer_defaults=defaults,
                save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mmgen vqa fit"})
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
@@ -247,7 +249,9 @@ def _fit_tokensr(args) -> int:
 
 def _eval(args) -> int:
     """Each split is one item of a batch: a split that fails is named and the others still finish."""
-    from .batch import Progress, run_batch
+    from mmgen.cli_utils import run_batch
+
+    from .batch import Progress
     from .evaluate import (comparison, comparison_steps, describe_table, evaluate_split, print_accuracy,
                            print_table, variants)
 
