@@ -7,6 +7,10 @@ question type and latency ratio to vanilla, on the normal (val) and held-out fin
         how tau_exp / tau_drop were chosen: rho quantiles per scanned layer and Blink accuracy for a
         few thresholds on the first --split (default val) drawn with seed 1 — a development stream:
         the table uses seed 0, so its questions are never used for tuning
+    python bench/blink_bench.py --settings 0,0 0.68,0.68 0.54,0.51 [--split finegrained] [--samples 1000]
+        one row per tau_exp,tau_drop setting of Blink (TokenSR): accuracy, fixed/broken vs vanilla with
+        the sign test, wall time and its ratio to vanilla (all settings on each batch back to back, the
+        min of --repeats per batch, summed), share of questions expanded and dropped (the dynamic trigger)
     python bench/blink_bench.py --diagnose [--split finegrained] [--samples 600] [--seed 0]
         where Blink's gain is lost: (1) does the top saliency tile hold the asked-about object, per
         scanned layer and question type; (2) how often Blink expands / drops; (3) accuracy with the
@@ -54,6 +58,57 @@ def tune(argv: list[str]) -> int:
             for mode in ("interp", "tokensr"):
                 acc, expanded, _ = score(model, Blink(replace(c, mode=mode), bank), batches)
                 print(f"tau_exp={tau_exp:.3f} tau_drop={c.tau_drop:.3f} {mode:8s} acc {acc['all']:.3f} expanded {expanded:.0%}")
+    return 0
+
+
+def settings(argv: list[str]) -> int:
+    from dataclasses import replace
+
+    from mmgen.mllm.blink import Blink, BlinkTrace
+    from mmgen.mllm.evaluate import _runner, _time, load_split, score, sign_test
+
+    i = argv.index("--settings")
+    pairs = []
+    while i + 1 < len(argv) and "," in argv[i + 1]:
+        pairs.append(tuple(float(v) for v in argv.pop(i + 1).split(",")))
+    argv.pop(i)
+    args = _parser_sub("eval").parse_args(argv)
+    device = _device(args.device)
+    model = load_model(args.model, device)
+    bank = load_tokensr(args.tokensr, args.model, device)
+    base = blink_config(args, "tokensr")
+    cfg = model.config
+    batches = load_split(args.split[0], args.samples, args.seed, cfg.image_size, args.batch_size, cfg.max_text_len,
+                         device)
+    blinks = {"vanilla": None, **{f"{e:g}/{d:g}": Blink(replace(base, tau_exp=e, tau_drop=d), bank) for e, d in pairs}}
+    runs = {name: _runner(model, b) for name, b in blinks.items()}
+    for run in runs.values():
+        _time(run, batches[0], device)
+    times = {name: [[] for _ in batches] for name in runs}
+    for _ in range(args.repeats):
+        for b, batch in enumerate(batches):
+            for name, run in runs.items():
+                times[name][b].append(_time(run, batch, device))
+    lat = {name: sum(min(t) for t in ts) for name, ts in times.items()}
+    _, _, ref = score(model, None, batches)
+    print(f"{args.split[0]}, {args.samples} questions (seed {args.seed}), batch {args.batch_size}; Blink: {base}\n")
+    print("| tau_exp/tau_drop | acc | fixed/broken vs vanilla | p | latency (s) | x vanilla | expanded | dropped |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| vanilla | {ref.float().mean():.3f} | - | - | {lat['vanilla']:.2f} | 1.00 | - | - |")
+    for name, blink in blinks.items():
+        if blink is None:
+            continue
+        acc, expanded, correct = score(model, blink, batches)
+        dropped = 0
+        with torch.no_grad():
+            for batch in batches:
+                trace = BlinkTrace()
+                blink.run(model, model.prepare(*batch[:3]), trace)
+                active = torch.stack(trace.active)
+                dropped += int((active[:-1] & ~active[1:]).any(0).sum())
+        fixed, broken = int((correct & ~ref).sum()), int((ref & ~correct).sum())
+        print(f"| {name} | {acc['all']:.3f} | +{fixed}/-{broken} | {sign_test(fixed, broken):.2g} | {lat[name]:.2f} "
+              f"| {lat[name] / lat['vanilla']:.2f} | {expanded:.0%} | {dropped / args.samples:.0%} |")
     return 0
 
 
@@ -139,6 +194,8 @@ def diagnose(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
+    if "--settings" in argv:
+        sys.exit(settings(argv))
     for flag, command in (("--tune", tune), ("--diagnose", diagnose)):
         if flag in argv:
             argv.remove(flag)

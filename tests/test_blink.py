@@ -147,16 +147,42 @@ def test_expand_then_drop_restores_the_sequence(model, batch):
 
 
 def test_batched_blink_equals_per_sample_blink(model, batch):
-    """Decisions are per sample: padding other samples' slots must not change anyone's answer."""
+    """Decisions are per sample: padding other samples' slots must not change anyone's answer.  The
+    threshold is the median first-layer rho, so the batch holds samples that expand and samples
+    that do not (asserted), and the single-batch path gives the latter invisible slots."""
     images, ids, lengths = batch
-    cfg = BlinkConfig(layers=(1, 3), mode="interp", tau_exp=0.3, tau_drop=0.25)
-    blink = Blink(cfg, None)
+    probe = BlinkTrace()
     with torch.no_grad():
-        rho = BlinkTrace()
-        together = blink.run(model, model.prepare(images, ids, lengths), rho)
+        Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=math.inf), None).run(
+            model, model.prepare(images, ids, lengths), probe)
+    tau_exp = float(probe.rho[0].median())
+    blink = Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=tau_exp, tau_drop=0.0, split_batches=False), None)
+    with torch.no_grad():
+        trace = BlinkTrace()
+        together = blink.run(model, model.prepare(images, ids, lengths), trace)
         alone = torch.cat([blink.run(model, model.prepare(images[i:i + 1], ids[i:i + 1, :lengths[i]], lengths[i:i + 1]))
                            for i in range(len(images))])
+        vanilla = model(images, ids, lengths)
+    expanded = torch.stack(trace.active).any(0)  # at either scanned layer
+    assert bool(expanded.any()) and not bool(expanded.all())  # the padded case happened
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together[~expanded], vanilla[~expanded], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(together[expanded], vanilla[expanded], atol=1e-4)
+
+
+def test_scans_that_cannot_change_any_state_are_skipped(model, batch, monkeypatch):
+    """Expanding everyone at layer 1 with tau_drop = 0 leaves nothing for layer 2's scan to decide:
+    without a trace to fill it is skipped, and the answers are those of the full scan."""
+    images, ids, lengths = batch
+    blink = Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=0.0, tau_drop=0.0), None)
+    with torch.no_grad():
+        traced = blink.run(model, model.prepare(images, ids, lengths), BlinkTrace())
+        calls = []
+        real = model.query_keys
+        monkeypatch.setattr(model, "query_keys", lambda i, *a, **k: calls.append(i) or real(i, *a, **k))
+        fast = blink.run(model, model.prepare(images, ids, lengths))
+    assert calls == [1]
+    assert torch.equal(fast, traced)
 
 
 def test_split_batches_equals_the_single_batch_reference(model, batch):
@@ -240,19 +266,23 @@ def test_tokensr_learns_a_mapping():
 
 
 def test_comparison_table_rows_are_consistent(model, capsys):
-    from mmgen.mllm.evaluate import comparison, print_table
+    from mmgen.mllm.evaluate import comparison, comparison_steps, print_table
 
-    n = 10
-    rows = comparison(model, _bank(model), BlinkConfig(layers=(1, 3), tau_exp=0.0, tau_drop=0.0),
-                      ["finegrained", "val"], n=n, batch_size=5, seed=0, repeats=1, device=torch.device("cpu"))
-    variants = ["vanilla", "Blink-interp", "Blink", "random-region", "no-drop"]
+    n, ticks = 10, []
+    rows = [row for split in ("finegrained", "val")
+            for row in comparison(model, _bank(model), BlinkConfig(layers=(1, 3), tau_exp=0.0, tau_drop=0.0),
+                                  split, n=n, batch_size=5, seed=0, repeats=1, device=torch.device("cpu"),
+                                  tick=lambda: ticks.append(1))]
+    assert len(ticks) == 2 * comparison_steps(n, 5, 1)  # the progress count is exact
+    variants = ["vanilla", "Blink-interp", "Blink", "random-region", "no-drop", "ViCrop"]
     assert [(r["split"], r["variant"]) for r in rows] == [(s, v) for s in ("finegrained", "val") for v in variants]
-    for split_rows in (rows[:5], rows[5:]):
+    for split_rows in (rows[:6], rows[6:]):
         vanilla = split_rows[0]
         assert vanilla["ratio"] == vanilla["flops_ratio"] == 1.0 and vanilla["expanded"] is None
         assert vanilla["fixed"] == vanilla["broken"] == 0
+        assert split_rows[-1]["expanded"] is None and split_rows[-1]["flops_ratio"] > 1.5  # ViCrop runs twice
         for r in split_rows[1:]:
-            assert r["expanded"] == 1.0  # tau_exp = 0: every question expands
+            assert r["variant"] == "ViCrop" or r["expanded"] == 1.0  # tau_exp = 0: every question expands
             assert r["flops_ratio"] > 1.0  # appended tokens and the saliency scan are extra work
             assert round((r["acc"]["all"] - vanilla["acc"]["all"]) * n) == r["fixed"] - r["broken"]
     print_table(rows)

@@ -357,6 +357,37 @@ def test_cli_errors_are_clear(saved, capsys, tmp_path):
     assert "config.json" in capsys.readouterr().err
 
 
+def test_eval_finishes_good_splits_and_names_bad_ones(saved, capsys):
+    root, _ = saved
+    common = ["eval", "--model", str(root / "model"), "--samples", "4", "--batch-size", "4", "--device", "cpu"]
+    assert cli.main([*common, "--split", "val", "bogus"]) == 0
+    out, err = capsys.readouterr()
+    assert "| val | vanilla |" in out and "skipped bogus: unknown split" in err and "1 split(s) done, 1 skipped" in err
+    assert cli.main([*common, "--split", "val", "bogus", "--strict"]) == 1
+    assert cli.main([*common, "--split", "bogus"]) == 1  # nothing succeeded
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_eval_table_reports_progress_when_not_on_a_terminal(saved, capsys):
+    root, _ = saved
+    assert cli.main(["eval", "--table", "--model", str(root / "model"), "--split", "val", "--samples", "4",
+                     "--batch-size", "2", "--repeats", "1", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "| val | Blink |" in out
+    assert "vqa eval --table: 30/30 (100%)" in err  # 6 variants x (warm-up + 1 repeat x 2 batches + FLOPs + score)
+
+
+def test_expected_errors_are_one_line_and_debug_shows_the_traceback(saved, capsys, tmp_path):
+    root, img = saved
+    argv = ["eval", "--model", str(tmp_path / "missing"), "--split", "val"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmgen vqa: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(FileNotFoundError):
+        cli.main([*argv, "--debug"])
+
+
 def test_patch_labels_mark_objects_including_tiny_ones():
     from mmgen.mllm.data import COLORS, SHAPES, SceneObject, patch_labels
 
@@ -380,3 +411,24 @@ def test_packaged_model_and_tokensr_answer_normal_questions():
     blink, expanded, _ = score(model, Blink(BlinkConfig(), bank), batches)
     assert vanilla["all"] > 0.8 and blink["all"] > 0.8  # chance is about 0.3
     assert expanded > 0
+
+
+@pytest.mark.slow
+def test_fit_starts_from_the_yaml_config_like_the_other_trainers(tmp_path):
+    """`mmgen vqa fit` is a LightningCLI over configs/mllm/vqa.yaml; the trained model is saved to --out
+    and a run resumes from its checkpoint."""
+    import yaml
+
+    cfg = yaml.safe_load(open("configs/mllm/vqa.yaml"))
+    cfg["model"]["model_config"].update(dim=16, depth=2)
+    cfg["model"]["ground_weight"] = 0.0
+    cfg["data"].update(batch_size=4, train_samples=16)
+    cfg["trainer"].update(accelerator="cpu", limit_val_batches=0)
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    small = ["--config", str(tmp_path / "small.yaml"), "--out", str(out), "--trainer.max_steps", "2"]
+    assert cli.main(["fit", *small]) == 0
+    model = cli.load_model(str(out))
+    assert model.config.dim == 16 and model.config.stem == "conv" and model.config.visual_pos_embed
+    assert (out / "ckpt" / "last.ckpt").is_file()
+    assert cli.main(["fit", *small[:-1], "3", "--ckpt_path", str(out / "ckpt" / "last.ckpt")]) == 0

@@ -26,13 +26,9 @@ Decisions are per sample; a batch whose samples disagree is split into sub-batch
 without appended tokens, ``split_batches``) so no sample pays for slots it cannot see.
 
 Blink only decides and edits; the decoder is reached through :class:`BlinkDecoder`.  Our
-:class:`~mmgen.mllm.model.TinyLlava` implements it directly.  A Hugging Face LLaVA-family
-model can implement it without forking transformers or switching to eager attention:
-``run_layer`` calls ``language_model.layers[i](h, position_embeddings=rotary(pos), ...)`` (the
-fused attention kernel stays on), and ``query_keys`` recomputes only the one query row and
-the visual keys from the layer input with ``layer.input_layernorm``, ``self_attn.q_proj`` and
-``self_attn.k_proj`` (captured with a forward pre-hook when the layer loop is not driven
-directly); ``set_extra`` concatenates hidden states, position ids and the attention mask.
+:class:`~mmgen.mllm.model.TinyLlava` implements it directly; :class:`mmgen.mllm.hf.LlavaDecoder`
+implements it for a Hugging Face ``LlavaForConditionalGeneration`` by driving its language model's
+decoder layers itself (the fused attention kernel stays on).
 """
 from __future__ import annotations
 
@@ -47,8 +43,9 @@ from .tokensr import TokenSRBank, interpolate_region
 
 
 class BlinkDecoder(Protocol):
-    """What Blink needs from a decoder (states are opaque except ``h``, ``n_visual``, ``n_extra``,
-    ``extra_active``, ``grid``)."""
+    """What Blink needs from a decoder (states are opaque except ``h`` [B, L, C], ``grid``, ``n_extra``,
+    ``visual_h`` / ``extra_h`` (the visual and appended blocks of ``h``) and ``extra_pos`` (the
+    appended block's positions in the decoder's own convention, as ``region_positions`` gives them))."""
 
     num_layers: int
 
@@ -263,11 +260,16 @@ class Blink(nn.Module):
                          torch.full((B,), -1, dtype=torch.long, device=device))]
         for i in range(decoder.num_layers):
             if start <= i < end:
+                if trace is None:  # nothing to record: a scan that cannot change any state is skipped
+                    todo = [g for g in groups if not self._settled(g)]
+                    settled = [g for g in groups if self._settled(g)]
+                else:
+                    todo, settled = groups, []
                 scans = [self._scan(decoder, i, g, None if random_tiles is None else random_tiles[i - start, g.index])
-                         for g in groups]
+                         for g in todo]
                 if trace is not None:
                     _record(trace, i, B, scans)
-                groups = [part for parts, *_ in scans for part in parts]
+                groups = [part for parts, *_ in scans for part in parts] + settled
                 if cfg.split_batches and len(groups) > 2:
                     groups = self._merge(decoder, groups)
             groups = [replace(g, state=decoder.run_layer(i, g.state)) for g in groups]
@@ -278,6 +280,14 @@ class Blink(nn.Module):
         for g, out in zip(groups, outs):
             logits[g.index] = out
         return logits
+
+    def _settled(self, g: "_Group") -> bool:
+        """No rho can change this group's state: all expanded and no rho is below tau_drop (rho >= 0),
+        or none expanded and no rho exceeds tau_exp (rho <= 1)."""
+        cfg = self.config
+        if bool(g.active.all()):
+            return not cfg.allow_drop or cfg.tau_drop <= 0.0
+        return not bool(g.active.any()) and cfg.tau_exp >= 1.0
 
     def _scan(self, decoder, i, g: "_Group", random_top: torch.Tensor | None):
         """Saliency, hysteresis and the edit for one group
@@ -310,7 +320,7 @@ class Blink(nn.Module):
                 continue
             state = g.state if len(idx) == len(which) else decoder.select(g.state, idx)
             if edit == "expand":
-                region, r0, c0 = gather_region(state.h[:, :state.n_visual], state.grid, cfg.region, top[idx])
+                region, r0, c0 = gather_region(state.visual_h, state.grid, cfg.region, top[idx])
                 sr, pos = super_resolve(decoder, lambda x: self.upsample(i, x), region, r0, c0, cfg.factor)
                 state = decoder.set_extra(state, sr, pos)
             elif edit == "drop":
@@ -338,11 +348,11 @@ class Blink(nn.Module):
         cfg = self.config
         if not bool(new_active.any()):
             return decoder.set_extra(state, None, None)
-        region, r0, c0 = gather_region(state.h[:, :state.n_visual], state.grid, cfg.region, top)
+        region, r0, c0 = gather_region(state.visual_h, state.grid, cfg.region, top)
         sr, pos = super_resolve(decoder, lambda x: self.upsample(i, x), region, r0, c0, cfg.factor)
         if state.n_extra:  # samples that stay expanded keep their current appended tokens
             keep = (~expand)[:, None, None]
-            old_pos = state.pos if state.pos.ndim == 3 else state.pos.expand(len(expand), -1, -1)
-            sr = torch.where(keep, state.h[:, state.n_visual:state.text_start], sr.to(state.h.dtype))
-            pos = torch.where(keep, old_pos[:, state.n_visual:state.text_start], pos)
+            sr = torch.where(keep, state.extra_h, sr.to(state.h.dtype))
+            old_pos = state.extra_pos
+            pos = torch.where(keep.reshape(-1, *[1] * (old_pos.ndim - 1)), old_pos, pos)
         return decoder.set_extra(state, sr, pos, new_active)

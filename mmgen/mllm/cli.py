@@ -2,7 +2,8 @@
 
   mmgen vqa --image IMG --question "what color is the circle ?" [--model DIR] [--blink|--blink-interp]
             [--tokensr DIR] [--show-saliency OUT.png]
-  mmgen vqa fit --out DIR [--steps N ...]              train the MLLM from scratch (Lightning)
+  mmgen vqa fit --config configs/mllm/vqa.yaml --out DIR [--ckpt_path CKPT] [--model.lr ...]
+                                                       train the MLLM from scratch (LightningCLI)
   mmgen vqa fit-tokensr --model DIR --out DIR [...]    train TokenSR with the MLLM frozen
   mmgen vqa eval [--model DIR] [--split val finegrained] [--table]   accuracy per question type;
             --table adds the Blink comparison (vanilla, Blink-interp, Blink, random-region, no-drop)
@@ -20,6 +21,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
 SUBCOMMANDS = ("fit", "fit-tokensr", "eval")
+HF_REGION = 4  # 4 x 4 of LLaVA-1.5's 24 x 24 visual grid: 36 regions, 64 SR tokens at 2x
 
 
 def _add_blink_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +33,8 @@ def _add_blink_args(p: argparse.ArgumentParser) -> None:
                    help=f"decoder layers [start, end) Blink scans (default {d.layers})")
     p.add_argument("--tau-exp", type=float, default=d.tau_exp, help="expand when rho > tau_exp")
     p.add_argument("--tau-drop", type=float, default=d.tau_drop, help="drop when rho < tau_drop")
-    p.add_argument("--region", type=int, default=d.region, help="region side p in tokens")
+    p.add_argument("--region", type=int, default=None,
+                   help=f"region side p in tokens (default {d.region}; {HF_REGION} for a Hugging Face LLaVA)")
 
 
 def _parser_ask() -> argparse.ArgumentParser:
@@ -39,7 +42,10 @@ def _parser_ask() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True, help="image file (png/jpg/...)")
     p.add_argument("--question", required=True, help='e.g. "what color is the circle ?"')
-    p.add_argument("--model", default=None, help="MLLM dir (save_pretrained); default: packaged model")
+    p.add_argument("--model", default=None, help="MLLM dir (save_pretrained), or a local Hugging Face LLaVA folder "
+                   "(config.json with model_type 'llava', safetensors weights, processor files); default: packaged model")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (Hugging Face LLaVA)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--blink", action="store_true", help="Blink with trained TokenSR")
     g.add_argument("--blink-interp", action="store_true", help="Blink-interp (training-free interpolation)")
@@ -53,31 +59,7 @@ def _parser_ask() -> argparse.ArgumentParser:
 
 def _parser_sub(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"mmgen vqa {name}")
-    if name == "fit":
-        p.add_argument("--out", required=True, help="output dir (model + Lightning checkpoints + logs)")
-        p.add_argument("--steps", type=int, default=5000)
-        p.add_argument("--batch-size", type=int, default=24)
-        p.add_argument("--lr", type=float, default=3e-3)
-        p.add_argument("--zoom-prob", type=float, default=0.5, help="zoom-view augmentation probability")
-        p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the dense patch colour/shape loss")
-        p.add_argument("--ground-weight", type=float, default=1.0,
-                       help="weight of the grounding loss (saliency of the asked-about object's patch)")
-        p.add_argument("--stop-after", type=int, default=None,
-                       help="stop after this many steps of the --steps schedule (a partial run)")
-        p.add_argument("--init", default=None, help="start from this MLLM dir's weights (continue training with a "
-                       "fresh schedule; its architecture replaces --depth/--dim/--heads)")
-        p.add_argument("--max-minutes", type=float, default=60.0, help="stop training after this long")
-        p.add_argument("--val-every", type=int, default=1000)
-        p.add_argument("--depth", type=int, default=4)
-        p.add_argument("--dim", type=int, default=64)
-        p.add_argument("--heads", type=int, default=2)
-        p.add_argument("--stem", choices=("conv", "patch"), default="conv",
-                       help="patch stem of the image encoder (see mmgen.mllm.model.patch_stem)")
-        p.add_argument("--lm-aux-weight", type=float, default=1.0,
-                       help="weight of the dense colour/shape/quadrant loss on the LM's visual hidden states")
-        p.add_argument("--zoom-off-target", type=float, default=0.25,
-                       help="share of zoom views taken from a random region instead of the asked-about one")
-    elif name == "fit-tokensr":
+    if name == "fit-tokensr":
         p.add_argument("--model", default=None, help="frozen MLLM dir (default: packaged)")
         p.add_argument("--out", required=True, help="output dir for the TokenSR bank")
         p.add_argument("--steps", type=int, default=1500)
@@ -102,6 +84,8 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
         p.add_argument("--table", action="store_true",
                        help="compare vanilla, Blink-interp, Blink, random-region, no-drop (accuracy, latency)")
         p.add_argument("--repeats", type=int, default=5, help="timing repeats per variant (--table)")
+        p.add_argument("--strict", action="store_true",
+                       help="exit with status 1 if any split failed (default: only if none succeeded)")
         _add_blink_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -110,13 +94,19 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # tracebacks instead of one-line errors
+    argv = [a for a in argv if a != "--debug"]
     try:
+        if argv and argv[0] == "fit":
+            return _fit(argv[1:])
         if argv and argv[0] in SUBCOMMANDS:
             args = _parser_sub(argv[0]).parse_args(argv[1:])
-            return {"fit": _fit, "fit-tokensr": _fit_tokensr, "eval": _eval}[argv[0]](args)
+            return {"fit-tokensr": _fit_tokensr, "eval": _eval}[argv[0]](args)
         return _ask(_parser_ask().parse_args(argv))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mmgen vqa: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        print(f"mmgen vqa: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
 
 
@@ -167,11 +157,14 @@ def save_atomic(module, out: str | Path) -> None:
             os.replace(Path(tmp) / name, out / name)
 
 
-def blink_config(args, mode: str, **overrides):
+def blink_config(args, mode: str, layers: tuple[int, int] | None = None, region: int | None = None, **overrides):
+    """The BlinkConfig the command line asks for; ``layers`` / ``region``: the model family's defaults."""
     from .blink import BlinkConfig
 
-    layers = tuple(args.blink_layers) if args.blink_layers else BlinkConfig().layers
-    return BlinkConfig(layers=layers, region=args.region, tau_exp=args.tau_exp, tau_drop=args.tau_drop,
+    d = BlinkConfig()
+    layers = tuple(args.blink_layers) if args.blink_layers else layers or d.layers
+    region = args.region or region or d.region
+    return BlinkConfig(layers=layers, region=region, tau_exp=args.tau_exp, tau_drop=args.tau_drop,
                        mode=mode, **overrides)
 
 
@@ -191,34 +184,46 @@ def _trainer(args, out: Path, steps: int, val_every: int | None):
         callbacks=[ModelCheckpoint(dirpath=str(out / "ckpt"), save_last=True, every_n_train_steps=250)])
 
 
-def _resume(out: Path) -> str | None:
-    last = out / "ckpt" / "last.ckpt"
-    return str(last) if last.is_file() else None
-
-
 # --------------------------------------------------------------------------- subcommands
-def _fit(args) -> int:
-    import lightning as L
+def _fit(argv: list[str]) -> int:
+    """LightningCLI over MLLMModule + VQADataModule (every constructor argument is a YAML key, see
+    configs/mllm/vqa.yaml); ``--out`` receives the trained model (save_pretrained)."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    from mmgen.ar.callbacks import ProgressLog
 
     from .lightning import MLLMModule, VQADataModule
 
-    L.seed_everything(args.seed, workers=True)
-    out = Path(args.out)
-    arch = {"depth": args.depth, "dim": args.dim, "heads": args.heads, "visual_pos_embed": True, "stem": args.stem}
-    init = load_model(args.init) if args.init else None
-    if init is not None:
-        arch = {k: v for k, v in init.config.items() if not k.startswith("_")}
-    module = MLLMModule(model_config=arch, lr=args.lr, total_steps=args.steps, zoom_prob=args.zoom_prob,
-                        zoom_off_target=args.zoom_off_target, aux_weight=args.aux_weight,
-                        ground_weight=args.ground_weight, lm_aux_weight=args.lm_aux_weight)
-    if init is not None:
-        module.model.load_state_dict(init.state_dict())
-    dm = VQADataModule(batch_size=args.batch_size, seed=args.seed)
-    trainer = _trainer(args, out, min(args.steps, args.stop_after or args.steps), args.val_every)
-    trainer.fit(module, dm, ckpt_path=_resume(out), weights_only=True)
-    save_atomic(module.model, out)
-    print(f"saved MLLM to {out}")
+    class _CLI(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            parser.add_argument("--out", type=str, required=True, help="where the trained MLLM is saved")
+            parser.add_argument("--ckpt_path", type=str | None, default=None,
+                                help="resume from this Lightning checkpoint (e.g. OUT/ckpt/last.ckpt)")
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # our argv, on purpose
+    out = _option(argv, "--out")
+    defaults = {"default_root_dir": out, "enable_progress_bar": sys.stderr.isatty(),
+                "callbacks": [ModelCheckpoint(dirpath=str(Path(out or ".") / "ckpt"), save_last=True,
+                                              every_n_train_steps=250), ProgressLog(every_n_steps=50)]}
+    cli = _CLI(MLLMModule, VQADataModule, run=False, args=argv, trainer_defaults=defaults,
+               save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mmgen vqa fit"})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
+    save_atomic(cli.model.model, cli.config.out)
+    print(f"saved MLLM to {cli.config.out}")
     return 0
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``name VALUE`` or ``name=VALUE`` in argv (None when absent)."""
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a[len(name) + 1:]
+    return None
 
 
 def _fit_tokensr(args) -> int:
@@ -243,20 +248,45 @@ def _fit_tokensr(args) -> int:
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate_splits, print_accuracy, run_table
+    """Each split is one item of a batch: a split that fails is named and the others still finish."""
+    from mmgen.cli_utils import run_batch
+
+    from .batch import Progress
+    from .evaluate import (comparison, comparison_steps, describe_table, evaluate_split, print_accuracy,
+                           print_table, variants)
 
     device = _device(args.device)
     model = load_model(args.model, device)
-    if args.table:
-        bank = load_tokensr(args.tokensr, args.model, device)
-        run_table(model, bank, args, device)
-        return 0
-    print_accuracy(evaluate_splits(model, args.split, args.samples, args.batch_size, args.seed, device))
-    return 0
+    if not args.table:
+        result = run_batch(args.split, lambda s: (s, evaluate_split(model, s, args.samples, args.batch_size,
+                                                                     args.seed, device)),
+                           command="vqa eval", what="split")
+        if result.done:
+            print_accuracy(dict(result.done))
+        return result.exit_code(args.strict)
+    bank = load_tokensr(args.tokensr, args.model, device)
+    base = blink_config(args, "tokensr")
+    print(describe_table(base, args.samples, args.batch_size, args.repeats, device))
+    steps = comparison_steps(args.samples, args.batch_size, args.repeats, len(variants(base, bank)))
+    progress = Progress(steps * len(args.split), "vqa eval --table")
+    try:
+        result = run_batch(args.split, lambda s: comparison(model, bank, base, s, args.samples, args.batch_size,
+                                                             args.seed, args.repeats, device, progress.update),
+                           command="vqa eval", what="split")
+    finally:
+        progress.close()
+    if result.done:
+        print_table([row for rows in result.done for row in rows])
+    return result.exit_code(args.strict)
 
 
 def _ask(args) -> int:
     import torch
+
+    from .hf import is_llava_folder
+
+    if is_llava_folder(args.model):
+        return _ask_hf(args)
 
     from .blink import Blink, BlinkTrace
     from .data import to_model_input
@@ -272,6 +302,7 @@ def _ask(args) -> int:
     trace = BlinkTrace() if args.show_saliency else None
     with torch.no_grad():
         state = model.prepare(x, ids, lengths)
+        cfg = None
         if args.blink or args.blink_interp or args.show_saliency:
             bank = load_tokensr(args.tokensr, args.model) if args.blink else None
             cfg = blink_config(args, "tokensr" if args.blink else "interp")
@@ -284,9 +315,41 @@ def _ask(args) -> int:
             logits = model.readout(state)
     answer = decode_answer(int(logits[0].argmax()))
     print(answer)
-    if args.show_saliency:
-        from .viz import save_saliency
-
-        save_saliency(args.show_saliency, image, trace, model.grid, args.region, f"{args.question}  ->  {answer}")
-        print(f"wrote {args.show_saliency}", file=sys.stderr)
+    _saliency_figure(args, image, trace, model.grid, cfg.region if trace is not None else None, answer)
     return 0
+
+
+def _ask_hf(args) -> int:
+    """`mmgen vqa --model LLAVA_FOLDER`: greedy answer from a local Hugging Face LLaVA, Blink on the prompt."""
+    from .blink import Blink, BlinkTrace
+    from .hf import default_layers, encode_prompts, load_llava
+    from .image import load_image
+
+    device = _device(args.device)
+    decoder, processor = load_llava(args.model, device)
+    image, notes = load_image(args.image, args.max_side)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    ids, mask, pixels = encode_prompts(processor, [image], [args.question], device=device)
+    blink = trace = cfg = None
+    if args.blink or args.blink_interp or args.show_saliency:
+        bank = load_tokensr(args.tokensr, args.model, device) if args.blink else None
+        cfg = blink_config(args, "tokensr" if args.blink else "interp", default_layers(decoder.num_layers), HF_REGION)
+        if not (args.blink or args.blink_interp):
+            cfg.tau_exp, cfg.tau_drop = float("inf"), 0.0
+        blink, trace = Blink(cfg, bank), BlinkTrace() if args.show_saliency else None
+    tokens = decoder.generate(ids, pixels.to(decoder.dtype), args.max_new_tokens, blink,
+                              processor.tokenizer.eos_token_id, trace=trace)
+    answer = processor.tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+    print(answer)
+    _saliency_figure(args, image, trace, decoder.grid, cfg.region if cfg else None, answer)
+    return 0
+
+
+def _saliency_figure(args, image, trace, grid, region, answer: str) -> None:
+    if not args.show_saliency:
+        return
+    from .viz import save_saliency
+
+    save_saliency(args.show_saliency, image, trace, grid, region, f"{args.question}  ->  {answer}")
+    print(f"wrote {args.show_saliency}", file=sys.stderr)

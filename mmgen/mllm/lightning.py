@@ -119,10 +119,16 @@ class MLLMModule(L.LightningModule):
     def __init__(self, model_config: dict | None = None, lr: float = 3e-3, weight_decay: float = 0.05,
                  warmup_steps: int = 100, total_steps: int = 1500, zoom_prob: float = 0.5,
                  zoom_off_target: float = 0.25, region: int = 2, factor: int = 2, aux_weight: float = 1.0,
-                 ground_weight: float = 1.0, ground_layers: tuple[int, int] = (1, 3), lm_aux_weight: float = 1.0):
+                 ground_weight: float = 1.0, ground_layers: tuple[int, int] = (1, 3), lm_aux_weight: float = 1.0,
+                 init: str | None = None):
+        """init: a saved MLLM folder whose architecture and weights replace ``model_config`` (continued
+        training with a fresh schedule)."""
         super().__init__()
         self.save_hyperparameters()
-        self.model = TinyLlava(**(model_config or {}))
+        if init is not None:
+            self.model = TinyLlava.from_pretrained(init, low_cpu_mem_usage=False)
+        else:
+            self.model = TinyLlava(**(model_config or {}))
         vit_dim = self.model.config.vit_dim
         self.aux_color = torch.nn.Linear(vit_dim, len(COLORS) + 1)
         self.aux_shape = torch.nn.Linear(vit_dim, len(SHAPES) + 1)

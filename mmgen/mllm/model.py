@@ -71,6 +71,20 @@ class DecoderState:
     def text_start(self) -> int:
         return self.n_visual + self.n_extra
 
+    @property
+    def visual_h(self) -> torch.Tensor:
+        return self.h[:, :self.n_visual]
+
+    @property
+    def extra_h(self) -> torch.Tensor:
+        return self.h[:, self.n_visual:self.text_start]
+
+    @property
+    def extra_pos(self) -> torch.Tensor:
+        """[B, n_extra, 3]"""
+        pos = self.pos if self.pos.ndim == 3 else self.pos.expand(self.h.shape[0], -1, -1)
+        return pos[:, self.n_visual:self.text_start]
+
     def last_text_index(self) -> torch.Tensor:
         return self.text_start + self.text_lengths - 1
 
