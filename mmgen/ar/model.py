@@ -32,12 +32,15 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from mmgen.nn import Block, KVCache, RMSNorm, Rope3D
+from mmgen.nn.elastic import ElasticConfig
+from mmgen.nn.moe import moe_layers, set_submodel
 
 from . import text as text_tokens
 from .layout import GroupLayout
 
 CONDITIONS = ("class", "text")
 HEADS = ("bits", "index")
+FFNS = ("dense", "moe")
 
 
 @dataclass
@@ -69,6 +72,13 @@ class VideoAR(ModelMixin, ConfigMixin):
       frame_window: Random Frame Mask window w (None = every past frame is visible)
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU)
       grad_checkpointing: recompute blocks in backward
+      ffn: "dense" (SwiGLU) or "moe" (mmgen.nn.moe.SparseMoE: routed + shared experts)
+      moe_experts, moe_top_k, moe_shared, moe_expert_hidden: routed experts, chosen per token,
+        always-on shared experts, expert hidden size (None = active FFN size of the dense model)
+      moe_dense_layers: the first layers keep a dense FFN
+      moe_bias_rate: loss-free balancing step; moe_aux_alpha: sequence-wise aux loss (0 = off)
+      moe_kernel: "auto" (grouped GEMM where it runs), "grouped" or "loop"
+      elastic: mmgen.nn.elastic.ElasticConfig fields (None = no elastic sub-models)
     """
 
     @register_to_config
@@ -78,7 +88,10 @@ class VideoAR(ModelMixin, ConfigMixin):
                  num_classes: int = 192, max_text_len: int = 96, head: str = "bits",
                  codebook_size: int | None = None, pos_mode: str = "own_grid", rope_base: float = 10000.0,
                  rope_axes: Sequence[int] | None = None, frame_window: int | None = None,
-                 attn_backend: str = "auto", grad_checkpointing: bool = False):
+                 attn_backend: str = "auto", grad_checkpointing: bool = False, ffn: str = "dense",
+                 moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1,
+                 moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
+                 moe_aux_alpha: float = 0.0, moe_kernel: str = "auto", elastic: dict | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -98,9 +111,18 @@ class VideoAR(ModelMixin, ConfigMixin):
         self.scale_embed = nn.Embedding(len(self.scales), width)
         self.sos = nn.Parameter(torch.zeros(width))
         self.rope = Rope3D(width // heads, rope_axes, rope_base)
+        if ffn not in FFNS:
+            raise ValueError(f"VideoAR: ffn={ffn!r} must be one of {FFNS}")
+        moe = None if ffn == "dense" else dict(
+            n_experts=moe_experts, top_k=moe_top_k, n_shared=moe_shared, expert_hidden=moe_expert_hidden,
+            bias_rate=moe_bias_rate, aux_alpha=moe_aux_alpha, kernel=moe_kernel)
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio, qk_norm=qk_norm, backend=attn_backend,
-                  checkpointing=grad_checkpointing) for _ in range(depth))
+            Block(width, heads, mlp_ratio, qk_norm=qk_norm, backend=attn_backend, checkpointing=grad_checkpointing,
+                  moe=None if i < moe_dense_layers else moe) for i in range(depth))
+        self.elastic = ElasticConfig(**elastic) if elastic is not None else None
+        if self.elastic is not None:
+            self.elastic.validate(depth, moe_experts if moe else 0, moe_top_k)
+        self.active_depth: int | None = None  # elastic depth sub-model
         self.norm = RMSNorm(width)
         self.out_proj = nn.Linear(width, self.out_dim, bias=False)
         self._layouts: dict[int, GroupLayout] = {}
@@ -108,9 +130,9 @@ class VideoAR(ModelMixin, ConfigMixin):
 
     def _init_weights(self) -> None:
         for name, p in self.named_parameters():
-            if p.ndim == 2:
+            if p.ndim >= 2:
                 # GPT-2 style: residual-branch outputs scaled down with depth.
-                std = 0.02 / math.sqrt(2 * self.config.depth) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                std = 0.02 / math.sqrt(2 * self.config.depth) if name.endswith(("o_proj.weight", "down_proj.weight", "w_down")) else 0.02
                 nn.init.normal_(p, std=std)
         nn.init.normal_(self.sos, std=0.02)
         nn.init.zeros_(self.out_proj.weight)  # start at chance: every bit logit 0 -> loss ln 2
@@ -118,6 +140,47 @@ class VideoAR(ModelMixin, ConfigMixin):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         for block in self.blocks:
             block.checkpointing = enabled
+
+    # ------------------------------------------------------------------ sparse FFN: elastic sub-models, routing
+    def set_submodel(self, depth: int | None = None, top_k: int | None = None, experts: int | None = None,
+                     expert_mask: torch.Tensor | None = None) -> None:
+        """Run an elastic sub-model from now on (no arguments = the full model).  Only settings the
+        model was trained with (config ``elastic``) are accepted; ``expert_mask`` (bool [experts],
+        training) overrides ``experts`` (keep the first N experts)."""
+        cfg, el = self.config, self.elastic
+        asked = {k: v for k, v in (("depth", depth), ("top_k", top_k), ("experts", experts)) if v is not None}
+        trained = {"depth": (el.depths if el else []) + [cfg.depth],
+                   "top_k": (el.top_ks if el else []) + [cfg.moe_top_k],
+                   "experts": ([el.kept_experts(cfg.moe_experts)] if el and el.expert_fraction else []) + [cfg.moe_experts]}
+        for key, value in asked.items():
+            if value not in trained[key]:
+                raise ValueError(f"elastic {key}={value} was not trained; this model's config.elastic allows "
+                                 f"{key} in {sorted(set(trained[key]))}")
+        if (top_k is not None or experts is not None or expert_mask is not None) and cfg.ffn == "dense":
+            raise ValueError("elastic top_k/experts need an MoE model (config ffn='moe')")
+        if expert_mask is None and experts is not None and experts < cfg.moe_experts:
+            expert_mask = torch.arange(cfg.moe_experts) < experts
+        self.active_depth = None if depth == cfg.depth else depth
+        set_submodel(self, None if top_k == cfg.moe_top_k else top_k, expert_mask)
+
+    def _active_blocks(self):
+        return self.blocks[:self.active_depth] if self.active_depth else self.blocks
+
+    def routing_counts(self) -> dict[str, torch.Tensor]:
+        """Expert use of the last full-sequence forward per modality: {"text" (or "class"), "scale0",
+        ...} -> Long [MoE layers, experts] (tokens routed to each expert); {} for a dense model."""
+        layers = [m for m in moe_layers(self) if m.last_choice is not None]
+        if not layers:
+            return {}
+        per_frame = sum(h * w for h, w in self.scales)
+        layout = self.layout((layers[0].last_choice.shape[1] - self.prefix_len) // per_frame)
+        P = layout.prefix_len
+        scale_id = layout.scale_id[P:]
+        groups = {self.config.cond: torch.arange(P)}
+        groups.update({f"scale{k}": P + torch.nonzero(scale_id == k).flatten() for k in range(len(self.scales))})
+        return {name: torch.stack([torch.bincount(m.last_choice[:, idx.to(m.last_choice.device)].flatten(),
+                                                  minlength=m.n_experts).cpu() for m in layers])
+                for name, idx in groups.items()}
 
     # ------------------------------------------------------------------ layout & condition
     def layout(self, num_frames: int | None = None) -> GroupLayout:
@@ -209,7 +272,7 @@ class VideoAR(ModelMixin, ConfigMixin):
         x = torch.cat([prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))], dim=1)
         rope = self._rope(layout.pos)
         mask = layout.attention_mask(frame_keep.cpu() if frame_keep is not None else None).to(self.device)
-        for block in self.blocks:
+        for block in self._active_blocks():
             x = block(x, rope, mask)
         return self._output(x[:, layout.prefix_len:])
 
@@ -237,7 +300,7 @@ class VideoAR(ModelMixin, ConfigMixin):
         else:  # the (causal) text prefix, or a frame window: rows of the layout's mask
             mask = layout.group_mask()[tokens, :tokens.stop].to(self.device)
         rope = self._rope(layout.pos[tokens])
-        for block, kv in zip(self.blocks, cache.layers):
+        for block, kv in zip(self._active_blocks(), cache.layers):
             x = block(x, rope, mask, kv_cache=kv)
         return x
 
