@@ -210,3 +210,28 @@ def test_bias_update_all_reduces_counts_over_two_processes(tmp_path):
     assert not torch.equal(r0["counts"][0], r0["counts"][1])  # the ranks saw different loads
     assert torch.equal(r0["bias"], r1["bias"])
     assert torch.allclose(r0["bias"], 0.01 * torch.sign(total.mean() - total))
+
+
+@pytest.mark.slow
+def test_training_moves_the_bias_after_each_step_and_trains_elastic_submodels():
+    import lightning.pytorch as pl
+
+    from mmgen.ar.training import ARModule
+    from mmgen.data import MovingShapes
+
+    gen = dict(bits=16, scales=[[1, 1], [4, 4]], num_frames=2, width=32, depth=2, heads=2, max_text_len=88,
+               ffn="moe", moe_experts=4, moe_top_k=2, moe_bias_rate=0.01, moe_aux_alpha=1e-3,
+               elastic=dict(depths=[1], top_ks=[1], p_full_depth=0.0, p_default_k=0.0))
+    tok = dict(base_channels=8, latent_dim=16, sample_size=32, scales=[1, 4], num_frames=5)
+    torch.manual_seed(0)
+    module = ARModule(preset=None, generator=gen, tokenizer_config=tok, ema_decay=0.9, warmup_steps=1)
+    data = torch.utils.data.DataLoader(MovingShapes(4, size=32, num_frames=5, seed=0), batch_size=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, data)
+    bias = moe_layers(module.model)[0].expert_bias
+    assert bias.abs().sum() > 0 and bias.abs().max() <= 2 * 0.01 + 1e-7  # two steps of +-rate
+    assert torch.equal(moe_layers(module.ema)[0].expert_bias, bias)  # export (EMA) keeps the routing bias
+    logged = trainer.callback_metrics
+    assert {"train/elastic_loss", "train/moe_aux", "route/maxvio", "route/text_maxvio", "route/scale1_maxvio"} <= set(logged)
+    assert all(m.active_top_k is None for m in moe_layers(module.model)) and module.model.active_depth is None
