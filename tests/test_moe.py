@@ -235,3 +235,22 @@ def test_training_moves_the_bias_after_each_step_and_trains_elastic_submodels():
     logged = trainer.callback_metrics
     assert {"train/elastic_loss", "train/moe_aux", "route/maxvio", "route/text_maxvio", "route/scale1_maxvio"} <= set(logged)
     assert all(m.active_top_k is None for m in moe_layers(module.model)) and module.model.active_depth is None
+
+
+def test_mohd_activates_the_dense_hidden_size_with_shared_and_routed_groups():
+    from mmgen.nn.mohd import mohd_kwargs
+
+    kw = mohd_kwargs(256, expansion=2.0, shared_fraction=0.5, group=32)
+    assert kw["shared_hidden"] + kw["top_k"] * kw["expert_hidden"] == 256  # matched active hidden
+    assert kw["shared_hidden"] + kw["n_experts"] * kw["expert_hidden"] == 512  # 2x the parameters
+    m = _tiny_moe(ffn="mohd", mohd_group=16, moe_dense_layers=0)
+    assert forward_flops(m.config)["dense"] - forward_flops(_tiny_moe(ffn="dense").config)["dense"] == \
+        2 * forward_flops(m.config)["tokens"] * 3 * 32 * m.sparse_ffn["n_experts"]  # only the routers
+    # activation scaling: gates sum to 1 over the chosen groups, outputs are scaled by top_k
+    layer = moe_layers(m)[0]
+    assert layer.gate_scale == layer.top_k == 4
+    plain, scaled = _moe(n_shared=0), _moe(n_shared=0, gate_scale=4.0)
+    x = torch.randn(5, 32)
+    assert torch.allclose(scaled(x), 4 * plain(x), atol=1e-6)
+    with pytest.raises(ValueError, match="mohd_group"):
+        mohd_kwargs(256, shared_fraction=0.5, group=48)

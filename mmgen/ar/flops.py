@@ -10,13 +10,11 @@ counts model FLOPs, not hardware FLOPs).
 """
 from __future__ import annotations
 
-from mmgen.nn.moe import default_expert_hidden
+from mmgen.nn import ffn_hidden
+from mmgen.nn.moe import active_ffn_macs
 
 from .layout import GroupLayout
-
-
-def _hidden(width: int, mlp_ratio: float) -> int:
-    return int(-(-mlp_ratio * width // 64) * 64)  # same rounding as mmgen.nn.Block
+from .model import sparse_ffn_kwargs
 
 
 def forward_flops(config: dict, num_frames: int | None = None) -> dict:
@@ -29,13 +27,12 @@ def forward_flops(config: dict, num_frames: int | None = None) -> dict:
                          c.get("frame_window"))
     C, depth = c["width"], c["depth"]
     out_dim = c["bits"] if c.get("head", "bits") == "bits" else c["codebook_size"]
-    hidden = _hidden(C, c.get("mlp_ratio", 4.0))
+    hidden = ffn_hidden(C, c.get("mlp_ratio", 4.0))
     ffn = [3 * C * hidden] * depth
-    if c.get("ffn", "dense") == "moe":  # active experts only, plus the router
-        k, E, shared = c.get("moe_top_k", 2), c.get("moe_experts", 8), c.get("moe_shared", 1)
-        h = c.get("moe_expert_hidden") or default_expert_hidden(hidden, k, shared)
+    sparse = sparse_ffn_kwargs(c)
+    if sparse is not None:  # active experts only, plus the router
         first = c.get("moe_dense_layers", 0)
-        ffn[first:] = [3 * C * h * (k + shared) + C * E] * (depth - first)
+        ffn[first:] = [active_ffn_macs(C, dense_hidden=hidden, **sparse)] * (depth - first)
     layers = 4 * C * C * depth + sum(ffn)
     dense = 2 * (layout.length * layers + layout.num_visual * (c["bits"] * C + C * out_dim))
     pairs = layout.allowed_pairs()

@@ -31,8 +31,9 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from mmgen.nn import Block, KVCache, RMSNorm, Rope3D
+from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, ffn_hidden
 from mmgen.nn.elastic import ElasticConfig
+from mmgen.nn.mohd import mohd_kwargs
 from mmgen.nn.moe import moe_layers, set_submodel
 
 from . import text as text_tokens
@@ -40,7 +41,26 @@ from .layout import GroupLayout
 
 CONDITIONS = ("class", "text")
 HEADS = ("bits", "index")
-FFNS = ("dense", "moe")
+FFNS = ("dense", "moe", "mohd")
+
+
+def sparse_ffn_kwargs(config) -> dict | None:
+    """Keyword arguments of the sparse FFN (mmgen.nn.moe.SparseMoE, without dim and dense_hidden)
+    that ``config``'s ``ffn`` asks for; None for a dense FFN."""
+    c = dict(config)
+    ffn = c.get("ffn", "dense")
+    if ffn not in FFNS:
+        raise ValueError(f"VideoAR: ffn={ffn!r} must be one of {FFNS}")
+    if ffn == "dense":
+        return None
+    if ffn == "mohd":
+        shape = mohd_kwargs(ffn_hidden(c["width"], c.get("mlp_ratio", 4.0)), c.get("mohd_expansion", 2.0),
+                            c.get("mohd_shared_fraction", 0.5), c.get("mohd_group", 32))
+    else:
+        shape = dict(n_experts=c.get("moe_experts", 8), top_k=c.get("moe_top_k", 2), n_shared=c.get("moe_shared", 1),
+                     expert_hidden=c.get("moe_expert_hidden"))
+    return dict(shape, bias_rate=c.get("moe_bias_rate", 1e-3), aux_alpha=c.get("moe_aux_alpha", 0.0),
+                kernel=c.get("moe_kernel", "auto"))
 
 
 @dataclass
@@ -72,12 +92,14 @@ class VideoAR(ModelMixin, ConfigMixin):
       frame_window: Random Frame Mask window w (None = every past frame is visible)
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU)
       grad_checkpointing: recompute blocks in backward
-      ffn: "dense" (SwiGLU) or "moe" (mmgen.nn.moe.SparseMoE: routed + shared experts)
+      ffn: "dense" (SwiGLU), "moe" (mmgen.nn.moe.SparseMoE: routed + shared experts) or "mohd"
       moe_experts, moe_top_k, moe_shared, moe_expert_hidden: routed experts, chosen per token,
         always-on shared experts, expert hidden size (None = active FFN size of the dense model)
       moe_dense_layers: the first layers keep a dense FFN
       moe_bias_rate: loss-free balancing step; moe_aux_alpha: sequence-wise aux loss (0 = off)
       moe_kernel: "auto" (grouped GEMM where it runs), "grouped" or "loop"
+      ffn="mohd" (mmgen.nn.mohd): mohd_expansion x the dense hidden dims, mohd_shared_fraction of
+        the dense hidden always on, routed groups of mohd_group dims (bias/aux/kernel as moe_*)
       elastic: mmgen.nn.elastic.ElasticConfig fields (None = no elastic sub-models)
     """
 
@@ -91,7 +113,8 @@ class VideoAR(ModelMixin, ConfigMixin):
                  attn_backend: str = "auto", grad_checkpointing: bool = False, ffn: str = "dense",
                  moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1,
                  moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
-                 moe_aux_alpha: float = 0.0, moe_kernel: str = "auto", elastic: dict | None = None):
+                 moe_aux_alpha: float = 0.0, moe_kernel: str = "auto", mohd_expansion: float = 2.0,
+                 mohd_shared_fraction: float = 0.5, mohd_group: int = 32, elastic: dict | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -111,17 +134,13 @@ class VideoAR(ModelMixin, ConfigMixin):
         self.scale_embed = nn.Embedding(len(self.scales), width)
         self.sos = nn.Parameter(torch.zeros(width))
         self.rope = Rope3D(width // heads, rope_axes, rope_base)
-        if ffn not in FFNS:
-            raise ValueError(f"VideoAR: ffn={ffn!r} must be one of {FFNS}")
-        moe = None if ffn == "dense" else dict(
-            n_experts=moe_experts, top_k=moe_top_k, n_shared=moe_shared, expert_hidden=moe_expert_hidden,
-            bias_rate=moe_bias_rate, aux_alpha=moe_aux_alpha, kernel=moe_kernel)
+        self.sparse_ffn = moe = sparse_ffn_kwargs(self.config)
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio, qk_norm=qk_norm, backend=attn_backend, checkpointing=grad_checkpointing,
                   moe=None if i < moe_dense_layers else moe) for i in range(depth))
         self.elastic = ElasticConfig(**elastic) if elastic is not None else None
         if self.elastic is not None:
-            self.elastic.validate(depth, moe_experts if moe else 0, moe_top_k)
+            self.elastic.validate(depth, moe["n_experts"] if moe else 0, moe["top_k"] if moe else 0)
         self.active_depth: int | None = None  # elastic depth sub-model
         self.norm = RMSNorm(width)
         self.out_proj = nn.Linear(width, self.out_dim, bias=False)
@@ -147,21 +166,19 @@ class VideoAR(ModelMixin, ConfigMixin):
         """Run an elastic sub-model from now on (no arguments = the full model).  Only settings the
         model was trained with (config ``elastic``) are accepted; ``expert_mask`` (bool [experts],
         training) overrides ``experts`` (keep the first N experts)."""
-        cfg, el = self.config, self.elastic
+        cfg, el, ffn = self.config, self.elastic, self.sparse_ffn or {"n_experts": 0, "top_k": 0}
         asked = {k: v for k, v in (("depth", depth), ("top_k", top_k), ("experts", experts)) if v is not None}
         trained = {"depth": (el.depths if el else []) + [cfg.depth],
-                   "top_k": (el.top_ks if el else []) + [cfg.moe_top_k],
-                   "experts": ([el.kept_experts(cfg.moe_experts)] if el and el.expert_fraction else []) + [cfg.moe_experts]}
+                   "top_k": (el.top_ks if el else []) + [ffn["top_k"]],
+                   "experts": ([el.kept_experts(ffn["n_experts"])] if el and el.expert_fraction else []) + [ffn["n_experts"]]}
         for key, value in asked.items():
             if value not in trained[key]:
                 raise ValueError(f"elastic {key}={value} was not trained; this model's config.elastic allows "
                                  f"{key} in {sorted(set(trained[key]))}")
-        if (top_k is not None or experts is not None or expert_mask is not None) and cfg.ffn == "dense":
-            raise ValueError("elastic top_k/experts need an MoE model (config ffn='moe')")
-        if expert_mask is None and experts is not None and experts < cfg.moe_experts:
-            expert_mask = torch.arange(cfg.moe_experts) < experts
+        if expert_mask is None and experts is not None and experts < ffn["n_experts"]:
+            expert_mask = torch.arange(ffn["n_experts"]) < experts
         self.active_depth = None if depth == cfg.depth else depth
-        set_submodel(self, None if top_k == cfg.moe_top_k else top_k, expert_mask)
+        set_submodel(self, None if top_k == ffn["top_k"] else top_k, expert_mask)
 
     def _active_blocks(self):
         return self.blocks[:self.active_depth] if self.active_depth else self.blocks

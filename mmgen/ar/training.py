@@ -170,14 +170,15 @@ class ARModule(pl.LightningModule):
 
     def _elastic_loss(self, cond, inputs, keep, targets) -> torch.Tensor | float:
         """Loss of one sampled sub-model (ERNIE 5.0 elastic training), weighted; 0 when the draw is the full model."""
-        el, cfg = self.model.elastic, self.model.config
-        setting = el.sample(self._elastic_rng, cfg.moe_experts)
+        el = self.model.elastic
+        n_experts = self.model.sparse_ffn["n_experts"] if self.model.sparse_ffn else 0
+        setting = el.sample(self._elastic_rng, n_experts)
         if not setting:
             return 0.0
         mask = None
         if "experts" in setting:  # a random subset in training
-            mask = torch.zeros(cfg.moe_experts, dtype=torch.bool)
-            mask[torch.randperm(cfg.moe_experts)[:setting.pop("experts")]] = True
+            mask = torch.zeros(n_experts, dtype=torch.bool)
+            mask[torch.randperm(n_experts)[:setting.pop("experts")]] = True
         try:
             self.model.set_submodel(**setting, expert_mask=mask)
             sub_loss, _ = ar_loss(self.model(cond, inputs, keep), targets, self.model)

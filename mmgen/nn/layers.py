@@ -104,6 +104,11 @@ class SelfAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 
 
+def ffn_hidden(dim: int, mlp_ratio: float) -> int:
+    """SwiGLU hidden size of a Block: mlp_ratio * dim rounded up to a multiple of 64."""
+    return int(-(-mlp_ratio * dim // 64) * 64)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x)).
 
@@ -115,7 +120,7 @@ class Block(nn.Module):
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False,
                  backend: str = "auto", checkpointing: bool = False, moe: dict | None = None):
         super().__init__()
-        hidden = int(-(-mlp_ratio * dim // 64) * 64)
+        hidden = ffn_hidden(dim, mlp_ratio)
         self.norm1 = RMSNorm(dim)
         self.attn = SelfAttention(dim, n_heads, qk_norm=qk_norm, backend=backend)
         self.norm2 = RMSNorm(dim)

@@ -71,14 +71,15 @@ class SparseMoE(nn.Module):
     ``n_shared`` always-on experts fused into one SwiGLU.  forward(x [..., C]) -> [..., C].
 
     expert_hidden None = ceil(dense_hidden / (top_k + n_shared)) rounded up to 8, so the active
-    FFN parameters match a dense SwiGLU of ``dense_hidden``.
+    FFN parameters match a dense SwiGLU of ``dense_hidden``; shared_hidden None = n_shared * expert_hidden.
+    gate_scale multiplies the routed outputs (MoHD's activation scaling; 1 for a plain MoE).
     bias_rate: step of the loss-free balancing bias (1e-3 DeepSeek-V3, 1e-4 ERNIE 5.0).
     aux_alpha: weight of the optional sequence-wise balance loss (0 = off); read ``aux_loss``.
     """
 
     def __init__(self, dim: int, n_experts: int, top_k: int, dense_hidden: int, n_shared: int = 1,
                  expert_hidden: int | None = None, bias_rate: float = 1e-3, aux_alpha: float = 0.0,
-                 kernel: str = "auto"):
+                 kernel: str = "auto", shared_hidden: int | None = None, gate_scale: float = 1.0):
         super().__init__()
         if n_experts < 1:
             raise ValueError(f"moe_experts must be >= 1, got {n_experts}")
@@ -88,7 +89,7 @@ class SparseMoE(nn.Module):
             raise ValueError(f"moe_kernel={kernel!r} must be one of {KERNELS}")
         h = expert_hidden or default_expert_hidden(dense_hidden, top_k, n_shared)
         self.n_experts, self.top_k, self.expert_hidden = n_experts, top_k, h
-        self.bias_rate, self.aux_alpha, self.kernel = bias_rate, aux_alpha, kernel
+        self.bias_rate, self.aux_alpha, self.kernel, self.gate_scale = bias_rate, aux_alpha, kernel, gate_scale
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.w_gate = nn.Parameter(torch.empty(n_experts, dim, h))
         self.w_up = nn.Parameter(torch.empty(n_experts, dim, h))
@@ -97,7 +98,8 @@ class SparseMoE(nn.Module):
             nn.init.normal_(w, std=0.02)
         from .layers import SwiGLU  # layers imports this module
 
-        self.shared = SwiGLU(dim, n_shared * h) if n_shared else None
+        shared_hidden = n_shared * h if shared_hidden is None else shared_hidden
+        self.shared = SwiGLU(dim, shared_hidden) if shared_hidden else None
         self.register_buffer("expert_bias", torch.zeros(n_experts))
         self.register_buffer("step_counts", torch.zeros(n_experts), persistent=False)
         self.active_top_k: int | None = None  # elastic sparsity
@@ -134,7 +136,8 @@ class SparseMoE(nn.Module):
         xs = flat[token]
         cl = counts.tolist()
         hidden = F.silu(expert_matmul(xs, self.w_gate, cl, self.kernel)) * expert_matmul(xs, self.w_up, cl, self.kernel)
-        ys = expert_matmul(hidden, self.w_down, cl, self.kernel) * gates.flatten()[order, None].to(x.dtype)
+        weight = gates.flatten()[order, None] * self.gate_scale
+        ys = expert_matmul(hidden, self.w_down, cl, self.kernel) * weight.to(x.dtype)
         out = torch.zeros_like(flat).index_add_(0, token, ys)
         if self.shared is not None:
             out = out + self.shared(flat)
@@ -153,6 +156,15 @@ class SparseMoE(nn.Module):
         f = chosen.mean(1) * E / k
         p = (seq / seq.sum(-1, keepdim=True)).mean(1)
         return self.aux_alpha * (f * p).sum(-1).mean()
+
+
+def active_ffn_macs(dim: int, n_experts: int, top_k: int, dense_hidden: int, n_shared: int = 1,
+                    expert_hidden: int | None = None, shared_hidden: int | None = None, **_) -> int:
+    """Multiply-adds per token of a SparseMoE built with these arguments: active experts, shared
+    part and router."""
+    h = expert_hidden or default_expert_hidden(dense_hidden, top_k, n_shared)
+    shared = n_shared * h if shared_hidden is None else shared_hidden
+    return 3 * dim * (top_k * h + shared) + dim * n_experts
 
 
 def moe_layers(module: nn.Module) -> list[SparseMoE]:
