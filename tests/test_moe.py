@@ -254,3 +254,38 @@ def test_mohd_activates_the_dense_hidden_size_with_shared_and_routed_groups():
     assert torch.allclose(scaled(x), 4 * plain(x), atol=1e-6)
     with pytest.raises(ValueError, match="mohd_group"):
         mohd_kwargs(256, shared_fraction=0.5, group=48)
+
+
+def test_moue_pool_is_shared_with_staggered_windows_and_depth_aware_balance():
+    m = _tiny_moe(ffn="moue", depth=3, moe_dense_layers=0, moe_experts=4, moe_bias_rate=0.01).train()
+    pool = m.universal_pool
+    assert pool.pool_size == 6 and torch.equal(pool.exposure, torch.full((6,), 2.0))  # stride 2, 3 layers
+    assert m.blocks[1].mlp.window_index.tolist() == [2, 3, 4, 5]
+    assert sum(k.startswith("universal_pool.w_gate") for k in m.state_dict()) == 1  # saved once
+    inputs = [torch.randn(2, 2, h, w, 8) for h, w in m.scales]
+    torch.nn.init.normal_(m.out_proj.weight)
+    m(["ab", "c"], inputs).sum().backward()
+    assert pool.w_gate.grad.abs().sum() > 0
+    counts = pool.step_counts.clone()
+    update_routing_bias(m)
+    load = counts / pool.exposure
+    assert torch.allclose(pool.expert_bias, 0.01 * torch.sign(load.mean() - load))
+    with pytest.raises(ValueError, match="grad_checkpointing"):
+        _tiny_moe(ffn="moue", grad_checkpointing=True)
+
+
+def test_moe_checkpoint_converts_to_an_equivalent_moue():
+    from mmgen.nn.moue import convert_moe_to_moue
+
+    m = _tiny_moe().eval()
+    torch.nn.init.normal_(m.out_proj.weight)
+    for layer in moe_layers(m):
+        layer.expert_bias.normal_()
+    inputs = [torch.randn(2, 2, h, w, 8) for h, w in m.scales]
+    u = convert_moe_to_moue(m).eval()
+    with torch.no_grad():
+        assert torch.allclose(u(["ab", "c"], inputs), m(["ab", "c"], inputs), rtol=1e-4, atol=1e-4)
+        shared = convert_moe_to_moue(m, stride=2)  # neighbouring layers now share 2 experts
+        assert shared.universal_pool.pool_size == 4 and torch.isfinite(shared(["ab", "c"], inputs)).all()
+    with pytest.raises(ValueError, match="must be 'moe'"):
+        convert_moe_to_moue(u)

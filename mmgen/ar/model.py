@@ -34,14 +34,15 @@ from torch import nn
 from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, ffn_hidden
 from mmgen.nn.elastic import ElasticConfig
 from mmgen.nn.mohd import mohd_kwargs
-from mmgen.nn.moe import moe_layers, set_submodel
+from mmgen.nn.moe import default_expert_hidden, moe_layers, set_submodel
+from mmgen.nn.moue import UniversalMoE, UniversalPool
 
 from . import text as text_tokens
 from .layout import GroupLayout
 
 CONDITIONS = ("class", "text")
 HEADS = ("bits", "index")
-FFNS = ("dense", "moe", "mohd")
+FFNS = ("dense", "moe", "mohd", "moue")
 
 
 def sparse_ffn_kwargs(config) -> dict | None:
@@ -92,7 +93,7 @@ class VideoAR(ModelMixin, ConfigMixin):
       frame_window: Random Frame Mask window w (None = every past frame is visible)
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU)
       grad_checkpointing: recompute blocks in backward
-      ffn: "dense" (SwiGLU), "moe" (mmgen.nn.moe.SparseMoE: routed + shared experts) or "mohd"
+      ffn: "dense" (SwiGLU), "moe" (mmgen.nn.moe.SparseMoE: routed + shared experts), "mohd" or "moue"
       moe_experts, moe_top_k, moe_shared, moe_expert_hidden: routed experts, chosen per token,
         always-on shared experts, expert hidden size (None = active FFN size of the dense model)
       moe_dense_layers: the first layers keep a dense FFN
@@ -100,6 +101,9 @@ class VideoAR(ModelMixin, ConfigMixin):
       moe_kernel: "auto" (grouped GEMM where it runs), "grouped" or "loop"
       ffn="mohd" (mmgen.nn.mohd): mohd_expansion x the dense hidden dims, mohd_shared_fraction of
         the dense hidden always on, routed groups of mohd_group dims (bias/aux/kernel as moe_*)
+      ffn="moue" (mmgen.nn.moue): moe_* shapes, experts drawn from one pool of moue_pool experts
+        (None = stride x MoE layers); layer windows of moe_experts shifted by moue_stride
+        (None = moe_experts // 2); router trajectory state of moue_traj_dim
       elastic: mmgen.nn.elastic.ElasticConfig fields (None = no elastic sub-models)
     """
 
@@ -114,7 +118,8 @@ class VideoAR(ModelMixin, ConfigMixin):
                  moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1,
                  moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
                  moe_aux_alpha: float = 0.0, moe_kernel: str = "auto", mohd_expansion: float = 2.0,
-                 mohd_shared_fraction: float = 0.5, mohd_group: int = 32, elastic: dict | None = None):
+                 mohd_shared_fraction: float = 0.5, mohd_group: int = 32, moue_pool: int | None = None,
+                 moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -135,9 +140,12 @@ class VideoAR(ModelMixin, ConfigMixin):
         self.sos = nn.Parameter(torch.zeros(width))
         self.rope = Rope3D(width // heads, rope_axes, rope_base)
         self.sparse_ffn = moe = sparse_ffn_kwargs(self.config)
+        ffns = [None if i < moe_dense_layers else moe for i in range(depth)]
+        if ffn == "moue":
+            ffns = self._universal_ffns(ffns)
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio, qk_norm=qk_norm, backend=attn_backend, checkpointing=grad_checkpointing,
-                  moe=None if i < moe_dense_layers else moe) for i in range(depth))
+                  moe=f) for f in ffns)
         self.elastic = ElasticConfig(**elastic) if elastic is not None else None
         if self.elastic is not None:
             self.elastic.validate(depth, moe["n_experts"] if moe else 0, moe["top_k"] if moe else 0)
@@ -146,6 +154,22 @@ class VideoAR(ModelMixin, ConfigMixin):
         self.out_proj = nn.Linear(width, self.out_dim, bias=False)
         self._layouts: dict[int, GroupLayout] = {}
         self._init_weights()
+
+    def _universal_ffns(self, ffns: list) -> list:
+        """MoUE: one pool (self.universal_pool) and a UniversalMoE per sparse layer."""
+        c, kw = self.config, self.sparse_ffn
+        if c.grad_checkpointing:
+            raise ValueError("ffn='moue' carries a router state across layers; it cannot use grad_checkpointing")
+        slots = [i for i, f in enumerate(ffns) if f is not None]
+        E = kw["n_experts"]
+        stride = c.moue_stride or max(1, E // 2)
+        hidden = kw["expert_hidden"] or default_expert_hidden(ffn_hidden(c.width, c.mlp_ratio), kw["top_k"], kw["n_shared"])
+        self.universal_pool = UniversalPool(c.width, c.moue_pool or max(E, stride * len(slots)), hidden, slots, E, stride,
+                                       kw["bias_rate"])
+        for slot, i in enumerate(slots):
+            ffns[i] = UniversalMoE(self.universal_pool, slot, c.width, kw["top_k"], kw["n_shared"], c.moue_traj_dim,
+                                   kw["aux_alpha"], kw["kernel"])
+        return ffns
 
     def _init_weights(self) -> None:
         for name, p in self.named_parameters():

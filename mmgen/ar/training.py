@@ -203,7 +203,7 @@ class ARModule(pl.LightningModule):
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         counts = moe.update_routing_bias(self.model)  # this step's counts, all-reduced over processes
-        if counts is not None and counts.sum() > 0:
+        if counts and sum(c.sum() for c in counts) > 0:
             self.log("route/maxvio", sum(map(moe.max_violation, counts)) / len(counts), prog_bar=True)
 
     def validation_step(self, batch, batch_idx):

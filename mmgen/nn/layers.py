@@ -113,7 +113,8 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x)).
 
     SwiGLU hidden size = mlp_ratio * dim rounded up to a multiple of 64.
-    moe: keyword arguments of :class:`~mmgen.nn.moe.SparseMoE` to make the FFN sparse (None = dense).
+    moe: keyword arguments of :class:`~mmgen.nn.moe.SparseMoE` to make the FFN sparse, or a ready
+    sparse FFN module (MoUE layers share a pool); None = dense.
     checkpointing=True recomputes the block in backward (training only, not with a KV cache).
     """
 
@@ -124,7 +125,8 @@ class Block(nn.Module):
         self.norm1 = RMSNorm(dim)
         self.attn = SelfAttention(dim, n_heads, qk_norm=qk_norm, backend=backend)
         self.norm2 = RMSNorm(dim)
-        self.mlp = SwiGLU(dim, hidden) if moe is None else SparseMoE(dim, dense_hidden=hidden, **moe)
+        self.mlp = (SwiGLU(dim, hidden) if moe is None else moe if isinstance(moe, nn.Module)
+                    else SparseMoE(dim, dense_hidden=hidden, **moe))
         self.checkpointing = checkpointing
 
     def _forward(self, x, rope, mask, kv_cache):

@@ -116,7 +116,10 @@ class SparseMoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(choice Long [N, k], gate weights [N, k], affinities float [N, E]) for tokens x [N, C]."""
-        scores = torch.sigmoid(self.router(x).float())
+        return self._select(self.router(x))
+
+    def _select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scores = torch.sigmoid(logits.float())
         k = self.active_top_k or self.top_k
         pick = scores.detach() + self.expert_bias
         if self.active_experts is not None:
@@ -143,10 +146,13 @@ class SparseMoE(nn.Module):
             out = out + self.shared(flat)
         if self.active_top_k is None and self.active_experts is None:  # statistics of the full model only
             if self.training and torch.is_grad_enabled():
-                self.step_counts += counts.to(self.step_counts.dtype)
+                self._count(counts)
             self.last_choice = choice.detach().reshape(*shape[:-1], k)
         self.aux_loss = self._sequence_aux_loss(scores, choice, shape) if self.aux_alpha > 0 and self.training else None
         return out.reshape(shape)
+
+    def _count(self, counts: torch.Tensor) -> None:
+        self.step_counts += counts.to(self.step_counts.dtype)
 
     def _sequence_aux_loss(self, scores: torch.Tensor, choice: torch.Tensor, shape) -> torch.Tensor:
         """DeepSeek-V3's sequence-wise balance loss alpha * sum_i f_i P_i, averaged over sequences."""
@@ -172,21 +178,24 @@ def moe_layers(module: nn.Module) -> list[SparseMoE]:
 
 
 @torch.no_grad()
-def update_routing_bias(module: nn.Module) -> torch.Tensor | None:
+def update_routing_bias(module: nn.Module) -> list[torch.Tensor] | None:
     """After an optimiser step: all-reduce each layer's counts of that step over processes, move
-    the bias by ``bias_rate * sign(mean load - load)``, clear the counts.  Returns the counts
-    [layers, experts] (None without MoE layers)."""
-    layers = moe_layers(module)
+    the bias by ``bias_rate * sign(mean load - load)``, clear the counts.  Returns the step's
+    counts per bias owner (an MoE layer or a MoUE pool); None without sparse FFNs."""
+    # owners of a balancing bias: each SparseMoE, or one universal pool (MoUE) for all its layers
+    layers = [m for m in module.modules() if "step_counts" in m._buffers]
     if not layers:
         return None
-    counts = torch.stack([m.step_counts for m in layers])
+    counts = torch.cat([m.step_counts for m in layers])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
+    counts = counts.split([m.step_counts.numel() for m in layers])
     for m, c in zip(layers, counts):
+        load = c / m.exposure if hasattr(m, "exposure") else c  # MoUE: per layer that can reach the expert
         if c.sum() > 0:
-            m.expert_bias += m.bias_rate * torch.sign(c.mean() - c)
+            m.expert_bias += m.bias_rate * torch.sign(load.mean() - load)
         m.step_counts.zero_()
-    return counts
+    return list(counts)
 
 
 def aux_loss(module: nn.Module) -> torch.Tensor | None:
