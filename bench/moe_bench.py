@@ -101,7 +101,18 @@ def _max_vio(model) -> float:
     return sum(max_violation(c) for c in per_layer) / len(per_layer)
 
 
-def run(variant: str, seed: int, steps: int, batch: int, cache: str) -> dict:
+def save_pipeline(model, out: Path) -> None:
+    """transformer/ + the shipped tokenizer/: a folder `mmgen ar routing --model` reads."""
+    import shutil
+
+    from mmgen.io import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp / "transformer")
+        shutil.copytree(TOKENIZER, tmp / "tokenizer")
+
+
+def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str | None = None) -> dict:
     import lightning.pytorch as pl
     import torch
     from torch.utils.data import DataLoader
@@ -124,6 +135,8 @@ def run(variant: str, seed: int, steps: int, batch: int, cache: str) -> dict:
     trainer.fit(module, train)
     seconds = time.perf_counter() - t0
     model = module.model
+    if save and seed == 0 and model.sparse_ffn is not None:
+        save_pipeline(model, Path(save) / variant)
     flops = forward_flops(model.config)
     ffn_total = sum(p.numel() for n, p in model.named_parameters() if ".mlp." in n or n.startswith("universal_pool"))
     out = {"variant": variant, "seed": seed, "steps": steps, "tokens_per_s": steps * batch * flops["tokens"] / seconds,
@@ -194,6 +207,7 @@ def main() -> None:
     ap.add_argument("--train-clips", type=int, default=512)
     ap.add_argument("--val-clips", type=int, default=64)
     ap.add_argument("--log", default="runs/moe_bench/results.jsonl", help="one JSON line per finished run (appended)")
+    ap.add_argument("--save", default="runs/moe_bench/models", help="seed-0 sparse models are saved here (pipeline folders)")
     ap.add_argument("--table-only", action="store_true", help="print the table of an existing --log")
     args = ap.parse_args()
     log = Path(args.log)
@@ -203,7 +217,7 @@ def main() -> None:
         log.parent.mkdir(parents=True, exist_ok=True)
         jobs = [(v, int(s)) for s in args.seeds.split(",") for v in args.variants.split(",")]
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache) for v, s in jobs]
+            futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache, args.save) for v, s in jobs]
             for f in futures:
                 row = f.result()
                 with log.open("a") as fh:
