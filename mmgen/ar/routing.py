@@ -30,7 +30,10 @@ def collect_routing(model, tokenizer, num_clips: int = 16, batch_size: int = 8, 
         video = torch.stack([it["video"] for it in items]).to(model.device)
         _, codes = corrupted_history(tokenizer.quantizer, tokenizer.encode(video), CorruptionConfig(enabled=False))
         inputs = tokenizer.quantizer.next_scale_inputs(codes)
-        cond = [it["caption"] for it in items] if model.config.cond == "text" else [it["label"] for it in items]
+        if model.config.cond == "text":  # routing needs tokens, not whole sentences: cut to the model's prefix
+            cond = [it["caption"][:model.config.max_text_len] for it in items]
+        else:
+            cond = [it["label"] for it in items]
         model(cond, inputs)
         for name, counts in model.routing_counts().items():
             total[name] = total.get(name, 0) + counts

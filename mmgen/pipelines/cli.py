@@ -150,6 +150,7 @@ def build_sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="videos per batched decode (default 8)")
     p.add_argument("--stream", action="store_true",
                    help="also write each video's frames as PNGs (<name>_frames/) the moment they are decoded")
+    p.add_argument("--elastic", help="elastic sub-model the model was trained with, e.g. depth=3,top_k=2")
     _add_common(p)
     return p
 
@@ -180,6 +181,10 @@ def _sample(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     pipe, model_dir = _load_pipeline(args)
     try:
+        if args.elastic:
+            from mmgen.nn.elastic import parse_setting
+
+            pipe.transformer.set_submodel(**parse_setting(args.elastic))
         if prompts is not None:
             pipe.check_prompts(prompts)
         else:
