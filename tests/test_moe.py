@@ -289,3 +289,14 @@ def test_moe_checkpoint_converts_to_an_equivalent_moue():
         assert shared.universal_pool.pool_size == 4 and torch.isfinite(shared(["ab", "c"], inputs)).all()
     with pytest.raises(ValueError, match="must be 'moe'"):
         convert_moe_to_moue(u)
+
+
+@pytest.mark.parametrize("change, field", [({"moe_experts": 6}, "moe_experts"), ({"ffn": "dense"}, "ffn")])
+def test_loading_a_checkpoint_whose_expert_layout_differs_from_its_config_names_the_field(tmp_path, change, field):
+    import json
+
+    _tiny_moe().save_pretrained(tmp_path / "m")
+    cfg_file = tmp_path / "m" / "config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **change}))
+    with pytest.raises(ValueError, match=f"expert layout differs.*{field}"):
+        VideoAR.from_pretrained(str(tmp_path / "m"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -43,6 +44,36 @@ from .layout import GroupLayout
 CONDITIONS = ("class", "text")
 HEADS = ("bits", "index")
 FFNS = ("dense", "moe", "mohd", "moue")
+
+
+def _ffn_shapes(named) -> dict[str, tuple]:
+    return {k: tuple(shape) for k, shape in named if ".mlp." in k or k.startswith("universal_pool.")}
+
+
+def _check_ffn_layout(cls, folder: Path) -> None:
+    """ValueError naming the config fields when the FFN tensors saved in ``folder`` do not match its config."""
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not (folder / "config.json").is_file() or not weights.is_file():
+        return  # nothing local to compare (diffusers reports what is missing)
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        saved = _ffn_shapes((k, f.get_slice(k).get_shape()) for k in f.keys())
+    config = cls.load_config(str(folder))
+    with torch.device("meta"):
+        expected = _ffn_shapes((k, v.shape) for k, v in cls.from_config(config).state_dict().items())
+    if saved == expected:
+        return
+    odd = sorted(set(saved) ^ set(expected))
+    if odd:
+        key = odd[0]
+        fields = "ffn / moe_dense_layers / moe_shared (dense vs sparse layers, shared experts)"
+    else:
+        key = next(k for k in saved if saved[k] != expected[k])
+        fields = "moe_experts / moue_pool (expert count) or moe_expert_hidden / mohd_* (expert size)"
+    raise ValueError(f"{folder}: the checkpoint's expert layout differs from its config at {key} (saved "
+                     f"{list(saved.get(key, []))}, config {config.get('ffn', 'dense')!r} expects "
+                     f"{list(expected.get(key, []))}); fix the config fields {fields}")
 
 
 def sparse_ffn_kwargs(config) -> dict | None:
@@ -154,6 +185,13 @@ class VideoAR(ModelMixin, ConfigMixin):
         self.out_proj = nn.Linear(width, self.out_dim, bias=False)
         self._layouts: dict[int, GroupLayout] = {}
         self._init_weights()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, after checking that the saved FFN weights have the layout the config
+        describes (diffusers would fill a mismatch with random weights or name no config field)."""
+        _check_ffn_layout(cls, Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or ""))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def _universal_ffns(self, ffns: list) -> list:
         """MoUE: one pool (self.universal_pool) and a UniversalMoE per sparse layer."""
