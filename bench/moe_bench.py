@@ -1,11 +1,11 @@
 """Sparse FFNs on MovingShapes text-to-video: dense vs MoE vs MoUE vs MoHD, loss-free balance, elastic.
 
-    OMP_NUM_THREADS=1 python bench/moe_bench.py --steps 150 --seeds 0,1,2 --workers 2 \
+    OMP_NUM_THREADS=1 python bench/moe_bench.py --steps 100 --batch 6 --seeds 0,1,2 --workers 2 \
         --log runs/moe_bench/results.jsonl
 
 Every variant trains the same tiny VideoAR (width 64, 4 layers) with ARModule + Lightning on
 the same latent cache (MovingShapes clips encoded once by the shipped tokenizer,
-mmgen/assets/default/tokenizer; the first 2 of 5 latent frames, to fit a shared 2-core CPU), for
+mmgen/assets/default/tokenizer; the first of 5 latent frames, to fit a shared 2-core CPU), for
 the same number of steps and batch (equal training tokens).  All sparse variants use the bias
 rate 1e-2: in a run of a few hundred steps the papers' 1e-3 / 1e-4 cannot move the bias far
 enough to matter.  Sparse variants are sized to the dense model's ACTIVE FFN parameters (MoE / MoUE:
@@ -22,7 +22,7 @@ routed groups of 32 dims).  Reported per variant over seeds (mean +- std):
 The balance row repeats the MoE with the bias rate 0 (no balancing, same run length).
 Elastic rows train the MoE with ERNIE 5.0's elastic sampling (depth 3 of 4, top-1, half of
 the experts, each kept at full 80% of the time) and evaluate the full model and each
-sub-model: held-out loss and sampling latency (4 videos of 2 latent frames, KV cache, 1 thread).
+sub-model: held-out loss and sampling latency (4 videos of 1 latent frame, KV cache, 1 thread).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "mmgen/assets/default/tokenizer"
-FRAMES = 2
+FRAMES = 1
 BASE = dict(bits=32, scales=[[1, 1], [2, 2], [4, 4], [8, 8]], num_frames=FRAMES, width=64, depth=4, heads=4,
             cond="text", max_text_len=88, attn_backend="sdpa", moe_bias_rate=1e-2)
 ELASTIC = dict(depths=[3], top_ks=[1], expert_fraction=0.5)
@@ -198,8 +198,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
