@@ -48,14 +48,18 @@ def plot_routing(counts: dict[str, torch.Tensor], out: str | Path, title: str = 
     import matplotlib.pyplot as plt
 
     names = list(counts)
-    fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names) + 1, 3), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.4 * len(names) + 1.5, 3), squeeze=False, sharey=True)
+    shares = {name: c.float() / c.float().sum(1, keepdim=True).clamp_min(1) for name, c in counts.items()}
+    top = max(float(v.max()) for v in shares.values())  # one colour scale for every panel
     for ax, name in zip(axes[0], names):
-        share = counts[name].float()
-        share = share / share.sum(1, keepdim=True).clamp_min(1)
-        im = ax.imshow(share.numpy(), aspect="auto", cmap="viridis", vmin=0)
+        share = shares[name]
+        im = ax.imshow(share.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=top)
+        layers, experts = share.shape
+        ax.set_xticks(range(0, experts, max(1, experts // 8)))
+        ax.set_yticks(range(layers))
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("expert")
-        ax.set_ylabel("sparse layer" if ax is axes[0][0] else "")
+    axes[0][0].set_ylabel("sparse layer")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of tokens")
     if title:
         fig.suptitle(title, fontsize=9)
