@@ -15,8 +15,8 @@ routed groups of 32 dims).  Reported per variant over seeds (mean +- std):
 * held-out bit loss: bitwise BCE (nats per bit) on held-out clips, teacher forcing;
 * train tok/s: sequence tokens per second of the whole fit (1 thread per run; runs share the
   machine, so ratios are rough);
-* MaxVio: max expert load / mean load - 1 on the held-out forward, mean over MoE layers
-  (MoUE: per layer over its window);
+* MaxVio: max expert load / mean load - 1 on the last held-out batch (32 clips), mean over
+  sparse layers (MoUE: per layer over its window);
 * active / total parameters (FFN active = what one token runs).
 
 The balance row repeats the MoE with the bias rate 0 (no balancing, same run length).
