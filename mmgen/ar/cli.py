@@ -3,6 +3,7 @@
   mmgen ar fit --config configs/generator/tiny.yaml [--ckpt_path RUN/checkpoints/last.ckpt] [--trainer.strategy fsdp ...]
   mmgen ar export CKPT OUTDIR [--no-ema] [--sampling YAML]  -> pipeline folder for `mmgen sample --model OUTDIR`
   mmgen ar tokenize --tokenizer DIR --out CACHE [--dataset mmgen.data.MovingShapes --dataset-args '{...}']
+  mmgen ar routing --model DIR --out routing.png  -> expert use by layer per modality (sparse FFN models)
 
 `fit` is a LightningCLI over ARModule + ARDataModule: every constructor argument is a YAML key
 (model.*, data.*, trainer.*); resuming loads the checkpoint with weights_only=True.
@@ -119,7 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     tk.add_argument("--dataset-args", default='{"num_samples": 512}', help="JSON keyword arguments of the dataset")
     tk.add_argument("--batch-size", type=int, default=8)
     tk.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    rt = sub.add_parser("routing", help="draw expert use by layer for each modality (MoE/MoHD/MoUE models)")
+    rt.add_argument("--model", required=True, help="pipeline folder (transformer/ + tokenizer/)")
+    rt.add_argument("--out", required=True, help="PNG to write")
+    rt.add_argument("--clips", type=int, default=16, help="MovingShapes clips to route")
     args = parser.parse_args(argv)
+    if args.command == "routing":
+        from .routing import routing_main
+
+        try:
+            print(f"wrote {routing_main(args.model, args.out, args.clips)}")
+        except (ValueError, OSError) as err:
+            print(f"mmgen ar routing: error: {err}", file=sys.stderr)
+            return 2
+        return 0
 
     if args.command == "export":
         from mmgen.pipelines.assemble import read_sampling

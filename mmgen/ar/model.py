@@ -26,19 +26,81 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, upgrade_state_dict
+from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, ffn_hidden, upgrade_state_dict
+from mmgen.nn.elastic import ElasticConfig
+from mmgen.nn.mohd import mohd_kwargs
+from mmgen.nn.moe import default_expert_hidden, moe_layers, set_submodel
+from mmgen.nn.moue import UniversalMoE, UniversalPool
 
 from . import text as text_tokens
 from .layout import GroupLayout
 
 CONDITIONS = ("class", "text")
 HEADS = ("bits", "index")
+FFNS = ("dense", "moe", "mohd", "moue")
+
+
+def _ffn_shapes(named) -> dict[str, tuple]:
+    shapes = {k: tuple(shape) for k, shape in named if ".mlp." in k or k.startswith("universal_pool.")}
+    # checkpoints from before the fused SwiGLU projection hold gate/up separately (upgraded on load)
+    for gate in [k for k in shapes if k.endswith("gate_proj.weight")]:
+        up = gate.replace("gate_proj.weight", "up_proj.weight")
+        if up in shapes:
+            g, u = shapes.pop(gate), shapes.pop(up)
+            shapes[gate.replace("gate_proj.weight", "gate_up_proj.weight")] = (g[0] + u[0], *g[1:])
+    return shapes
+
+
+def _check_ffn_layout(cls, folder: Path) -> None:
+    """ValueError naming the config fields when the FFN tensors saved in ``folder`` do not match its config."""
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not (folder / "config.json").is_file() or not weights.is_file():
+        return  # nothing local to compare (diffusers reports what is missing)
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        saved = _ffn_shapes((k, f.get_slice(k).get_shape()) for k in f.keys())
+    config = cls.load_config(str(folder))
+    with torch.device("meta"):
+        expected = _ffn_shapes((k, v.shape) for k, v in cls.from_config(config).state_dict().items())
+    if saved == expected:
+        return
+    odd = sorted(set(saved) ^ set(expected))
+    if odd:
+        key = odd[0]
+        fields = "ffn / moe_dense_layers / moe_shared (dense vs sparse layers, shared experts)"
+    else:
+        key = next(k for k in saved if saved[k] != expected[k])
+        fields = "moe_experts / moue_pool (expert count) or moe_expert_hidden / mohd_* (expert size)"
+    raise ValueError(f"{folder}: the checkpoint's expert layout differs from its config at {key} (saved "
+                     f"{list(saved.get(key, []))}, config {config.get('ffn', 'dense')!r} expects "
+                     f"{list(expected.get(key, []))}); fix the config fields {fields}")
+
+
+def sparse_ffn_kwargs(config) -> dict | None:
+    """Keyword arguments of the sparse FFN (mmgen.nn.moe.SparseMoE, without dim and dense_hidden)
+    that ``config``'s ``ffn`` asks for; None for a dense FFN."""
+    c = dict(config)
+    ffn = c.get("ffn", "dense")
+    if ffn not in FFNS:
+        raise ValueError(f"VideoAR: ffn={ffn!r} must be one of {FFNS}")
+    if ffn == "dense":
+        return None
+    if ffn == "mohd":
+        shape = mohd_kwargs(ffn_hidden(c["width"], c.get("mlp_ratio", 4.0)), c.get("mohd_expansion", 2.0),
+                            c.get("mohd_shared_fraction", 0.5), c.get("mohd_group", 32))
+    else:
+        shape = dict(n_experts=c.get("moe_experts", 8), top_k=c.get("moe_top_k", 2), n_shared=c.get("moe_shared", 1),
+                     expert_hidden=c.get("moe_expert_hidden"))
+    return dict(shape, bias_rate=c.get("moe_bias_rate", 1e-3), aux_alpha=c.get("moe_aux_alpha", 0.0),
+                kernel=c.get("moe_kernel", "auto"))
 
 
 class ARCache:
@@ -83,6 +145,18 @@ class VideoAR(ModelMixin, ConfigMixin):
       pos_mode: "own_grid" (VideoAR) or "finest_grid" (coarse scales centre-aligned on the finest grid)
       rope_base, rope_axes: Rope3D base and (t, h, w) split of the head dim (None = 1/4, 3/8, 3/8)
       frame_window: Random Frame Mask window w (None = every past frame is visible)
+      ffn: "dense" (SwiGLU), "moe" (mmgen.nn.moe.SparseMoE: routed + shared experts), "mohd" or "moue"
+      moe_experts, moe_top_k, moe_shared, moe_expert_hidden: routed experts, chosen per token,
+        always-on shared experts, expert hidden size (None = active FFN size of the dense model)
+      moe_dense_layers: the first layers keep a dense FFN
+      moe_bias_rate: loss-free balancing step; moe_aux_alpha: sequence-wise aux loss (0 = off)
+      moe_kernel: "auto" (grouped GEMM where it runs), "grouped" or "loop"
+      ffn="mohd" (mmgen.nn.mohd): mohd_expansion x the dense hidden dims, mohd_shared_fraction of
+        the dense hidden always on, routed groups of mohd_group dims (bias/aux/kernel as moe_*)
+      ffn="moue" (mmgen.nn.moue): moe_* shapes, experts drawn from one pool of moue_pool experts
+        (None = stride x MoE layers); layer windows of moe_experts shifted by moue_stride
+        (None = moe_experts // 2); router trajectory state of moue_traj_dim
+      elastic: mmgen.nn.elastic.ElasticConfig fields (None = no elastic sub-models)
 
     Runtime choices, arguments but not saved config (old configs that hold them still load):
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU);
@@ -99,7 +173,12 @@ class VideoAR(ModelMixin, ConfigMixin):
                  num_classes: int = 192, max_text_len: int = 96, head: str = "bits",
                  codebook_size: int | None = None, pos_mode: str = "own_grid", rope_base: float = 10000.0,
                  rope_axes: Sequence[int] | None = None, frame_window: int | None = None,
-                 attn_backend: str = "auto", grad_checkpointing: bool = False):
+                 attn_backend: str = "auto", grad_checkpointing: bool = False, ffn: str = "dense",
+                 moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1,
+                 moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
+                 moe_aux_alpha: float = 0.0, moe_kernel: str = "auto", mohd_expansion: float = 2.0,
+                 mohd_shared_fraction: float = 0.5, mohd_group: int = 32, moue_pool: int | None = None,
+                 moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -119,9 +198,17 @@ class VideoAR(ModelMixin, ConfigMixin):
         self.scale_embed = nn.Embedding(len(self.scales), width)
         self.sos = nn.Parameter(torch.zeros(width))
         self.rope = Rope3D(width // heads, rope_axes, rope_base)
+        self.sparse_ffn = moe = sparse_ffn_kwargs(self.config)
+        ffns = [None if i < moe_dense_layers else moe for i in range(depth)]
+        if ffn == "moue":
+            ffns = self._universal_ffns(ffns, grad_checkpointing)
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio, qk_norm=qk_norm, backend=attn_backend,
-                  checkpointing=grad_checkpointing) for _ in range(depth))
+            Block(width, heads, mlp_ratio, qk_norm=qk_norm, backend=attn_backend, checkpointing=grad_checkpointing,
+                  moe=f) for f in ffns)
+        self.elastic = ElasticConfig(**elastic) if elastic is not None else None
+        if self.elastic is not None:
+            self.elastic.validate(depth, moe["n_experts"] if moe else 0, moe["top_k"] if moe else 0)
+        self.active_depth: int | None = None  # elastic depth sub-model
         self.norm = RMSNorm(width)
         self.out_proj = nn.Linear(width, self.out_dim, bias=False)
         self._layouts: dict[int, GroupLayout] = {}
@@ -137,16 +224,41 @@ class VideoAR(ModelMixin, ConfigMixin):
         super()._fix_state_dict_keys_on_load(state_dict)
         upgrade_state_dict(self, state_dict)  # checkpoints from before the fused SwiGLU projection
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, after checking that the saved FFN weights have the layout the config
+        describes (diffusers would fill a mismatch with random weights or name no config field)."""
+        _check_ffn_layout(cls, Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or ""))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def _universal_ffns(self, ffns: list, grad_checkpointing: bool) -> list:
+        """MoUE: one pool (self.universal_pool) and a UniversalMoE per sparse layer."""
+        c, kw = self.config, self.sparse_ffn
+        if grad_checkpointing:
+            raise ValueError("ffn='moue' carries a router state across layers; it cannot use grad_checkpointing")
+        slots = [i for i, f in enumerate(ffns) if f is not None]
+        E = kw["n_experts"]
+        stride = c.moue_stride or max(1, E // 2)
+        hidden = kw["expert_hidden"] or default_expert_hidden(ffn_hidden(c.width, c.mlp_ratio), kw["top_k"], kw["n_shared"])
+        self.universal_pool = UniversalPool(c.width, c.moue_pool or max(E, stride * len(slots)), hidden, slots, E, stride,
+                                       kw["bias_rate"])
+        for slot, i in enumerate(slots):
+            ffns[i] = UniversalMoE(self.universal_pool, slot, c.width, kw["top_k"], kw["n_shared"], c.moue_traj_dim,
+                                   kw["aux_alpha"], kw["kernel"])
+        return ffns
+
     def _init_weights(self) -> None:
         for name, p in self.named_parameters():
-            if p.ndim == 2:
+            if p.ndim >= 2:
                 # GPT-2 style: residual-branch outputs scaled down with depth.
-                std = 0.02 / math.sqrt(2 * self.config.depth) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                std = 0.02 / math.sqrt(2 * self.config.depth) if name.endswith(("o_proj.weight", "down_proj.weight", "w_down")) else 0.02
                 nn.init.normal_(p, std=std)
         nn.init.normal_(self.sos, std=0.02)
         nn.init.zeros_(self.out_proj.weight)  # start at chance: every bit logit 0 -> loss ln 2
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled and self.config.ffn == "moue":
+            raise ValueError("ffn='moue' carries a router state across layers; it cannot use grad_checkpointing")
         for block in self.blocks:
             block.checkpointing = enabled
 
@@ -159,6 +271,45 @@ class VideoAR(ModelMixin, ConfigMixin):
             raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
         for block in self.blocks:
             block.attn.backend = backend
+
+    # ------------------------------------------------------------------ sparse FFN: elastic sub-models, routing
+    def set_submodel(self, depth: int | None = None, top_k: int | None = None, experts: int | None = None,
+                     expert_mask: torch.Tensor | None = None) -> None:
+        """Run an elastic sub-model from now on (no arguments = the full model).  Only settings the
+        model was trained with (config ``elastic``) are accepted; ``expert_mask`` (bool [experts],
+        training) overrides ``experts`` (keep the first N experts)."""
+        cfg, el, ffn = self.config, self.elastic, self.sparse_ffn or {"n_experts": 0, "top_k": 0}
+        asked = {k: v for k, v in (("depth", depth), ("top_k", top_k), ("experts", experts)) if v is not None}
+        trained = {"depth": (el.depths if el else []) + [cfg.depth],
+                   "top_k": (el.top_ks if el else []) + [ffn["top_k"]],
+                   "experts": ([el.kept_experts(ffn["n_experts"])] if el and el.expert_fraction else []) + [ffn["n_experts"]]}
+        for key, value in asked.items():
+            if value not in trained[key]:
+                raise ValueError(f"elastic {key}={value} was not trained; this model's config.elastic allows "
+                                 f"{key} in {sorted(set(trained[key]))}")
+        if expert_mask is None and experts is not None and experts < ffn["n_experts"]:
+            expert_mask = torch.arange(ffn["n_experts"]) < experts
+        self.active_depth = None if depth == cfg.depth else depth
+        set_submodel(self, None if top_k == ffn["top_k"] else top_k, expert_mask)
+
+    def _active_blocks(self):
+        return self.blocks[:self.active_depth] if self.active_depth else self.blocks
+
+    def routing_counts(self) -> dict[str, torch.Tensor]:
+        """Expert use of the last full-sequence forward per modality: {"text" (or "class"), "scale0",
+        ...} -> Long [MoE layers, experts] (tokens routed to each expert); {} for a dense model."""
+        layers = [m for m in moe_layers(self) if m.last_choice is not None]
+        if not layers:
+            return {}
+        per_frame = sum(h * w for h, w in self.scales)
+        layout = self.layout((layers[0].last_choice.shape[1] - self.prefix_len) // per_frame)
+        P = layout.prefix_len
+        scale_id = layout.scale_id[P:]
+        groups = {self.config.cond: torch.arange(P)}
+        groups.update({f"scale{k}": P + torch.nonzero(scale_id == k).flatten() for k in range(len(self.scales))})
+        return {name: torch.stack([torch.bincount(m.last_choice[:, idx.to(m.last_choice.device)].flatten(),
+                                                  minlength=m.n_experts).cpu() for m in layers])
+                for name, idx in groups.items()}
 
     # ------------------------------------------------------------------ layout & condition
     def layout(self, num_frames: int | None = None) -> GroupLayout:
@@ -250,7 +401,7 @@ class VideoAR(ModelMixin, ConfigMixin):
         x = torch.cat([prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))], dim=1)
         rope = self._rope(layout.pos)
         mask = layout.attention_mask(frame_keep.cpu() if frame_keep is not None else None).to(self.device)
-        for block in self.blocks:
+        for block in self._active_blocks():
             x = block(x, rope, mask)
         return self._output(x[:, layout.prefix_len:])
 
@@ -293,7 +444,7 @@ class VideoAR(ModelMixin, ConfigMixin):
         return ARCache(layout, layers, batch_size, window)
 
     def _run_cached(self, cache: ARCache, x: torch.Tensor, rope, mask) -> torch.Tensor:
-        for block, kv in zip(self.blocks, cache.layers):
+        for block, kv in zip(self._active_blocks(), cache.layers):
             x = block(x, rope, mask, kv_cache=kv)
         return x
 

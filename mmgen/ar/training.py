@@ -8,6 +8,9 @@ The model (:class:`~mmgen.ar.model.VideoAR`) stays free of training code; this w
 * the loss (bitwise BCE, or CE for an index head) and bit accuracy,
 * AdamW (fused on CUDA) with linear warm-up and cosine decay, optional EMA weights,
 * optional ``torch.compile`` of the blocks and gradient checkpointing,
+* sparse FFNs: the sequence-wise balance loss, the loss-free bias update after each optimiser
+  step, per-modality routing statistics, and elastic sub-models (one per micro-batch, its loss
+  added to the full model's in the same backward),
 * a hard stop with a clear message when the loss stops being finite.
 """
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
+import random
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mmgen.nn.schedule import warmup_cosine_schedule
+from mmgen.nn import moe
 
 from .corruption import CorruptionConfig, corrupted_history
 from .model import VideoAR
@@ -98,6 +104,7 @@ class ARModule(pl.LightningModule):
         self.corruption = CorruptionConfig(**(corruption or {}))
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay else None
         self._compiled = False
+        self._elastic_rng = random.Random(0)
 
     # the tokenizer is frozen: keep it in eval mode whatever Lightning asks
     def train(self, mode: bool = True):
@@ -152,8 +159,34 @@ class ARModule(pl.LightningModule):
         keep = None
         if train and self.hparams.frame_mask_p > 0:
             keep = self.model.layout(z.shape[2]).sample_frame_keep(z.shape[0], self.hparams.frame_mask_p)
-        logits = self.model(cond, inputs, keep)
-        return ar_loss(logits, targets, self.model)
+        loss, acc = ar_loss(self.model(cond, inputs, keep), targets, self.model)
+        if train:
+            extra = moe.aux_loss(self.model)
+            if extra is not None:
+                self.log("train/moe_aux", extra)
+                loss = loss + extra
+            if self.model.elastic is not None:
+                loss = loss + self._elastic_loss(cond, inputs, keep, targets)
+        return loss, acc
+
+    def _elastic_loss(self, cond, inputs, keep, targets) -> torch.Tensor | float:
+        """Loss of one sampled sub-model (ERNIE 5.0 elastic training), weighted; 0 when the draw is the full model."""
+        el = self.model.elastic
+        n_experts = self.model.sparse_ffn["n_experts"] if self.model.sparse_ffn else 0
+        setting = el.sample(self._elastic_rng, n_experts)
+        if not setting:
+            return 0.0
+        mask = None
+        if "experts" in setting:  # a random subset in training
+            mask = torch.zeros(n_experts, dtype=torch.bool)
+            mask[torch.randperm(n_experts)[:setting.pop("experts")]] = True
+        try:
+            self.model.set_submodel(**setting, expert_mask=mask)
+            sub_loss, _ = ar_loss(self.model(cond, inputs, keep), targets, self.model)
+        finally:
+            self.model.set_submodel()
+        self.log("train/elastic_loss", sub_loss)
+        return el.weight * sub_loss
 
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch, batch_idx):
@@ -164,7 +197,15 @@ class ARModule(pl.LightningModule):
                                      f"Last good checkpoint: {ckpt} (not overwritten). Lower the lr or check the data.")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc, prog_bar=True)
+        for name, counts in self.model.routing_counts().items():
+            self.log(f"route/{name}_maxvio", sum(map(moe.max_violation, counts)) / len(counts))
         return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        counts = moe.update_routing_bias(self.model)  # this step's counts, all-reduced over processes
+        if counts and sum(c.sum() for c in counts) > 0:
+            self.log("route/maxvio", sum(map(moe.max_violation, counts)) / len(counts), prog_bar=True)
 
     def validation_step(self, batch, batch_idx):
         loss, acc = self._step(batch, train=False)
@@ -177,6 +218,8 @@ class ARModule(pl.LightningModule):
             decay = self.hparams.ema_decay
             for e, p in zip(self.ema.parameters(), self.model.parameters()):
                 e.lerp_(p.detach().to(e.dtype), 1 - decay)
+            for e, b in zip(self.ema.buffers(), self.model.buffers()):  # e.g. the routing bias
+                e.copy_(b)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
+from .moe import SparseMoE
 from .rope import apply_rope
 
 
@@ -129,21 +130,29 @@ class SelfAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 
 
+def ffn_hidden(dim: int, mlp_ratio: float) -> int:
+    """SwiGLU hidden size of a Block: mlp_ratio * dim rounded up to a multiple of 64."""
+    return int(-(-mlp_ratio * dim // 64) * 64)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x)).
 
     SwiGLU hidden size = mlp_ratio * dim rounded up to a multiple of 64.
+    moe: keyword arguments of :class:`~mmgen.nn.moe.SparseMoE` to make the FFN sparse, or a ready
+    sparse FFN module (MoUE layers share a pool); None = dense.
     checkpointing=True recomputes the block in backward (training only, not with a KV cache).
     """
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False,
-                 backend: str = "auto", checkpointing: bool = False):
+                 backend: str = "auto", checkpointing: bool = False, moe: dict | None = None):
         super().__init__()
-        hidden = int(-(-mlp_ratio * dim // 64) * 64)
+        hidden = ffn_hidden(dim, mlp_ratio)
         self.norm1 = RMSNorm(dim)
         self.attn = SelfAttention(dim, n_heads, qk_norm=qk_norm, backend=backend)
         self.norm2 = RMSNorm(dim)
-        self.mlp = SwiGLU(dim, hidden)
+        self.mlp = (SwiGLU(dim, hidden) if moe is None else moe if isinstance(moe, nn.Module)
+                    else SparseMoE(dim, dense_hidden=hidden, **moe))
         self.checkpointing = checkpointing
 
     def _forward(self, x, rope, mask, kv_cache):

@@ -167,6 +167,7 @@ def build_sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="videos per batched decode (default 8)")
     p.add_argument("--stream", action="store_true",
                    help="also write each video's frames as PNGs (<name>_frames/) the moment they are decoded")
+    p.add_argument("--elastic", help="elastic sub-model the model was trained with, e.g. depth=3,top_k=2")
     p.add_argument("--strict", action="store_true",
                    help="with --prompts-file: stop (exit 2) if any prompt is unusable, instead of skipping it")
     _add_common(p)
@@ -198,6 +199,10 @@ def _sample(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     pipe, model_dir = _load_pipeline(args)
     try:
+        if args.elastic:
+            from mmgen.nn.elastic import parse_setting
+
+            pipe.transformer.set_submodel(**parse_setting(args.elastic))
         if args.prompts_file:  # a file of prompts is a batch: bad lines are named and skipped
             checked = run_batch(prompts, lambda p: pipe.check_prompts([p]) or p, command="sample",
                                 label=repr, what="prompt")
