@@ -115,7 +115,8 @@ def compute_set_stats(
         )
         if not tolerant:
             raise NotEnoughVideosError(message + "; pass --allow-small to compute anyway")
-        warnings.append(message + " — computed with what there is; not comparable to published numbers")
+        how = "computed with --allow-small" if role != "real" else "the real set is used whole, as StyleGAN-V does"
+        warnings.append(f"{message} — {how}; not comparable to published numbers")
     return SetStats(stats, str(folder), report.as_dict(), resolution), warnings
 
 
