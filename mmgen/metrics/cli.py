@@ -118,7 +118,8 @@ def _report_batch(console: Console, what: str, n_ok: int, skipped: list[dict], s
     """One line per skipped item with its reason, the counts, and the exit status."""
     for item in skipped:
         detail = f" ({item['detail']})" if item.get("detail") else ""
-        console.print(f"skipped {item['file']}: {item['reason']}{detail}", markup=False, highlight=False)
+        console.print(f"skipped {item['file']}: {item['reason']}{detail}", markup=False, highlight=False,
+                      soft_wrap=True)
     console.print(f"{what}: {n_ok} scored, {len(skipped)} skipped")
     return 1 if strict and skipped else 0
 
@@ -213,9 +214,12 @@ def _vbench_table(result: dict, console: Console) -> None:
         if status == "unsupported":
             status = f"unsupported (needs {BY_NAME[name].model})"
         elif record.get("caveat"):
-            status += f" ({record['caveat'].split(':')[0]})"
+            status += " (see note)"
         table.add_row(name, BY_NAME[name].category, _fmt(record.get("score")), _fmt(normalized.get(name)), status)
     console.print(table)
+    for name, record in result["dimensions"].items():
+        if record.get("caveat"):
+            console.print(f"note on {name}: {record['caveat']}", soft_wrap=True)
     agg = result["aggregate"]
     for key in ("quality", "semantic"):
         missing = agg[f"{key}_missing"]
