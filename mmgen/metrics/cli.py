@@ -287,12 +287,12 @@ def _run_protocols(args, console: Console) -> int:
 
     table = Table(title=f"FVD protocols ({eval_dir() / 'fvd'})")
     table.add_column("name", no_wrap=True)
-    for column in ("N real", "N fake", "frames", "stride", "res.", "split"):
+    for column in ("N real", "N fake", "frames", "stride", "min len", "res.", "split", "start real/fake"):
         table.add_column(column)
     for name in available_protocols():
         p = load_protocol(name)
-        table.add_row(name, str(p.num_real), str(p.num_fake), str(p.num_frames), str(p.stride),
-                      _fmt(p.resolution), _fmt(p.split))
+        table.add_row(name, str(p.num_real), str(p.num_fake), str(p.num_frames), str(p.stride), str(p.window),
+                      _fmt(p.resolution), _fmt(p.split), f"{p.clip}/{p.fake_clip}")
     console.print(table)
     return 0
 
