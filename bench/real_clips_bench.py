@@ -1,7 +1,7 @@
 """Does the EfficientNet-Lite0 proxy Fréchet distance rank real clips the right way?
 
     mmgen data real --out real_clips
-    python bench/real_clips_bench.py --clips real_clips [--seeds 3] [--frames 8] [--windows 6]
+    python bench/real_clips_bench.py --clips real_clips [--seeds 3] [--frames 8] [--windows 4]
 
 Every natural clip of ``real_clips/manifest.jsonl`` is cut into ``--windows`` clips of
 ``--frames`` frames (every 2nd frame). Per seed the clips are split at random into two
@@ -59,7 +59,7 @@ def distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return frechet_distance_from_stats(sa, sb)
 
 
-def measure(clips_dir: Path, seeds: int = 3, frames: int = 8, count: int = 6, device: str = "cpu") -> dict:
+def measure(clips_dir: Path, seeds: int = 3, frames: int = 8, count: int = 4, device: str = "cpu") -> dict:
     """Rows name -> list of proxy distances (one per seed)."""
     ext = EfficientNetLite0(device)
     rows = [json.loads(line)["file"] for line in (clips_dir / "manifest.jsonl").read_text().splitlines()]
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--clips", type=Path, required=True, help="folder written by `mmgen data real`")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--windows", type=int, default=6)
+    parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     result = measure(args.clips, args.seeds, args.frames, args.windows, args.device)
