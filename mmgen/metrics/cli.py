@@ -7,8 +7,9 @@ that cannot be written) print one line ``mmgen eval CMD: error: ...`` and exit 2
 skipped one on its own line with the reason, print the counts, and exit 1 only with
 ``--strict`` when something was skipped (nothing scorable at all is an error).
 
-The batch reporting here is a minimal local version; the project-wide helper for batch
-commands (mmgen/io) should replace it once it exists.
+Skipped videos are reported by `_report_batch` (stdout, with the per-set counts) rather
+than `mmgen.cli_utils.run_batch`: scoring streams clips into batched feature extraction, so
+the skips come back from the scorers as records, not as per-item exceptions.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mmgen import cli_utils
+from mmgen.cli_utils import add_strict_flag
+
 PROG = "mmgen eval"
 
 
@@ -30,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     batch = argparse.ArgumentParser(add_help=False)
-    batch.add_argument("--strict", action="store_true", help="exit 1 when any video was skipped")
+    add_strict_flag(batch)
     parser = argparse.ArgumentParser(prog=PROG, description="Evaluate generated videos.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return runners[args.command](args, console)
     except (OSError, ValueError) as err:  # missing/corrupt/unwritable files, bad input
-        if args.debug:
+        if args.debug or cli_utils.DEBUG:  # `mmgen --debug` is taken off the arguments by the dispatcher
             raise
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
