@@ -52,7 +52,7 @@ def test_fvd_command_writes_a_complete_record(tmp_path, stub_i3d, capsys):
     record = json.loads(out.read_text())
     assert record["protocol"] == "tiny" and record["n_real"] == 4 and record["n_fake"] == 4
     assert record["extractor"]["kind"] == "i3d_torchscript" and len(record["extractor"]["sha256"]) == 64
-    assert record["value"] > 0
+    assert record["fvd"] > 0
     assert "FVD" in capsys.readouterr().out
 
     # Too few videos: an error naming the counts; --allow-small turns it into a warning.

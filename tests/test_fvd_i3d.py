@@ -8,6 +8,7 @@ from mmgen.metrics.i3d import (
     PyTorchI3D,
     TorchScriptI3D,
     Unit3D,
+    WeightsFileError,
     load_i3d,
     resolve_i3d_path,
 )
@@ -116,7 +117,7 @@ def test_state_dict_file_loads_strictly_and_fills_old_bn_counters(tmp_path):
 
     state["Mixed_9z.b0.conv3d.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(RuntimeError, match="Mixed_9z"):
+    with pytest.raises(WeightsFileError, match="Mixed_9z"):
         load_i3d(tmp_path / "bad.pt")
 
 

@@ -68,25 +68,27 @@ def test_result_records_protocol_counts_skips_and_extractor(folders, tmp_path):
     assert result["real"]["skipped"]["counts"] == {"too_short": 1, "unreadable": 1, "mixed_resolution": 1}
     assert result["warnings"] == []
     assert ext.shapes == {(3, 4, 32, 32)}
-    assert np.isfinite(result["value"]) and result["value"] > 0
+    assert np.isfinite(result["fvd"]) and result["fvd"] > 0
 
 
 def test_same_folder_gives_zero_and_real_stats_are_cached(folders, tmp_path):
     real, _ = folders
     ext = CountingExtractor()
     cache = tmp_path / "cache"
-    result = evaluate_fvd(real, real, _protocol(num_fake=5), ext, cache_dir=cache, progress=False)
+    # fake_clip="random" draws generated clips like real ones, so the same folder gives the same clips.
+    same = _protocol(num_fake=5, fake_clip="random")
+    result = evaluate_fvd(real, real, same, ext, cache_dir=cache, progress=False)
     assert ext.videos_seen == 10
     cached = list(cache.glob("*.npz"))
     assert len(cached) == 1 and cached[0].name.startswith("tiny-")
     # Same files, same seeded clip starts -> identical features -> FVD 0 (up to sqrtm's
     # accuracy on this rank-4 covariance, relative to its scale).
-    stats, _ = FeatureStats.load(cached[0], _protocol(num_fake=5).key)
-    assert abs(result["value"]) < 1e-5 * np.trace(stats.cov)
-    again = evaluate_fvd(real, real, _protocol(num_fake=5), ext, cache_dir=cache, progress=False)
+    stats, _ = FeatureStats.load(cached[0], same.key)
+    assert abs(result["fvd"]) < 1e-5 * np.trace(stats.cov)
+    again = evaluate_fvd(real, real, same, ext, cache_dir=cache, progress=False)
     assert ext.videos_seen == 15  # only the fake set was extracted again
     assert again["real"]["stats_file"] == str(cached[0])
-    assert again["value"] == pytest.approx(result["value"], abs=1e-9)
+    assert again["fvd"] == pytest.approx(result["fvd"], abs=1e-9)
 
 
 def test_stats_file_as_real_and_refusal_of_other_protocols(folders, tmp_path):
@@ -96,7 +98,7 @@ def test_stats_file_as_real_and_refusal_of_other_protocols(folders, tmp_path):
     first = evaluate_fvd(real, fake, _protocol(), ext, cache_dir=tmp_path / "c", save_real_stats_to=saved,
                          progress=False)
     from_file = evaluate_fvd(saved, fake, _protocol(), ext, progress=False)
-    assert from_file["value"] == pytest.approx(first["value"], rel=1e-12)
+    assert from_file["fvd"] == pytest.approx(first["fvd"], rel=1e-12)
     with pytest.raises(ValueError, match="computed for protocol 'tiny-"):
         evaluate_fvd(saved, fake, _protocol(num_frames=5), ext, progress=False)
     other = CountingExtractor()
@@ -105,17 +107,18 @@ def test_stats_file_as_real_and_refusal_of_other_protocols(folders, tmp_path):
         evaluate_fvd(saved, fake, _protocol(), other, progress=False)
 
 
-def test_too_few_videos_is_an_error_unless_allowed(folders, tmp_path):
+def test_too_few_fake_videos_is_an_error_unless_allowed_a_small_real_set_is_used_whole(folders, tmp_path):
     real, fake = folders
     ext = CountingExtractor()
     with pytest.raises(NotEnoughVideosError, match="fake set .* has 4 videos; protocol 'tiny' needs 10"):
         evaluate_fvd(real, fake, _protocol(num_fake=10), ext, cache_dir=tmp_path / "c", progress=False)
-    with pytest.raises(NotEnoughVideosError, match="5 usable clips.*needs 6.*1 mixed_resolution"):
-        evaluate_fvd(real, fake, _protocol(num_real=6), ext, cache_dir=tmp_path / "c", progress=False)
-    result = evaluate_fvd(real, fake, _protocol(num_real=6), ext, allow_small=True, cache_dir=tmp_path / "c",
-                          progress=False)
+    small = evaluate_fvd(real, fake, _protocol(num_fake=10), ext, allow_small=True, cache_dir=tmp_path / "c",
+                         progress=False)
+    assert small["n_fake"] == 4 and any("fake set" in w and "needs 10" in w for w in small["warnings"])
+    # StyleGAN-V does not fail on a real set smaller than the protocol's count: it uses all of it.
+    result = evaluate_fvd(real, fake, _protocol(num_real=6), ext, cache_dir=tmp_path / "c", progress=False)
     assert result["n_real"] == 5
-    assert any("--allow-small" in w for w in result["warnings"])
+    assert any("5 usable clips" in w and "needs 6" in w and "1 mixed_resolution" in w for w in result["warnings"])
 
 
 def test_extractor_mismatch_is_recorded_as_a_warning(folders, tmp_path):
@@ -173,6 +176,7 @@ def test_batched_streaming_equals_one_pass(folders, tmp_path):
     streamed, _ = FeatureStats.load(saved, _protocol().key)
     files = sorted(real.glob("r*.mp4"))
     clips = [c.permute(3, 0, 1, 2) for _, c in iter_clips(files, 4, 2, None, "random", 0, root=real)]
+    assert len(clips) == 5
     one_pass = FeatureStats(400)
     one_pass.update(ext(torch.stack(clips)))
     assert streamed.count == one_pass.count == 5
@@ -192,4 +196,4 @@ def test_pipeline_with_the_pytorch_i3d(folders, tmp_path):
                           progress=False)
     assert result["extractor"]["kind"] == "i3d_pytorch"
     assert any("not comparable" in w for w in result["warnings"])  # protocol asks for the TorchScript file
-    assert np.isfinite(result["value"]) and result["value"] >= 0
+    assert np.isfinite(result["fvd"]) and result["fvd"] >= 0

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmgen.metrics.i3d import file_sha256, load_state_dict_file
+from mmgen.metrics.i3d import WeightsFileError, file_sha256, load_state_dict_file
 
 DINO_ENV = "MMGEN_DINO_PATH"
 DINO_FILE = "dino_vitbase16_pretrain.pth"
@@ -139,7 +139,11 @@ def dino_from_state_dict(state: dict[str, torch.Tensor]) -> DinoViT:
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     model = DinoViT()
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise WeightsFileError(f"not a DINO ViT-B/16 backbone state dict: {detail}") from None
     return model.eval()
 
 

@@ -3,8 +3,9 @@
 
 Pipeline for one set: files -> protocol clips (:mod:`mmgen.metrics.videos`, skips
 counted) -> uint8 [B, C, T, H, W] batches -> I3D features -> :class:`FeatureStats`.
-Real-set statistics are cached in an .npz keyed by the protocol and the extractor file's
-hash, so they are computed once. Every result records the protocol, counts, skips and
+Real-set statistics are cached in an .npz keyed by the protocol, the extractor's weights
+hash and every preprocessing choice, so they are computed once and never reused for a
+different setting. Every result records the protocol, counts, skips and
 the extractor hash (see :func:`evaluate_fvd`).
 """
 from __future__ import annotations
@@ -13,7 +14,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,10 +22,10 @@ import torch
 import torchmetrics
 from tqdm import tqdm
 
-from mmgen.io import atomic_path
 from mmgen.metrics.frechet import FeatureStats, frechet_distance, frechet_distance_from_stats
 from mmgen.metrics.i3d import FEATURE_DIM
 from mmgen.metrics.protocols import FVDProtocol
+from mmgen.metrics.results import versions
 from mmgen.metrics.videos import SkipReport, iter_clips, list_videos
 
 CACHE_ENV = "MMGEN_CACHE_DIR"
@@ -52,13 +52,6 @@ class SetStats:
                 "skipped": self.skipped, "stats_file": self.stats_file}
 
 
-def _select_files(files: list[Path], seed: int) -> list[Path]:
-    """Seeded shuffle, so a protocol that needs fewer clips than files takes a fair subset."""
-    files = list(files)
-    random.Random(seed).shuffle(files)
-    return files
-
-
 def compute_set_stats(
     folder: str | os.PathLike,
     protocol: FVDProtocol,
@@ -70,20 +63,30 @@ def compute_set_stats(
     file_list: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> tuple[SetStats, list[str]]:
-    """Statistics of ``needed`` protocol clips from ``folder``; returns (stats, warnings)."""
+    """Statistics of ``needed`` protocol clips from ``folder``; returns (stats, warnings).
+
+    As StyleGAN-V: the first ``needed`` usable videos in sorted order; real clips start
+    where ``protocol.clip`` says, generated ones where ``protocol.fake_clip`` says (frame 0
+    by default). A real set with fewer usable videos is used whole, with a warning (the
+    reference does not fail on smaller sets); a generated set that small is an error
+    unless ``allow_small``, since more samples can always be generated.
+    """
     folder = Path(folder)
-    files = list_videos(folder, file_list)
+    files = sorted(list_videos(folder, file_list), key=lambda p: str(p.relative_to(folder)))
     warnings: list[str] = []
-    if len(files) < needed and not allow_small:
+    tolerant = allow_small or role == "real"
+    if len(files) < needed and not tolerant:
         raise NotEnoughVideosError(
             f"{role} set {str(folder)!r} has {len(files)} videos; protocol {protocol.name!r} needs "
             f"{needed} (pass --allow-small to compute anyway; the result will carry a warning)"
         )
     report = SkipReport()
-    stats = FeatureStats(FEATURE_DIM)
+    info = extractor.info
+    stats = FeatureStats(info.feature_dim)
     clips = iter_clips(
-        _select_files(files, protocol.seed), protocol.num_frames, protocol.stride, protocol.resolution,
-        protocol.clip, protocol.seed, report, root=folder,
+        files, protocol.num_frames, protocol.stride, protocol.resolution,
+        protocol.clip if role == "real" else protocol.fake_clip, protocol.seed, report, root=folder,
+        min_frames=protocol.min_frames,
     )
     batch: list[torch.Tensor] = []
     resolution = None
@@ -101,16 +104,19 @@ def compute_set_stats(
         stats.update(extractor(torch.stack(batch)))
         bar.update(len(batch))
     bar.close()
+    if stats.count < 2:
+        raise NotEnoughVideosError(
+            f"{role} set {str(folder)!r}: {stats.count} usable clips, need at least 2 (skipped: {report.summary()})"
+        )
     if stats.count < needed:
         message = (
             f"{role} set {str(folder)!r}: {stats.count} usable clips, protocol {protocol.name!r} needs "
             f"{needed} (skipped: {report.summary()})"
         )
-        if not allow_small:
+        if not tolerant:
             raise NotEnoughVideosError(message + "; pass --allow-small to compute anyway")
-        warnings.append(message + " — computed with --allow-small; not comparable to published numbers")
-    if stats.count < 2:
-        raise NotEnoughVideosError(f"{role} set {str(folder)!r}: {stats.count} usable clips, need at least 2")
+        how = "computed with --allow-small" if role != "real" else "the real set is used whole, as StyleGAN-V does"
+        warnings.append(f"{message} — {how}; not comparable to published numbers")
     return SetStats(stats, str(folder), report.as_dict(), resolution), warnings
 
 
@@ -119,30 +125,46 @@ def default_cache_dir() -> Path:
     return Path(env) / "fvd" if env else Path.home() / ".cache" / "mmgen" / "fvd"
 
 
+def extractor_identity(info: dict) -> dict:
+    """Everything about an extractor that changes its features: the weights' hash, the
+    kind and every preprocessing choice (not the file's location)."""
+    return {k: v for k, v in info.items() if k != "file"}
+
+
 def real_stats_cache_path(
-    folder: str | os.PathLike, protocol: FVDProtocol, extractor_sha256: str,
+    folder: str | os.PathLike, protocol: FVDProtocol, extractor_info: dict,
     file_list: str | os.PathLike | None, cache_dir: str | os.PathLike,
 ) -> Path:
-    """Cache file for a real folder: keyed by protocol, extractor and the folder's listing."""
+    """Cache file for a real folder: keyed by protocol, extractor identity (weights and
+    preprocessing) and the folder's listing."""
     files = list_videos(folder, file_list)
     listing = hashlib.sha256()
     for path in files:
         st = path.stat() if path.exists() else None
         listing.update(f"{path}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    identity = json.dumps(extractor_identity(extractor_info), sort_keys=True)
     key = hashlib.sha256(
-        f"{Path(folder).resolve()}|{extractor_sha256}|{listing.hexdigest()}".encode()
+        f"{Path(folder).resolve()}|{identity}|{listing.hexdigest()}".encode()
     ).hexdigest()[:16]
     return Path(cache_dir) / f"{protocol.key}-{key}.npz"
 
 
-def load_real_stats(path: str | os.PathLike, protocol: FVDProtocol, extractor_sha256: str) -> SetStats:
-    """Saved real statistics; refused when protocol or extractor file differ."""
+def load_real_stats(path: str | os.PathLike, protocol: FVDProtocol, extractor_info: dict) -> SetStats:
+    """Saved real statistics; refused when the protocol, the extractor's weights or its
+    preprocessing differ."""
     stats, meta = FeatureStats.load(path, protocol.key)
-    saved_sha = meta.get("extractor", {}).get("sha256")
-    if saved_sha != extractor_sha256:
+    saved = extractor_identity(meta.get("extractor", {}))
+    wanted = extractor_identity(extractor_info)
+    if saved.get("sha256") != wanted.get("sha256"):
         raise ValueError(
-            f"statistics in {str(path)!r} were computed with extractor sha256 {saved_sha}, "
-            f"not the given one ({extractor_sha256}); recompute them"
+            f"statistics in {str(path)!r} were computed with extractor sha256 {saved.get('sha256')}, "
+            f"not the given one ({wanted.get('sha256')}); recompute them"
+        )
+    differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if differing:
+        raise ValueError(
+            f"statistics in {str(path)!r} were computed with other extractor settings ({', '.join(differing)}: "
+            f"{[saved.get(k) for k in differing]} vs {[wanted.get(k) for k in differing]}); recompute them"
         )
     return SetStats(stats, meta.get("source", str(path)), meta.get("skipped", {}), meta.get("resolution"),
                     stats_file=str(path))
@@ -169,40 +191,44 @@ def evaluate_fvd(
 ) -> dict:
     """FVD of the ``fake`` folder against ``real`` (a folder, or an .npz of saved statistics).
 
-    ``extractor`` is an I3D extractor from :func:`mmgen.metrics.i3d.load_i3d` (it carries
-    ``info``: kind, file, sha256). Returns the JSON-ready result record.
+    ``extractor`` is an I3D extractor from :func:`mmgen.metrics.i3d.load_i3d`, or a proxy
+    such as :class:`mmgen.metrics.efficientnet.EfficientNetLite0` (it carries ``info``:
+    kind, file, sha256, preprocessing, feature size, proxy). Returns the JSON-ready record:
+    ``fvd`` next to ``extractor`` and ``proxy`` (true when the features are not I3D's, so
+    the number is not an FVD).
     """
     info = extractor.info.as_dict()
     warnings: list[str] = []
-    if info["kind"] != protocol.extractor:
+    if info["proxy"]:
+        warnings.append(
+            f"features from {info['kind']}, not I3D: a proxy Fréchet distance, not an FVD; "
+            "compare it only with other numbers from the same extractor"
+        )
+    elif info["kind"] != protocol.extractor:
         warnings.append(
             f"extractor {info['kind']} ({info['file']}) is not the protocol's {protocol.extractor}: "
             "the number is not comparable to published FVDs"
         )
     real = Path(real)
     if real.is_file():
-        real_stats = load_real_stats(real, protocol, info["sha256"])
+        real_stats = load_real_stats(real, protocol, info)
         if real_stats.stats.count < protocol.num_real:
-            msg = (f"real statistics {str(real)!r} hold {real_stats.stats.count} clips, "
-                   f"protocol needs {protocol.num_real}")
-            if not allow_small:
-                raise NotEnoughVideosError(msg + "; pass --allow-small to compute anyway")
-            warnings.append(msg + " — computed with --allow-small")
+            warnings.append(f"real statistics {str(real)!r} hold {real_stats.stats.count} clips, "
+                            f"protocol needs {protocol.num_real}; not comparable to published numbers")
     else:
-        cache = real_stats_cache_path(real, protocol, info["sha256"], real_list, cache_dir or default_cache_dir())
+        cache = real_stats_cache_path(real, protocol, info, real_list, cache_dir or default_cache_dir())
         real_stats = None
         if cache.is_file():
-            real_stats = load_real_stats(cache, protocol, info["sha256"])
-            if real_stats.stats.count < protocol.num_real and not allow_small:
-                real_stats = None  # a cache made with --allow-small does not serve a full run
+            real_stats = load_real_stats(cache, protocol, info)
+            if real_stats.stats.count < protocol.num_real:
+                warnings.append(f"real statistics from cache hold {real_stats.stats.count} < "
+                                f"{protocol.num_real} clips; not comparable to published numbers")
         if real_stats is None:
             real_stats, real_warn = compute_set_stats(
                 real, protocol, extractor, protocol.num_real, "real", allow_small, batch_size, real_list, progress
             )
             warnings += real_warn
             save_real_stats(cache, real_stats, protocol, info)
-        elif real_stats.stats.count < protocol.num_real:
-            warnings.append(f"real statistics from cache hold {real_stats.stats.count} < {protocol.num_real} clips")
         if save_real_stats_to is not None:
             save_real_stats(save_real_stats_to, real_stats, protocol, info)
     fake_stats, fake_warn = compute_set_stats(
@@ -216,8 +242,10 @@ def evaluate_fvd(
         )
     value = frechet_distance_from_stats(real_stats.stats, fake_stats.stats)
     return {
-        "metric": "fvd",
-        "value": value,
+        "metric": "fvd_proxy" if info["proxy"] else "fvd",
+        "fvd": value,
+        "proxy": info["proxy"],
+        "extractor": info,
         "protocol": protocol.name,
         "protocol_key": protocol.key,
         "protocol_fields": protocol.as_dict(),
@@ -229,10 +257,10 @@ def evaluate_fvd(
         "split": protocol.split,
         "real_list": str(real_list) if real_list else None,
         "seed": protocol.seed,
-        "extractor": info,
         "real": real_stats.record(),
         "fake": fake_stats.record(),
         "warnings": warnings,
+        "versions": versions(),
         "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -306,9 +334,3 @@ class FrechetVideoDistance(torchmetrics.Metric):
         real = self.fixed_real if self.fixed_real is not None else self._stats("real")
         fake = self._stats("fake")
         return torch.tensor(frechet_distance(real.mean, real.cov, fake.mean, fake.cov), dtype=torch.float64)
-
-
-def write_json_atomic(path: str | os.PathLike, record: dict) -> None:
-    """Write a result record atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=2) + "\n")

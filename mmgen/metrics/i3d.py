@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -188,7 +189,11 @@ class InceptionI3d(nn.Module):
         for key, value in self.state_dict().items():
             if key.endswith("num_batches_tracked") and key not in state:
                 state[key] = torch.zeros_like(value)
-        self.load_state_dict(state, strict=True)
+        try:
+            self.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())[:300]
+            raise WeightsFileError(f"not a pytorch-i3d / TATS InceptionI3d state dict: {detail}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,14 +234,35 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
         return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file without unpickling code: safetensors or ``weights_only`` torch.load."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+class WeightsFileError(ValueError):
+    """A weights file that is neither a TorchScript archive nor a tensors-only state dict."""
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+
+def _not_weights(path: Path, err: BaseException) -> WeightsFileError:
+    # torch's own message for a file weights_only refuses recommends retrying with
+    # weights_only=False, i.e. running whatever code the file holds: never pass it on.
+    kind = type(err).__name__
+    return WeightsFileError(
+        f"{str(path)!r} is not a valid TorchScript archive or state dict ({kind}); it may be truncated, "
+        "corrupt or a pickle holding code, which mmgen never loads. Use the original weights file "
+        "(or re-save its tensors with torch.save(model.state_dict(), ...) or safetensors)"
+    )
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file without unpickling code: safetensors or ``weights_only`` torch.load.
+    Anything else raises :class:`WeightsFileError`."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        raise _not_weights(path, err) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -247,13 +273,19 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 @dataclass
 class ExtractorInfo:
-    kind: str  # "i3d_torchscript" | "i3d_pytorch"
+    """What a feature extractor is: every field but ``file`` decides its features.
+    ``proxy`` marks extractors that are not I3D: their Fréchet distance is not an FVD."""
+
+    kind: str  # "i3d_torchscript" | "i3d_pytorch" | "efficientnet-lite0"
     file: str
     sha256: str
     preprocess: str = ""
+    feature_dim: int = FEATURE_DIM
+    proxy: bool = False
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "file": self.file, "sha256": self.sha256, "preprocess": self.preprocess}
+        return {"kind": self.kind, "file": self.file, "sha256": self.sha256, "preprocess": self.preprocess,
+                "feature_dim": self.feature_dim, "proxy": self.proxy}
 
 
 class TorchScriptI3D:
@@ -269,7 +301,10 @@ class TorchScriptI3D:
         with warnings.catch_warnings():
             # TorchScript is deprecated in recent torch, but this file exists only as TorchScript.
             warnings.filterwarnings("ignore", category=FutureWarning)
-            self.model = torch.jit.load(str(path), map_location=self.device).eval()
+            try:
+                self.model = torch.jit.load(str(path), map_location=self.device).eval()
+            except (RuntimeError, ValueError, OSError) as err:
+                raise _not_weights(Path(path), err) from None
         self.info = ExtractorInfo(self.kind, str(path), file_sha256(path),
                                   "uint8 in; rescale=True, resize=True inside the TorchScript model")
 

@@ -33,7 +33,13 @@ class FVDProtocol:
         video must share the first one's size (others are skipped and counted).
     split: the real-set split the number refers to (recorded; select the files with
         ``--real-list``).
-    clip: "random" = a seeded random start per video (StyleGAN-V), "first" = frame 0.
+    clip: where a REAL clip starts: "random" = a seeded random start per video
+        (StyleGAN-V), "first" = frame 0.
+    fake_clip: where a GENERATED clip starts. StyleGAN-V takes generated clips from
+        frame 0 ("first", the default); "random" is a deliberate difference, named.
+    min_frames: shortest video a set may contain, and the window a random start is
+        drawn in; ``None`` = the clip's span. StyleGAN-V's stride-8 preset reads a
+        128-frame window (16 frames every 8th span only 121), so its preset sets 128.
     seed: seed of the clip starts.
     extractor: the feature extractor the protocol is defined with.
     """
@@ -46,6 +52,8 @@ class FVDProtocol:
     resolution: int | None = None
     split: str | None = None
     clip: str = "random"
+    fake_clip: str = "first"
+    min_frames: int | None = None
     seed: int = 0
     extractor: str = "i3d_torchscript"
     dataset: str | None = None
@@ -58,8 +66,16 @@ class FVDProtocol:
                 raise ValueError(f"protocol {self.name!r}: {field} must be a positive int, got {value!r}")
         if self.resolution is not None and (not isinstance(self.resolution, int) or self.resolution < 1):
             raise ValueError(f"protocol {self.name!r}: resolution must be a positive int or null")
-        if self.clip not in CLIP_POLICIES:
-            raise ValueError(f"protocol {self.name!r}: clip must be one of {CLIP_POLICIES}, got {self.clip!r}")
+        for field in ("clip", "fake_clip"):
+            if getattr(self, field) not in CLIP_POLICIES:
+                raise ValueError(
+                    f"protocol {self.name!r}: {field} must be one of {CLIP_POLICIES}, got {getattr(self, field)!r}"
+                )
+        if self.min_frames is not None and (not isinstance(self.min_frames, int) or self.min_frames < self.span):
+            raise ValueError(
+                f"protocol {self.name!r}: min_frames must be null or an int >= the clip span {self.span}, "
+                f"got {self.min_frames!r}"
+            )
         if self.extractor not in EXTRACTORS:
             raise ValueError(
                 f"protocol {self.name!r}: extractor must be one of {EXTRACTORS}, got {self.extractor!r}"
@@ -69,6 +85,11 @@ class FVDProtocol:
     def span(self) -> int:
         """Source frames one clip covers."""
         return (self.num_frames - 1) * self.stride + 1
+
+    @property
+    def window(self) -> int:
+        """Source frames a video must have; a random clip start is drawn within them."""
+        return max(self.span, self.min_frames or 0)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

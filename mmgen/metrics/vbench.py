@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,14 @@ import yaml
 from mmgen.io import VideoReadError, read_video
 from mmgen.metrics.dino import DINO_ENV, load_dino
 from mmgen.metrics.protocols import eval_dir
+from mmgen.metrics.results import versions
 from mmgen.metrics.videos import SkipReport, list_videos
 
 QUALITY_WEIGHT, SEMANTIC_WEIGHT = 4.0, 1.0
+# Raw scores are in [0, 1] by construction, but float32 arithmetic can step outside by a
+# few ulps (the cosine of two identical DINO features came out 1.00000007). Values within
+# this tolerance of the range are clamped into it; anything further out is an error.
+SCORE_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -75,17 +80,22 @@ def dimension(name: str) -> Dimension:
     return BY_NAME[key]
 
 
+def clamp_score(name: str, value: float) -> float:
+    """A raw score clamped into [0, 1] when within :data:`SCORE_TOLERANCE` of it; else an error."""
+    value = float(value)
+    if not -SCORE_TOLERANCE <= value <= 1.0 + SCORE_TOLERANCE:
+        raise ValueError(f"VBench score of {name} must be in [0, 1] (VBench's raw scale), got {value}"
+                         + ("; divide percentages by 100" if 1.0 < value <= 100.0 else ""))
+    return min(max(value, 0.0), 1.0)
+
+
 def aggregate(raw: dict[str, float]) -> dict:
     """Normalised scores and Quality / Semantic / Total from raw dimension scores in [0, 1].
 
     Keys may use spaces or underscores ("subject consistency" as in VBench files).
     A category with a missing dimension gets ``None`` and lists what is missing.
     """
-    scores = {dimension(k).name: float(v) for k, v in raw.items()}
-    for name, value in scores.items():
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"VBench score of {name} must be in [0, 1] (VBench's raw scale), got {value}"
-                             + ("; divide percentages by 100" if 1.0 < value <= 100.0 else ""))
+    scores = {dimension(k).name: clamp_score(dimension(k).name, v) for k, v in raw.items()}
     normalized = {name: BY_NAME[name].normalize(value) for name, value in scores.items()}
     result: dict = {"normalized": normalized}
     for category in ("quality", "semantic"):
@@ -121,7 +131,13 @@ def temporal_flickering_video(frames: torch.Tensor) -> float:
 
 
 class TemporalFlickering:
+    """VBench scores flickering only on videos its RAFT static filter keeps (no motion);
+    mmgen has no RAFT, scores every video given, and says so in the result: the score is
+    VBench's only for videos of static prompts."""
+
     name = "temporal_flickering"
+    caveat = ("static filter not applied: VBench keeps only videos RAFT finds static; mmgen scores every video, "
+              "so this equals VBench's number only for a folder of videos of static prompts")
 
     def weights_record(self) -> dict | None:
         return None
@@ -136,14 +152,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def dino_preprocess(frames: torch.Tensor, size: int = 224) -> torch.Tensor:
     """uint8 [T, H, W, C] -> ImageNet-normalised float [T, 3, H', W'] (VBench's DINO transform:
-    shorter side to ``size``, bilinear without antialiasing on the uint8 frames, no crop)."""
+    shorter side to ``size``, bilinear without antialiasing, no crop). VBench's video loader
+    hands the transform float frames (values 0..255), so the resized frames are not rounded."""
     x = frames.permute(0, 3, 1, 2).float()
     h, w = x.shape[-2:]
     if min(h, w) != size:
         # torchvision's Resize(int) on tensors: shorter side = size, longer side truncated.
         nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=False)
-        x = x.round().clamp(0, 255)  # the resize happens on uint8 tensors in VBench
     x = x / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -155,6 +171,7 @@ class SubjectConsistency:
     DINO [CLS] features."""
 
     name = "subject_consistency"
+    caveat = None
 
     def __init__(self, model: torch.nn.Module, weights: dict | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 16):
@@ -180,14 +197,71 @@ class SubjectConsistency:
         return float(per_frame.sum()), int(per_frame.numel())
 
 
-def evaluate_dimensions(videos: Iterable[tuple[str, torch.Tensor]], scorers: list) -> dict:
-    """Run scorers over (name, uint8 [T,H,W,C]) videos; returns per-dimension results."""
+class ScoreLog:
+    """Per-video scores appended to a JSONL file as they are computed, so a run that fails
+    (or is stopped) half way recomputes nothing on the next run. A row is reused only for
+    the same video file (size and modification time), dimension and weights file."""
+
+    def __init__(self, path: str | os.PathLike, root: str | os.PathLike):
+        self.path, self.root = Path(path), Path(root)
+        self.rows: dict[tuple, tuple[float, int]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:  # a line cut short by a crash is simply not reused
+                    row = json.loads(line)
+                    self.rows[(row["video"], row["dimension"], row["file"], row["weights"])] = (row["sum"], row["count"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def _key(self, video: str, scorer) -> tuple:
+        st = (self.root / video).stat()
+        weights = (scorer.weights_record() or {}).get("sha256")
+        return video, scorer.name, f"{st.st_size}:{st.st_mtime_ns}", weights
+
+    def get(self, video: str, scorer) -> tuple[float, int] | None:
+        return self.rows.get(self._key(video, scorer))
+
+    def add(self, video: str, scorer, total: float, count: int) -> None:
+        key = self._key(video, scorer)
+        self.rows[key] = (total, count)
+        row = {"video": key[0], "dimension": key[1], "file": key[2], "weights": key[3], "sum": total, "count": count}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def evaluate_dimensions(videos: Iterable[tuple[str, torch.Tensor | Callable[[], torch.Tensor]]], scorers: list,
+                        log: ScoreLog | None = None, report: SkipReport | None = None) -> dict:
+    """Run scorers over (name, uint8 [T,H,W,C]) videos; returns per-dimension results.
+
+    ``frames`` may be a function that decodes the video: it is called only when ``log``
+    lacks a score. A video that fails to decode or to score (``VideoReadError``,
+    ``ValueError``) is skipped for every dimension and recorded in ``report``.
+    """
+    report = report if report is not None else SkipReport()
     sums = {s.name: 0.0 for s in scorers}
     counts = {s.name: 0 for s in scorers}
     per_video: dict[str, list] = {s.name: [] for s in scorers}
     for name, frames in videos:
+        report.examined += 1
+        scores = {s.name: log.get(name, s) for s in scorers} if log is not None else {}
+        try:
+            decoded = None
+            for scorer in scorers:
+                if scores.get(scorer.name) is None:
+                    if decoded is None:
+                        decoded = frames() if callable(frames) else frames
+                    scores[scorer.name] = scorer.score_video(decoded)
+                    if log is not None:
+                        log.add(name, scorer, *scores[scorer.name])
+        except (VideoReadError, ValueError) as err:
+            reason = "unreadable" if isinstance(err, VideoReadError) else "not_scorable"
+            report.add(reason, name, str(err).splitlines()[0][:200])
+            continue
         for scorer in scorers:
-            total, count = scorer.score_video(frames)
+            total, count = scores[scorer.name]
             sums[scorer.name] += total
             counts[scorer.name] += count
             per_video[scorer.name].append({"video": name, "score": total / count})
@@ -196,10 +270,12 @@ def evaluate_dimensions(videos: Iterable[tuple[str, torch.Tensor]], scorers: lis
         n = counts[scorer.name]
         results[scorer.name] = {
             "status": "ok" if n else "no_videos",
-            "score": sums[scorer.name] / n if n else None,
+            "score": clamp_score(scorer.name, sums[scorer.name] / n) if n else None,
             "videos": per_video[scorer.name],
             "weights": scorer.weights_record(),
         }
+        if scorer.caveat:
+            results[scorer.name]["caveat"] = scorer.caveat
     return results
 
 
@@ -240,10 +316,13 @@ def load_vbench_results(path) -> dict[str, float]:
     return raw
 
 
-def evaluate_folder(folder, dims: list[str], dino: str | None = None, device: str = "cpu") -> dict:
+def evaluate_folder(folder, dims: list[str], dino: str | None = None, device: str = "cpu",
+                    scores_file: str | os.PathLike | None = None) -> dict:
     """Score the videos of ``folder`` on ``dims``; unreadable/1-frame videos are skipped
     and counted. subject_consistency without any DINO file (no ``dino``, no
-    ``MMGEN_DINO_PATH``) is reported as missing weights; a given but missing file is an error."""
+    ``MMGEN_DINO_PATH``) is reported as missing weights; a given but missing file is an error.
+    With ``scores_file`` every per-video score is appended there as it is computed and
+    reused on the next run (see :class:`ScoreLog`)."""
     dims = [dimension(name).name for name in dims]
     scorers, not_run = [], {}
     if "temporal_flickering" in dims:
@@ -256,24 +335,23 @@ def evaluate_folder(folder, dims: list[str], dino: str | None = None, device: st
             if dino is not None or os.environ.get(DINO_ENV):
                 raise
             not_run["subject_consistency"] = {"status": "missing_weights", "score": None, "reason": str(err)}
+    folder = Path(folder)
     files = list_videos(folder)
     report = SkipReport()
 
-    def videos():
-        for path in files:
-            report.examined += 1
-            try:
-                frames = read_video(path)
-            except VideoReadError as err:
-                report.add("unreadable", path, str(err).splitlines()[0][:200])
-                continue
-            if frames.shape[0] < 2:
-                report.add("too_short", path, f"{frames.shape[0]} frame(s)")
-                continue
-            yield path.name, frames
+    def load(path: Path) -> Callable[[], torch.Tensor]:
+        def frames() -> torch.Tensor:
+            video = read_video(path)
+            if video.shape[0] < 2:
+                raise ValueError(f"{video.shape[0]} frame(s); scoring needs at least 2")
+            return video
+        return frames
 
-    scored = evaluate_dimensions(videos(), scorers)
+    log = ScoreLog(scores_file, folder) if scores_file is not None else None
+    videos = ((str(path.relative_to(folder)), load(path)) for path in files)
+    scored = evaluate_dimensions(videos, scorers, log, report)
     dimensions = {name: scored.get(name) or not_run.get(name) or unsupported_record(name) for name in dims}
     raw = {name: rec["score"] for name, rec in dimensions.items() if rec["status"] == "ok"}
     return {"metric": "vbench", "videos": str(folder), "n_videos": report.examined - report.total,
-            "skipped": report.as_dict(), "dimensions": dimensions, "aggregate": aggregate(raw)}
+            "skipped": report.as_dict(), "dimensions": dimensions, "aggregate": aggregate(raw),
+            "scores_file": str(scores_file) if scores_file is not None else None, "versions": versions()}

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from mmgen.io import VideoReadError, read_video, video_info
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".gif"})
-_EXAMPLES_PER_REASON = 5
 
 
 def list_videos(folder: str | os.PathLike, file_list: str | os.PathLike | None = None) -> list[Path]:
@@ -64,17 +63,19 @@ def list_videos(folder: str | os.PathLike, file_list: str | os.PathLike | None =
 
 @dataclass
 class SkipReport:
-    """How many files were skipped and why, with a few example files per reason."""
+    """Every skipped file with its reason, counts per reason, and which decoder read the rest."""
 
     counts: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    files: list[dict] = field(default_factory=list)
+    decoded_by: dict[str, int] = field(default_factory=dict)
     examined: int = 0
 
     def add(self, reason: str, path: str | os.PathLike, detail: str = "") -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < _EXAMPLES_PER_REASON:
-            shown.append(f"{path}: {detail}" if detail else str(path))
+        self.files.append({"file": str(path), "reason": reason, "detail": detail})
+
+    def decoded(self, backend: str) -> None:
+        self.decoded_by[backend] = self.decoded_by.get(backend, 0) + 1
 
     @property
     def total(self) -> int:
@@ -82,7 +83,7 @@ class SkipReport:
 
     def as_dict(self) -> dict:
         return {"examined": self.examined, "skipped": self.total, "counts": dict(self.counts),
-                "examples": {k: list(v) for k, v in self.examples.items()}}
+                "files": [dict(f) for f in self.files], "decoded_by": dict(self.decoded_by)}
 
     def summary(self) -> str:
         if not self.counts:
@@ -94,12 +95,13 @@ def clip_indices(num_frames: int, stride: int, start: int) -> list[int]:
     return [start + i * stride for i in range(num_frames)]
 
 
-def clip_start(num_available: int, span: int, policy: str, seed: int, name: str) -> int:
-    """First frame of the clip: 0, or seeded-random per (seed, file name), order-independent."""
-    if policy == "first" or num_available == span:
+def clip_start(num_available: int, window: int, policy: str, seed: int, name: str) -> int:
+    """First frame of the clip: 0, or seeded-random per (seed, file name) within
+    ``[0, num_available - window]``, order-independent."""
+    if policy == "first" or num_available == window:
         return 0
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    return int(rng.integers(0, num_available - span + 1))
+    return int(rng.integers(0, num_available - window + 1))
 
 
 def resize_square(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -125,15 +127,19 @@ def iter_clips(
     seed: int = 0,
     report: SkipReport | None = None,
     root: Path | None = None,
+    min_frames: int | None = None,
 ) -> Iterator[tuple[Path, torch.Tensor]]:
     """Yield ``(file, uint8 [T,H,W,C])`` protocol clips, skipping (and counting) bad files.
+
+    Videos shorter than ``max(span, min_frames)`` are skipped; a random start is drawn so
+    that this whole window fits (see :class:`~mmgen.metrics.protocols.FVDProtocol`).
 
     With ``resolution`` clips are resized to ``resolution`` x ``resolution``. Without it the
     set's size is the most common one among the usable files (found by a metadata pass
     first, so one odd file cannot decide it) and files of other sizes are skipped.
     """
     report = report if report is not None else SkipReport()
-    span = (num_frames - 1) * stride + 1
+    window = max((num_frames - 1) * stride + 1, min_frames or 0)
     usable: list[tuple[Path, int, tuple[int, int]]] = []
     for path in files:
         report.examined += 1
@@ -142,19 +148,19 @@ def iter_clips(
         except VideoReadError as err:
             report.add("unreadable", path, str(err).splitlines()[0][:200])
             continue
-        if info.num_frames < span:
-            report.add("too_short", path, f"{info.num_frames} frames < {span} needed")
+        if info.num_frames < window:
+            report.add("too_short", path, f"{info.num_frames} frames < {window} needed")
             continue
-        usable.append((path, info.num_frames, (info.height, info.width)))
+        usable.append((path, info.num_frames, (info.height, info.width), info.backend))
     set_size = None
     if resolution is None and usable:
-        set_size = Counter(size for _, _, size in usable).most_common(1)[0][0]
-    for path, length, size in usable:
+        set_size = Counter(size for _, _, size, _ in usable).most_common(1)[0][0]
+    for path, length, size, backend in usable:
         if set_size is not None and size != set_size:
             report.add("mixed_resolution", path, f"{size[0]}x{size[1]} != set's {set_size[0]}x{set_size[1]}")
             continue
         name = str(path.relative_to(root)) if root is not None else path.name
-        start = clip_start(length, span, clip_policy, seed, name)
+        start = clip_start(length, window, clip_policy, seed, name)
         try:
             frames = read_video(path, frames=clip_indices(num_frames, stride, start))
         except (VideoReadError, ValueError) as err:
@@ -165,4 +171,5 @@ def iter_clips(
             continue
         if resolution is not None:
             frames = resize_square(frames, resolution)
+        report.decoded(backend)
         yield path, frames
