@@ -70,9 +70,14 @@ def tokenize_dataset(dataset: Dataset, tokenizer, out_dir: str | Path, batch_siz
 
 
 class LatentCache(Dataset):
-    """Dataset over a cache written by :func:`tokenize_dataset`: {"latent", "caption", "label"}."""
+    """Dataset over a cache written by :func:`tokenize_dataset`: {"latent", "caption", "label"}.
 
-    def __init__(self, path: str):
+    latent_frames: keep only the first n latent frames of each clip (a curriculum's short-clip
+    stage; with a causal tokenizer they are exactly the latents of the first 1 + 4(n-1) frames,
+    and n = 1 is the clip's first frame as an image).
+    """
+
+    def __init__(self, path: str, latent_frames: int | None = None):
         root = Path(path)
         meta_file = root / "meta.json"
         if not meta_file.is_file():
@@ -84,6 +89,10 @@ class LatentCache(Dataset):
             latents.append(shard["latent"])
             labels.append(shard["label"])
         self.latents, self.labels = torch.cat(latents), torch.cat(labels)
+        if latent_frames is not None:
+            if not 1 <= latent_frames <= self.latents.shape[2]:
+                raise ValueError(f"latent_frames={latent_frames}: the cache {root} holds 1..{self.latents.shape[2]}")
+            self.latents = self.latents[:, :, :latent_frames]
         self.captions = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
         if not (len(self.latents) == len(self.labels) == len(self.captions) == self.meta["num_samples"]):
             raise ValueError(f"latent cache {root} is inconsistent: {len(self.latents)} latents, "
