@@ -147,3 +147,35 @@ def _parse_object(words: list[str], text: str, require_size: bool) -> dict:
             raise ValueError(f"caption {text!r}: the object {part!r} names no {key}")
     return {"shape": found["shape"][0], "color": found["color"][0],
             "size": found["size"][0] if found["size"] else None, "motion": found["motion"][0]}
+
+
+def benchmark_prompts(per_set: int = 16) -> dict[str, list[str]]:
+    """The prompt sets of the default model's benchmark (deterministic):
+
+    * ``train``: single-object captions of the default model's training clips (seed 0, train split);
+    * ``two_objects``: two-object captions of those clips;
+    * ``heldout_pairs``: the :data:`HELDOUT_PAIRS` in trained templates;
+    * ``heldout_templates``: trained pairs in the :data:`HELDOUT_TEMPLATES`.
+    """
+    from mmgen.data.moving_shapes import MovingShapes
+
+    def take(ds, want_objects: int | None) -> list[str]:
+        out = []
+        for i in range(len(ds)):
+            sample = ds.sample(i)
+            if want_objects is None or len(sample.objects) == want_objects:
+                out.append(sample.caption)
+            if len(out) == per_set:
+                break
+        return out
+
+    common = dict(holdout=HELDOUT_PAIRS)  # the training cache's clip geometry: the same captions
+    train = MovingShapes(4 * per_set + 64, seed=0, captions="train", background="mixed", split="train", **common)
+    return {
+        "train": take(train, 1),
+        "two_objects": take(train, 2),
+        "heldout_pairs": take(MovingShapes(per_set, seed=1, max_objects=1, captions="train", split="heldout",
+                                           **common), None),
+        "heldout_templates": take(MovingShapes(per_set, seed=2, max_objects=1, captions="heldout", split="train",
+                                               **common), None),
+    }

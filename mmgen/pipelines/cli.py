@@ -187,6 +187,7 @@ def _sample(args: argparse.Namespace) -> int:
         sampler_settings = pipe.resolve_settings(**settings)
     except (ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
+    prompt_fields = _prompt_notes(pipe, prompts)
     num_frames, changed = round_num_frames(args.num_frames, pipe.temporal_factor)
     if changed:
         print(f"mmgen sample: note: --num-frames {args.num_frames} is not of the form 1 + "
@@ -217,6 +218,7 @@ def _sample(args: argparse.Namespace) -> int:
                 prompt=c if prompts is not None else None,
                 class_id=None if prompts is not None else c,
                 seed=seed, model=model_name, num_frames=num_frames, fps=fps, settings=sampler_settings,
+                nearest=prompt_fields.get(c) if prompts is not None else None,
             )
             written += write_sample(os.path.join(out_dir, name + ".mp4"), frames, meta, fps=fps, gif=args.gif)
             videos.append(frames)
@@ -228,6 +230,19 @@ def _sample(args: argparse.Namespace) -> int:
         written.append(grid)
     print(f"wrote {len(videos)} video(s) to {out_dir}")
     return 0
+
+
+def _prompt_notes(pipe, prompts) -> dict:
+    """Print one line per prompt the user should know about (empty, truncated, far from the
+    training captions); return the nearest-caption fields of each prompt for the sidecars."""
+    if prompts is None:
+        return {}
+    from mmgen.pipelines.prompts import prompt_report
+
+    fields, notes = prompt_report(pipe.transformer, prompts)
+    for note in notes:
+        print(f"mmgen sample: note: {note}", file=sys.stderr)
+    return fields
 
 
 def _video_name(idx: int, cond, seed: int, is_prompt: bool) -> str:
