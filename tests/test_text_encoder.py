@@ -159,3 +159,37 @@ def test_byte_encoder_refuses_non_ascii():
     with pytest.raises(ValueError, match="outside the text vocabulary"):
         model.condition_tokens(["un cercle rouge été"])
     assert model.nearest_captions(["a red circle"]) is None
+
+
+def test_sample_cli_notes_and_nearest_caption_sidecar(bert, tmp_path, capsys, monkeypatch):
+    import json
+
+    from mmgen.pipelines import prompts
+
+    from mmgen.cli import main as mmgen_main
+    from mmgen.pipelines.videoar import VideoARPipeline
+    from mmgen.tokenizer.model import VideoTokenizer
+
+    torch.manual_seed(0)
+    tok = VideoTokenizer(base_channels=8, channel_mult=(1, 1, 1), temporal_downsample=(True, True), patch_size=1,
+                         norm_groups=4, latent_dim=4, scales=(1, 2, 4), sample_size=16, num_frames=9)
+    gen = VideoAR(bits=4, scales=[(1, 1), (2, 2), (4, 4)], num_frames=3, width=32, depth=2, heads=2,
+                  max_text_len=8, text_encoder=bert, attn_backend="sdpa")
+    gen.remember_captions(["a red circle moving left", "a big blue square moving up"])
+    VideoARPipeline(tokenizer=tok.eval(), transformer=gen.eval(), fps=8).save_pretrained(tmp_path / "m")
+    long = "a red circle moving left and a big blue square moving up"
+    # a random encoder's sentence embeddings are all alike: only an exact caption is "near"
+    monkeypatch.setattr(prompts, "FAR_SIMILARITY", 0.999)
+    rc = mmgen_main(["sample", "--model", str(tmp_path / "m"), "--prompt", "a red circle moving left",
+                     "--prompt", "", "--prompt", long, "--prompt", "white diamond bouncing", "--num-frames", "5",
+                     "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "empty prompt gives an unconditional sample" in err
+    assert f"prompt {long!r} is 14 tokens long; the model reads only the first 8 (truncated)" in err
+    assert "'white diamond bouncing' is far from anything the model was trained on" in err
+    assert "'a red circle moving left' is far" not in err
+    metas = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+    assert metas[0]["nearest_training_caption"] == "a red circle moving left"
+    assert metas[0]["nearest_similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert metas[3]["nearest_similarity"] < 0.999

@@ -37,10 +37,11 @@ from mmgen.nn import Block, KVCache, RMSNorm, Rope3D
 
 from . import text as text_tokens
 from .layout import GroupLayout
-from .text_encoder import load_text_encoder
+from .text_encoder import MINILM, load_text_encoder
 
 CONDITIONS = ("class", "text")
 TEXT_NULLS = ("empty", "learned")
+SIMILARITY_TOKENS = 64  # prompt length read when a byte-level model measures similarity with MiniLM
 HEADS = ("bits", "index")
 
 
@@ -233,13 +234,19 @@ class VideoAR(ModelMixin, ConfigMixin):
 
     def nearest_captions(self, prompts: Sequence[str]) -> list[tuple[str, float]] | None:
         """(nearest training caption, cosine similarity of the sentence embeddings) per prompt;
-        None when the model has no text encoder or no recorded training captions."""
-        if self.caption_memory is None or self.text_encoder is None:
-            return None
-        emb = self.text_encoder.sentence_embeddings(list(prompts), self.config.max_text_len)
-        sim = emb @ self.caption_memory.float().cpu().T
-        best = sim.max(dim=1)
+        None when no training captions are recorded. Byte-level models measure with the
+        pinned MiniLM encoder (embedding their few captions on the fly)."""
         names = self.config.train_captions
+        if not names or self.config.cond != "text":
+            return None
+        encoder = self.text_encoder or load_text_encoder(MINILM)
+        if self.caption_memory is not None:
+            memory = self.caption_memory.float().cpu()
+        else:
+            memory = encoder.sentence_embeddings(names, SIMILARITY_TOKENS)
+        emb = encoder.sentence_embeddings(list(prompts), SIMILARITY_TOKENS if self.text_encoder is None
+                                          else self.config.max_text_len)
+        best = (emb @ memory.T).max(dim=1)
         return [(names[int(i)], float(v)) for v, i in zip(best.values, best.indices)]
 
     def check_tokenizer(self, tokenizer) -> None:
