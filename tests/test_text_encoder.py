@@ -193,3 +193,45 @@ def test_sample_cli_notes_and_nearest_caption_sidecar(bert, tmp_path, capsys, mo
     assert metas[0]["nearest_training_caption"] == "a red circle moving left"
     assert metas[0]["nearest_similarity"] == pytest.approx(1.0, abs=1e-3)
     assert metas[3]["nearest_similarity"] < 0.999
+
+
+def test_caption_encodings_stored_in_the_latent_cache(bert, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from mmgen.ar.data import LatentCache
+
+    caps = ["a red circle moving left", "big blue square", "a red circle moving left"]
+    save_file({"latent": torch.zeros(3, 4, 3, 2, 2, dtype=torch.float16), "label": torch.zeros(3, dtype=torch.long)},
+              str(tmp_path / "shard-00000.safetensors"))
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(c) + "\n" for c in caps))
+    (tmp_path / "meta.json").write_text(json.dumps({"num_samples": 3, "latent_shape": [4, 3, 2, 2],
+                                                    "shards": ["shard-00000.safetensors"]}))
+    cache = LatentCache(str(tmp_path), latent_frames=1)
+    assert cache[0]["latent"].shape == (4, 1, 2, 2)
+    encoder = tiny_model(bert).text_encoder
+    assert cache.load_text_encodings(encoder.sha256, 12) is None
+    unique = sorted(set(caps))
+    cache.save_text_encodings(encoder.sha256, 12, unique, encoder.encode(unique, 12))
+    names, hidden = cache.load_text_encodings(encoder.sha256, 12)
+    assert names == unique and hidden.dtype == torch.float16 and hidden.shape == (2, 12, encoder.dim)
+    torch.testing.assert_close(hidden.float(), encoder.encode(unique, 12), atol=1e-2, rtol=1e-2)
+    marker = torch.full((1, 12, encoder.dim), 7.0)
+    encoder.prime(["never encoded"], marker, 12)  # primed prompts are memo hits, not re-encoded
+    assert torch.equal(encoder.encode(["never encoded"], 12), marker)
+
+
+@pytest.mark.slow
+def test_shipped_model_names_the_nearest_of_its_captions():
+    """The real MiniLM (pinned package, hash-checked) measures prompts against the shipped captions."""
+    from pathlib import Path
+
+    from mmgen.pipelines.prompts import FAR_SIMILARITY, prompt_report
+
+    model = VideoAR.from_pretrained(Path(__file__).parent.parent / "mmgen/assets/default/transformer")
+    fields, notes = prompt_report(model, ["a red circle moving right", "a large white diamond staying still"])
+    assert fields["a red circle moving right"]["nearest_training_caption"] == "a large red circle moving right"
+    assert fields["a red circle moving right"]["nearest_similarity"] > FAR_SIMILARITY
+    assert fields["a large white diamond staying still"]["nearest_similarity"] < FAR_SIMILARITY
+    assert len(notes) == 1 and "far from anything" in notes[0]

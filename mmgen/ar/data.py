@@ -8,6 +8,9 @@ Encoding is the expensive part of a step for small generators, so ``mmgen ar tok
     CACHE/meta.json                 {"num_samples", "latent_shape", "tokenizer": config, "shards": [...]}
     CACHE/shard-00000.safetensors   "latent" float16 [N, d, t, h, w], "label" int64 [N]
     CACHE/captions.jsonl            one JSON string per sample, in order
+    CACHE/text-<sha12>-<L>.safetensors  optional: a frozen text encoder's prefix states of the unique
+                                    captions ("hidden" float16 [U, L, dim]; "captions" in its metadata),
+                                    written by the first fit that needs them (ARModule.on_fit_start)
 
 Latents (not codes) are stored so that Cross-Frame Error Correction can re-quantise them.
 """
@@ -98,11 +101,32 @@ class LatentCache(Dataset):
             raise ValueError(f"latent cache {root} is inconsistent: {len(self.latents)} latents, "
                              f"{len(self.captions)} captions, meta says {self.meta['num_samples']}")
 
+        self.root = root
+
     def __len__(self) -> int:
         return len(self.latents)
 
     def __getitem__(self, i: int) -> dict:
         return {"latent": self.latents[i].float(), "caption": self.captions[i], "label": int(self.labels[i])}
+
+    def _text_file(self, encoder_sha256: str, max_len: int) -> Path:
+        return self.root / f"text-{encoder_sha256[:12]}-{max_len}.safetensors"
+
+    def load_text_encodings(self, encoder_sha256: str, max_len: int) -> tuple[list[str], torch.Tensor] | None:
+        """(unique captions, float16 [U, max_len, dim]) stored for this encoder, or None."""
+        path = self._text_file(encoder_sha256, max_len)
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            captions = json.loads(f.metadata()["captions"])
+            return captions, f.get_tensor("hidden")
+
+    def save_text_encodings(self, encoder_sha256: str, max_len: int, captions: list[str], hidden: torch.Tensor) -> None:
+        tensors = {"hidden": hidden.half().contiguous()}
+        _atomic_write(self._text_file(encoder_sha256, max_len),
+                      lambda tmp: save_file(tensors, tmp, metadata={"captions": json.dumps(captions)}))
 
 
 class ARDataModule(pl.LightningDataModule):

@@ -138,6 +138,11 @@ class TextEncoder:
             return torch.zeros(0, max_len, self.dim)
         return torch.stack([self._memo[(p, max_len)] for p in prompts])
 
+    def prime(self, prompts: Sequence[str], hidden: torch.Tensor, max_len: int) -> None:
+        """Take precomputed :meth:`encode` results (e.g. from a latent cache) into the memo."""
+        for p, h in zip(prompts, hidden):
+            self._memo[(p, max_len)] = h.float()
+
     def sentence_embeddings(self, prompts: Sequence[str], max_len: int) -> torch.Tensor:
         """float [B, dim]: masked mean of the last hidden states, L2-normalised (the
         sentence-transformers pooling of all-MiniLM-L6-v2), from the same (memoised) encodings

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .corruption import CorruptionConfig, corrupted_history
+from .data import LatentCache
 from .model import VideoAR
 from .presets import preset_config
 
@@ -110,11 +111,20 @@ class ARModule(pl.LightningModule):
         self.model.load_state_dict(previous.state_dict())
 
     def on_fit_start(self) -> None:
-        # The captions this generator learns from, so samplers can say how far a prompt is from them.
+        # Encode the training captions once (stored in a latent cache for later stages and
+        # resumes) and record them, so samplers can say how far a prompt is from them.
         train_set = getattr(self.trainer.datamodule, "train_set", None)
         captions = getattr(train_set, "captions", None)
-        if captions and self.model.text_encoder is not None:
-            self.model.remember_captions(captions)
+        encoder = self.model.text_encoder
+        if not captions or encoder is None:
+            return
+        unique, max_len = sorted(set(captions)), self.model.config.max_text_len
+        stored = train_set.load_text_encodings(encoder.sha256, max_len) if isinstance(train_set, LatentCache) else None
+        if stored is not None:
+            encoder.prime(*stored, max_len)
+        elif isinstance(train_set, LatentCache):
+            train_set.save_text_encodings(encoder.sha256, max_len, unique, encoder.encode(unique, max_len))
+        self.model.remember_captions(unique)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # A resumed run restores a caption memory the freshly built model does not have yet.
