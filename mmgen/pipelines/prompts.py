@@ -22,11 +22,18 @@ FAR_SIMILARITY = 0.85
 def prompt_report(model, prompts: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
     """({prompt: {"nearest_training_caption", "nearest_similarity"}}, notes) for a VideoAR text model
     (no fields when the model has no recorded training captions)."""
+    from mmgen.ar.text_encoder import TextEncoderError
+
     unique = list(dict.fromkeys(prompts))
-    nearest = model.nearest_captions(unique) if unique else None
+    notes = []
+    try:
+        nearest = model.nearest_captions(unique) if unique else None
+    except TextEncoderError as exc:  # a byte-level model samples fine without its similarity encoder
+        nearest = None
+        notes.append(f"cannot tell how close the prompts are to the training captions: {exc}")
     counts = model.prompt_token_counts(unique)
     limit = model.config.max_text_len
-    fields, notes = {}, []
+    fields = {}
     for i, prompt in enumerate(unique):
         caption, sim = nearest[i] if nearest else (None, None)
         if nearest:  # models that recorded their training captions
