@@ -33,7 +33,7 @@ stamp() { echo "$1 $(date -u +%FT%TZ) $SECONDS" >> "$RUN/stage_times.txt"; }
 if [ "$TOKENIZER" = train ]; then
   echo "== (1) tokenizer (run folder runs/tokenizer_tiny, as configured)"
   mmgen tokenizer fit --config configs/tokenizer/moving_shapes_tiny.yaml
-  mmgen tokenizer export runs/tokenizer_tiny/checkpoints/last.ckpt runs/tokenizer_tiny/export
+  mmgen tokenizer export runs/tokenizer_tiny/checkpoints/last.ckpt runs/tokenizer_tiny/export --overwrite
   TOKENIZER=runs/tokenizer_tiny/export
 elif [ -z "$TOKENIZER" ]; then
   [ -d "$RUN/tokenizer" ] || { cp -r mmgen/assets/default/tokenizer "$RUN/tokenizer.tmp" && mv "$RUN/tokenizer.tmp" "$RUN/tokenizer"; }
@@ -51,7 +51,7 @@ fi
 
 run_stage() {  # run_stage N [extra fit arguments...]
   local n=$1 dir=$RUN/stage$1; shift
-  if [ -f "$dir/export/generator/config.json" ]; then echo "== (3) stage $n: done ($dir/export)"; return; fi
+  if [ -f "$dir/export/transformer/config.json" ]; then echo "== (3) stage $n: done ($dir/export)"; return; fi
   local resume=()
   [ -f "$dir/checkpoints/last.ckpt" ] && resume=(--ckpt_path "$dir/checkpoints/last.ckpt")
   echo "== (3) stage $n ${resume[*]:+(resuming)}"; stamp "stage$n-start"
@@ -59,16 +59,16 @@ run_stage() {  # run_stage N [extra fit arguments...]
       --model.tokenizer "$TOKENIZER" --data.train.init_args.path "$RUN/latents" \
       --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" \
       --trainer.callbacks.init_args.dirpath "$dir/checkpoints" "$@" "${resume[@]}"
-  mmgen ar export "$dir/checkpoints/last.ckpt" "$dir/export.tmp"
+  mmgen ar export "$dir/checkpoints/last.ckpt" "$dir/export.tmp" --overwrite
   mv "$dir/export.tmp" "$dir/export"
   stamp "stage$n-end"
 }
 run_stage 1
-run_stage 2 --model.init_from "$RUN/stage1/export/generator"
+run_stage 2 --model.init_from "$RUN/stage1/export/transformer"
 
 echo "== (4) pipeline folder -> $OUT"
-python -m mmgen.pipelines.assemble --tokenizer "$TOKENIZER" --generator "$RUN/stage2/export/generator" \
-    --sampling configs/sample/default.yaml --out "$OUT"
+python -m mmgen.pipelines.assemble --tokenizer "$TOKENIZER" --generator "$RUN/stage2/export/transformer" \
+    --sampling configs/sample/default.yaml --out "$OUT" --overwrite
 
 if [ "$EVAL" = 1 ]; then
   echo "== (5) MovingShapes benchmark"
