@@ -55,7 +55,7 @@ SUBMODELS = {"full": {}, "depth=3": {"depth": 3}, "top_k=1": {"top_k": 1}, "expe
 
 
 def build_cache(out: Path, n_train: int, n_val: int) -> None:
-    from mmgen.ar.data import tokenize_dataset
+    from mmgen.data.latents import tokenize_dataset
     from mmgen.ar.training import load_tokenizer
     from mmgen.data import MovingShapes
 
@@ -117,7 +117,7 @@ def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str |
     import torch
     from torch.utils.data import DataLoader
 
-    from mmgen.ar.data import LatentCache
+    from mmgen.data.latents import LatentCache
     from mmgen.ar.flops import forward_flops
     from mmgen.ar.sampling import sample_codes
     from mmgen.ar.training import ARModule

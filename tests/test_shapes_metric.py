@@ -133,7 +133,7 @@ def test_folder_with_sidecars_manifest_and_bad_entries(tmp_path):
     write_video(out / "grid.mp4", samples[0].frames)  # `mmgen sample --grid`: no sidecar, not a sample
     result = evaluate_folder(out, progress=False)
     assert result["n_videos"] == 2 and result["n_skipped"] == 1
-    assert "not 'a <size> <color> <shape> <motion phrase>'" in result["skipped"][0]["reason"]
+    assert "is not a word of the MovingShapes grammar" in result["skipped"][0]["reason"]
     assert [v["expected_source"] for v in result["videos"]] == ["caption", "class_id"]
     assert result["summary"]["count"]["n"] == 1  # class labels do not fix the object count
     assert result["summary"]["color"]["mean"] == 1.0

@@ -4,10 +4,12 @@ Sequence (see :mod:`mmgen.ar.layout`)::
 
     [condition prefix | (frame 0, scale 0) | (frame 0, scale 1) | ... | (frame F-1, scale K-1)]
 
-* Prefix: one class token (class models) or ``max_text_len`` byte-level text tokens
-  (text models), embedded by the model itself (ERNIE-style: one transformer for text and video).
-  The unconditional input for classifier-free guidance is the null class ``num_classes`` or
-  the empty prompt (all padding).
+* Prefix: one class token (class models) or ``max_text_len`` text tokens (text models): either
+  byte-level tokens embedded by the model itself (ERNIE-style: one transformer for text and
+  video), or the token-level hidden states of a frozen pretrained encoder
+  (:mod:`mmgen.ar.text_encoder`, ``text_encoder=``) projected to ``width``, padding positions
+  replaced by a learned pad vector. The unconditional input for classifier-free guidance is the
+  null class ``num_classes``, the empty prompt, or (``text_null="learned"``) an all-padding prefix.
 * Visual group (t, k): its input is the tokenizer's ``next_scale_inputs(codes)[k][:, t]``
   (frame t's coarser scales summed at full size and resized to scale k; for k = 0 the previous
   frame's whole latent), projected to ``width``, plus a learned scale embedding.  Group (0, 0)
@@ -41,8 +43,11 @@ from mmgen.nn.moue import UniversalMoE, UniversalPool
 
 from . import text as text_tokens
 from .layout import GroupLayout
+from .text_encoder import MINILM, load_text_encoder
 
 CONDITIONS = ("class", "text")
+TEXT_NULLS = ("empty", "learned")
+SIMILARITY_TOKENS = 64  # prompt length read when a byte-level model measures similarity with MiniLM
 HEADS = ("bits", "index")
 FFNS = ("dense", "moe", "mohd", "moue")
 
@@ -140,7 +145,14 @@ class VideoAR(ModelMixin, ConfigMixin):
       scales: per-frame scale schedule [(h_k, w_k)], coarse to fine (= tokenizer.quantizer.scales)
       num_frames: latent frames of a training clip (default layout; sampling may ask for others)
       width, depth, heads, mlp_ratio, qk_norm: transformer shape (LLaMA-style, SwiGLU, no biases)
-      cond: "class" or "text"; num_classes (class models); max_text_len (text models)
+      cond: "class" or "text"; num_classes (class models); max_text_len (text models: bytes, or
+        encoder tokens with a text encoder)
+      text_encoder: None (byte-level tokens) or a frozen pretrained encoder: "minilm" (the pinned
+        all-MiniLM-L6-v2 package) or a local HF folder; text_encoder_sha256: its weights' hash
+        (recorded when the generator is built, checked on every load); text_null: "empty"
+        (the encoding of "") or "learned" (the learned pad vector everywhere) as the CFG input
+      train_captions: the captions the generator was trained on (set by training; used to tell
+        users how far a prompt is from them, see :meth:`nearest_captions`)
       head: "bits" (d logits/token, BCE) or "index" (codebook_size logits/token, CE)
       pos_mode: "own_grid" (VideoAR) or "finest_grid" (coarse scales centre-aligned on the finest grid)
       rope_base, rope_axes: Rope3D base and (t, h, w) split of the head dim (None = 1/4, 3/8, 3/8)
@@ -178,7 +190,9 @@ class VideoAR(ModelMixin, ConfigMixin):
                  moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
                  moe_aux_alpha: float = 0.0, moe_kernel: str = "auto", mohd_expansion: float = 2.0,
                  mohd_shared_fraction: float = 0.5, mohd_group: int = 32, moue_pool: int | None = None,
-                 moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None):
+                 moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None,
+                 text_encoder: str | None = None, text_encoder_sha256: str | None = None,
+                 text_null: str = "empty", train_captions: Sequence[str] | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -190,10 +204,21 @@ class VideoAR(ModelMixin, ConfigMixin):
         self.prefix_len = 1 if cond == "class" else max_text_len
         self.out_dim = bits if head == "bits" else int(codebook_size)
 
+        self.text_encoder = None
         if cond == "class":
             self.cond_embed = nn.Embedding(num_classes + 1, width)  # last row = null class (CFG)
-        else:
+        elif text_encoder is None:
             self.cond_embed = nn.Embedding(text_tokens.VOCAB_SIZE, width)
+        else:
+            if text_null not in TEXT_NULLS:
+                raise ValueError(f"VideoAR: text_null={text_null!r} must be one of {TEXT_NULLS}")
+            self.text_encoder = load_text_encoder(text_encoder, text_encoder_sha256)
+            if text_encoder_sha256 is None:
+                self.register_to_config(text_encoder_sha256=self.text_encoder.sha256)
+            dim = self.text_encoder.dim
+            self.cond_embed = nn.Sequential(RMSNorm(dim), nn.Linear(dim, width, bias=False))
+            self.cond_pad = nn.Parameter(torch.zeros(width))
+        self.register_buffer("caption_memory", self._caption_memory_init(train_captions), persistent=True)
         self.in_proj = nn.Linear(bits, width, bias=False)
         self.scale_embed = nn.Embedding(len(self.scales), width)
         self.sos = nn.Parameter(torch.zeros(width))
@@ -254,6 +279,8 @@ class VideoAR(ModelMixin, ConfigMixin):
                 std = 0.02 / math.sqrt(2 * self.config.depth) if name.endswith(("o_proj.weight", "down_proj.weight", "w_down")) else 0.02
                 nn.init.normal_(p, std=std)
         nn.init.normal_(self.sos, std=0.02)
+        if self.text_encoder is not None:
+            nn.init.normal_(self.cond_pad, std=0.02)
         nn.init.zeros_(self.out_proj.weight)  # start at chance: every bit logit 0 -> loss ln 2
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
@@ -321,10 +348,11 @@ class VideoAR(ModelMixin, ConfigMixin):
         return self._layouts[n]
 
     def condition_tokens(self, cond) -> torch.Tensor:
-        """Validate a condition and return prefix token ids Long [B, prefix_len] on the model's device.
+        """Validate a condition and return its prefix tokens [B, prefix_len(, dim)] on the model's device.
 
         class models: class ids (int list or Long [B]), id == num_classes is the null class.
-        text models: list of prompts, or already encoded Long [B, max_text_len].
+        text models: list of prompts, or already encoded prefixes: byte tokens Long [B, max_text_len],
+        or with a text encoder float [B, max_text_len, encoder dim] (zero vectors at padding).
         """
         cfg = self.config
         if cfg.cond == "class":
@@ -337,19 +365,81 @@ class VideoAR(ModelMixin, ConfigMixin):
                                  f"classes (0..{cfg.num_classes - 1}; {cfg.num_classes} = unconditional)")
             return ids[:, None].to(self.device)
         if isinstance(cond, torch.Tensor):
-            if cond.dtype != torch.long or cond.ndim != 2 or cond.shape[1] != cfg.max_text_len:
-                raise ValueError(f"text tokens must be Long [B, {cfg.max_text_len}], got {cond.dtype} {tuple(cond.shape)}")
-            return cond.to(self.device)
+            return self._check_encoded(cond).to(self.device)
         if isinstance(cond, str):
             cond = [cond]
         if not all(isinstance(c, str) for c in cond):
             raise TypeError("this VideoAR model is text-conditional; pass prompt strings, not class ids")
-        return text_tokens.encode_batch(list(cond), cfg.max_text_len).to(self.device)
+        if self.text_encoder is None:
+            return text_tokens.encode_batch(list(cond), cfg.max_text_len).to(self.device)
+        self.text_encoder.model.to(self.device)
+        return self.text_encoder.encode(list(cond), cfg.max_text_len).to(self.device)
+
+    def _check_encoded(self, cond: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if self.text_encoder is None:
+            if cond.dtype != torch.long or cond.ndim != 2 or cond.shape[1] != cfg.max_text_len:
+                raise ValueError(f"text tokens must be Long [B, {cfg.max_text_len}], got {cond.dtype} {tuple(cond.shape)}")
+        elif not cond.is_floating_point() or tuple(cond.shape[1:]) != (cfg.max_text_len, self.text_encoder.dim):
+            raise ValueError(f"encoded prompts must be float [B, {cfg.max_text_len}, {self.text_encoder.dim}], "
+                             f"got {cond.dtype} {tuple(cond.shape)}")
+        return cond
 
     def null_condition(self, batch_size: int) -> torch.Tensor:
-        """Prefix tokens of the unconditional input (CFG): null class or empty prompt."""
+        """Prefix tokens of the unconditional input (CFG): null class, empty prompt, or (a text
+        encoder with text_null="learned") all padding."""
+        if self.text_encoder is not None:
+            if self.config.text_null == "empty":
+                return self.condition_tokens([""] * batch_size)
+            return torch.zeros(batch_size, self.prefix_len, self.text_encoder.dim, device=self.device)
         fill = self.config.num_classes if self.config.cond == "class" else text_tokens.PAD_ID
         return torch.full((batch_size, self.prefix_len), fill, dtype=torch.long, device=self.device)
+
+    def embed_condition(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Prefix tokens (:meth:`condition_tokens`) -> prefix embeddings [B, P, width]."""
+        if self.text_encoder is None:
+            return self.cond_embed(tokens)
+        x = self.cond_embed(tokens.to(self.cond_pad.dtype))
+        real = tokens.ne(0).any(-1, keepdim=True)  # padding positions are exact zero vectors
+        return torch.where(real, x, self.cond_pad.to(x.dtype))
+
+    def prompt_token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Prefix tokens each prompt needs (more than ``max_text_len`` = truncated by a text encoder)."""
+        if self.text_encoder is None:
+            return [len(p) for p in prompts]
+        return [self.text_encoder.token_count(p) for p in prompts]
+
+    # ------------------------------------------------------------------ training captions
+    def _caption_memory_init(self, captions) -> torch.Tensor | None:
+        if not captions or self.text_encoder is None:
+            return None
+        return torch.zeros(len(captions), self.text_encoder.dim, dtype=torch.float16)
+
+    def remember_captions(self, captions: Sequence[str]) -> None:
+        """Record the (unique) training captions and their sentence embeddings in the model."""
+        if self.text_encoder is None:
+            return
+        unique = sorted(set(captions))
+        emb = self.text_encoder.sentence_embeddings(unique, self.config.max_text_len).half()
+        self.register_to_config(train_captions=unique)
+        self.register_buffer("caption_memory", emb.to(self.device), persistent=True)
+
+    def nearest_captions(self, prompts: Sequence[str]) -> list[tuple[str, float]] | None:
+        """(nearest training caption, cosine similarity of the sentence embeddings) per prompt;
+        None when no training captions are recorded. Byte-level models measure with the
+        pinned MiniLM encoder (embedding their few captions on the fly)."""
+        names = self.config.train_captions
+        if not names or self.config.cond != "text":
+            return None
+        encoder = self.text_encoder or load_text_encoder(MINILM)
+        if self.caption_memory is not None:
+            memory = self.caption_memory.float().cpu()
+        else:
+            memory = encoder.sentence_embeddings(names, SIMILARITY_TOKENS)
+        emb = encoder.sentence_embeddings(list(prompts), SIMILARITY_TOKENS if self.text_encoder is None
+                                          else self.config.max_text_len)
+        best = (emb @ memory.T).max(dim=1)
+        return [(names[int(i)], float(v)) for v, i in zip(best.values, best.indices)]
 
     def check_tokenizer(self, tokenizer) -> None:
         """Raise ValueError unless ``tokenizer``'s quantizer produces what this model was built for."""
@@ -395,7 +485,7 @@ class VideoAR(ModelMixin, ConfigMixin):
         Returns float32 logits [B, L_visual, out_dim] in layout order (frame, scale, row, col).
         """
         layout = self.layout(inputs[0].shape[1])
-        prefix = self.cond_embed(self.condition_tokens(cond))
+        prefix = self.embed_condition(self.condition_tokens(cond))
         feats = layout.flatten_visual(inputs)
         scale_id = layout.scale_id[layout.prefix_len:].to(self.device)
         x = torch.cat([prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))], dim=1)
@@ -459,7 +549,7 @@ class VideoAR(ModelMixin, ConfigMixin):
         layout, P = cache.layout, cache.layout.prefix_len
         # a class token needs no mask; a text prefix is causal (the layout's visibility of it)
         mask = layout.attention_mask().rows(slice(0, P), P).to(self.device) if P > 1 else None
-        self._run_cached(cache, self.cond_embed(tokens), self._rope(layout.pos[:P]), mask)
+        self._run_cached(cache, self.embed_condition(tokens), self._rope(layout.pos[:P]), mask)
         cache.next_group = P
 
     def _start_frame(self, cache: ARCache, t: int) -> None:

@@ -30,6 +30,7 @@ from mmgen.nn.schedule import warmup_cosine_schedule
 from mmgen.nn import moe
 
 from .corruption import CorruptionConfig, corrupted_history
+from mmgen.data.latents import LatentCache
 from .model import VideoAR
 from .presets import preset_config
 
@@ -88,23 +89,56 @@ class ARModule(pl.LightningModule):
       ema_decay: keep an EMA copy of the weights (None = off); export prefers it.
       compile_blocks: torch.compile each transformer block.
       fused_adamw: None = fused kernels whenever the parameters live on CUDA.
+      init_from: start from the weights of an exported generator folder (a curriculum's next
+        stage); its config must match the one built here.
     """
 
     def __init__(self, preset: str | None = "tiny", generator: dict | None = None, tokenizer: str | None = None,
                  tokenizer_config: dict | None = None, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.05, warmup_steps: int = 100, min_lr_ratio: float = 0.1,
                  cond_dropout: float = 0.1, corruption: dict | None = None, frame_mask_p: float = 0.0,
-                 ema_decay: float | None = None, compile_blocks: bool = False, fused_adamw: bool | None = None):
+                 ema_decay: float | None = None, compile_blocks: bool = False, fused_adamw: bool | None = None,
+                 init_from: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         config = preset_config(preset, **(generator or {})) if preset else dict(generator or {})
         self.model = VideoAR(**config)
+        if init_from is not None:
+            self._init_from(init_from)
         self.tokenizer = load_tokenizer(tokenizer, tokenizer_config)
         self.model.check_tokenizer(self.tokenizer)
         self.corruption = CorruptionConfig(**(corruption or {}))
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay else None
         self._compiled = False
         self._elastic_rng = random.Random(0)
+
+    def _init_from(self, folder: str) -> None:
+        previous = VideoAR.from_pretrained(folder)
+        if previous.caption_memory is not None:
+            self.model.register_buffer("caption_memory", previous.caption_memory.clone(), persistent=True)
+        self.model.load_state_dict(previous.state_dict())
+
+    def on_fit_start(self) -> None:
+        # Encode the training captions once (stored in a latent cache for later stages and
+        # resumes) and record them, so samplers can say how far a prompt is from them.
+        train_set = getattr(self.trainer.datamodule, "train_set", None)
+        captions = getattr(train_set, "captions", None)
+        encoder = self.model.text_encoder
+        if not captions or encoder is None:
+            return
+        unique, max_len = sorted(set(captions)), self.model.config.max_text_len
+        stored = train_set.load_text_encodings(encoder.sha256, max_len) if isinstance(train_set, LatentCache) else None
+        if stored is not None:
+            encoder.prime(*stored, max_len)
+        elif isinstance(train_set, LatentCache):
+            train_set.save_text_encodings(encoder.sha256, max_len, unique, encoder.encode(unique, max_len))
+        self.model.remember_captions(unique)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed run restores a caption memory the freshly built model does not have yet.
+        memory = checkpoint["state_dict"].get("model.caption_memory")
+        if memory is not None:
+            self.model.register_buffer("caption_memory", torch.zeros_like(memory), persistent=True)
 
     # the tokenizer is frozen: keep it in eval mode whatever Lightning asks
     def train(self, mode: bool = True):
@@ -146,7 +180,8 @@ class ARModule(pl.LightningModule):
         tokens = self.model.condition_tokens(cond)
         if dropout > 0:
             drop = torch.rand(tokens.shape[0], device=tokens.device) < dropout
-            tokens = torch.where(drop[:, None], self.model.null_condition(tokens.shape[0]), tokens)
+            drop = drop.view(-1, *([1] * (tokens.ndim - 1)))
+            tokens = torch.where(drop, self.model.null_condition(tokens.shape[0]), tokens)
         return tokens
 
     def _step(self, batch: dict, train: bool):

@@ -1,5 +1,5 @@
 """Recipe of the default model shipped in ``mmgen/assets/default`` (built by
-``scripts/build_default_model.sh``; configs ``configs/generator/moving_shapes_default.yaml`` and
+``scripts/build_default_model_v1.sh``; configs ``configs/generator/moving_shapes_default.yaml`` and
 ``configs/sample/default.yaml``).
 
 The default model must learn *colour* and *motion direction* from text within tens of

@@ -8,6 +8,9 @@ Encoding is the expensive part of a step for small generators, so ``mmgen ar tok
     CACHE/meta.json                 {"num_samples", "latent_shape", "tokenizer": config, "shards": [...]}
     CACHE/shard-00000.safetensors   "latent" float16 [N, d, t, h, w], "label" int64 [N]
     CACHE/captions.jsonl            one JSON string per sample, in order
+    CACHE/text-<sha12>-<L>.safetensors  optional: a frozen text encoder's prefix states of the unique
+                                    captions ("hidden" float16 [U, L, dim]; "captions" in its metadata),
+                                    written by the first fit that needs them (ARModule.on_fit_start)
 
 Latents (not codes) are stored so that Cross-Frame Error Correction can re-quantise them.
 """
@@ -70,9 +73,14 @@ def tokenize_dataset(dataset: Dataset, tokenizer, out_dir: str | Path, batch_siz
 
 
 class LatentCache(Dataset):
-    """Dataset over a cache written by :func:`tokenize_dataset`: {"latent", "caption", "label"}."""
+    """Dataset over a cache written by :func:`tokenize_dataset`: {"latent", "caption", "label"}.
 
-    def __init__(self, path: str):
+    latent_frames: keep only the first n latent frames of each clip (a curriculum's short-clip
+    stage; with a causal tokenizer they are exactly the latents of the first 1 + 4(n-1) frames,
+    and n = 1 is the clip's first frame as an image).
+    """
+
+    def __init__(self, path: str, latent_frames: int | None = None):
         root = Path(path)
         meta_file = root / "meta.json"
         if not meta_file.is_file():
@@ -84,16 +92,41 @@ class LatentCache(Dataset):
             latents.append(shard["latent"])
             labels.append(shard["label"])
         self.latents, self.labels = torch.cat(latents), torch.cat(labels)
+        if latent_frames is not None:
+            if not 1 <= latent_frames <= self.latents.shape[2]:
+                raise ValueError(f"latent_frames={latent_frames}: the cache {root} holds 1..{self.latents.shape[2]}")
+            self.latents = self.latents[:, :, :latent_frames]
         self.captions = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
         if not (len(self.latents) == len(self.labels) == len(self.captions) == self.meta["num_samples"]):
             raise ValueError(f"latent cache {root} is inconsistent: {len(self.latents)} latents, "
                              f"{len(self.captions)} captions, meta says {self.meta['num_samples']}")
+
+        self.root = root
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def __getitem__(self, i: int) -> dict:
         return {"latent": self.latents[i].float(), "caption": self.captions[i], "label": int(self.labels[i])}
+
+    def _text_file(self, encoder_sha256: str, max_len: int) -> Path:
+        return self.root / f"text-{encoder_sha256[:12]}-{max_len}.safetensors"
+
+    def load_text_encodings(self, encoder_sha256: str, max_len: int) -> tuple[list[str], torch.Tensor] | None:
+        """(unique captions, float16 [U, max_len, dim]) stored for this encoder, or None."""
+        path = self._text_file(encoder_sha256, max_len)
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            captions = json.loads(f.metadata()["captions"])
+            return captions, f.get_tensor("hidden")
+
+    def save_text_encodings(self, encoder_sha256: str, max_len: int, captions: list[str], hidden: torch.Tensor) -> None:
+        tensors = {"hidden": hidden.half().contiguous()}
+        _atomic_write(self._text_file(encoder_sha256, max_len),
+                      lambda tmp: save_file(tensors, tmp, metadata={"captions": json.dumps(captions)}))
 
 
 class ARDataModule(pl.LightningDataModule):

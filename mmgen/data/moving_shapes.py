@@ -23,7 +23,6 @@ Conventions (the metrics area relies on them):
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mmgen.data.captions import TEMPLATE_SETS, paraphrase
 from mmgen.data.clips import to_model_range
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -46,7 +46,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES = ("small", "large")
 MOTIONS = ("left", "right", "up", "down", "static", "bounce")
-BACKGROUNDS = ("plain", "textured")
+BACKGROUNDS = ("plain", "textured", "mixed")
 SPLITS = ("all", "train", "heldout")
 
 #: Object extent (side / diameter) as a fraction of the frame side.
@@ -64,15 +64,6 @@ _MOTION_PHRASE = {
     "static": "staying still",
     "bounce": "bouncing",
 }
-_PHRASE_MOTION = {phrase: motion for motion, phrase in _MOTION_PHRASE.items()}
-_OBJECT_RE = re.compile(
-    r"a ({sizes}) ({colors}) ({shapes}) ({phrases})".format(
-        sizes="|".join(SIZES),
-        colors="|".join(COLORS),
-        shapes="|".join(SHAPES),
-        phrases="|".join(_PHRASE_MOTION),
-    )
-)
 _DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _OVERLAP_TRIES = 100
 
@@ -105,20 +96,12 @@ def caption_of(objects: Sequence[ObjectSpec]) -> str:
 
 
 def parse_caption(text: str) -> list[ObjectSpec]:
-    """Inverse of :func:`caption_of`; raises ``ValueError`` for text outside the grammar."""
-    parts = text.strip().split(" and ")
-    if len(parts) > 2:
-        raise ValueError(f"caption {text!r} describes more than 2 objects")
-    objects = []
-    for part in parts:
-        match = _OBJECT_RE.fullmatch(part)
-        if match is None:
-            raise ValueError(
-                f"caption part {part!r} of {text!r} is not 'a <size> <color> <shape> <motion phrase>'"
-            )
-        size, color, shape, phrase = match.groups()
-        objects.append(ObjectSpec(shape=shape, color=color, size=size, motion=_PHRASE_MOTION[phrase]))
-    return objects
+    """Objects of a caption in any paraphrase of the grammar (see :mod:`mmgen.data.captions`);
+    raises ``ValueError`` for text outside it (a word it does not know, a missing size, colour,
+    shape or motion, more than 2 objects)."""
+    from mmgen.data.captions import parse_objects
+
+    return [ObjectSpec(**o) for o in parse_objects(text, require_size=True)]
 
 
 def class_names() -> list[str]:
@@ -152,12 +135,17 @@ class MovingShapes(Dataset):
         num_frames: frames per clip.
         seed: base seed; clip ``i`` depends only on ``(seed, i)`` and the other arguments.
         max_objects: 1 or 2; each clip has between 1 and ``max_objects`` objects.
-        background: ``"plain"`` (black) or ``"textured"`` (static dark grey noise).
+        background: ``"plain"`` (black), ``"textured"`` (static dark grey noise) or ``"mixed"``
+            (each clip draws one of the two).
         holdout: ``(color, shape)`` pairs never shown in the ``"train"`` split.
         split: ``"all"`` (no constraint), ``"train"`` (no object uses a held-out pair) or
             ``"heldout"`` (the first object, which gives the label, uses a held-out pair;
             further objects are unconstrained).
         fps: frame rate recorded with the clips (used when they are written to disk).
+        captions: ``"canonical"`` (:func:`caption_of`), or a random paraphrase from the
+            ``"train"`` or ``"heldout"`` templates of :mod:`mmgen.data.captions`. Paraphrases
+            and the mixed background draw from their own random streams, so the frames of a
+            clip do not depend on them.
     """
 
     def __init__(
@@ -171,6 +159,7 @@ class MovingShapes(Dataset):
         holdout: Sequence[tuple[str, str]] | None = None,
         split: str = "all",
         fps: int = 8,
+        captions: str = "canonical",
     ) -> None:
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
@@ -182,6 +171,8 @@ class MovingShapes(Dataset):
             raise ValueError(f"max_objects must be 1 or 2 (the caption grammar), got {max_objects}")
         if background not in BACKGROUNDS:
             raise ValueError(f"background={background!r} is not one of {list(BACKGROUNDS)}")
+        if captions not in TEMPLATE_SETS:
+            raise ValueError(f"captions={captions!r} is not one of {list(TEMPLATE_SETS)}")
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is not one of {list(SPLITS)}")
         self.holdout = frozenset(tuple(pair) for pair in (holdout or ()))
@@ -203,6 +194,7 @@ class MovingShapes(Dataset):
         self.background = background
         self.split = split
         self.fps = fps
+        self.captions = captions
         # Pixel-index grids shared by every render; shapes broadcast against [T, 1, 1] centres.
         self._xs = np.arange(size, dtype=np.float32)[None, None, :]
         self._ys = np.arange(size, dtype=np.float32)[None, :, None]
@@ -221,7 +213,7 @@ class MovingShapes(Dataset):
         rng = np.random.default_rng([self.seed, index])
         placed = self._draw_objects(rng)
         specs = [spec for spec, _, _ in placed]
-        frames = self._background(rng)
+        frames = self._background(rng, index)
         objects = []
         for spec, cx, cy in placed:
             mask = self._mask(spec, cx, cy)
@@ -229,7 +221,7 @@ class MovingShapes(Dataset):
             objects.append({**asdict(spec), **_ground_truth(mask)})
         return ShapesSample(
             frames=torch.from_numpy(frames),
-            caption=caption_of(specs),
+            caption=paraphrase(specs, np.random.default_rng([self.seed, index, 1]), self.captions),
             label=class_id(specs[0].color, specs[0].shape, specs[0].motion),
             objects=objects,
         )
@@ -297,9 +289,12 @@ class MovingShapes(Dataset):
 
     # -- rendering ---------------------------------------------------------------------
 
-    def _background(self, rng: np.random.Generator) -> np.ndarray:
+    def _background(self, rng: np.random.Generator, index: int) -> np.ndarray:
         s, t = self.size, self.num_frames
-        if self.background == "plain":
+        kind = self.background
+        if kind == "mixed":
+            kind = BACKGROUNDS[int(np.random.default_rng([self.seed, index, 2]).integers(2))]
+        if kind == "plain":
             return np.zeros((t, s, s, 3), dtype=np.uint8)
         # Blocky grey base plus a little per-channel noise: dark and almost colourless.
         cells = -(-s // 4)

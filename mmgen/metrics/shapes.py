@@ -41,7 +41,8 @@ import scipy.ndimage
 import torch
 from tqdm import tqdm
 
-from mmgen.data.moving_shapes import COLORS, SIZE_FRACTION, class_names, parse_caption
+from mmgen.data.captions import parse_objects
+from mmgen.data.moving_shapes import COLORS, SIZE_FRACTION, class_names
 from mmgen.io import VideoReadError, read_video
 from mmgen.metrics.vbench import temporal_flickering_video
 from mmgen.metrics.videos import list_videos
@@ -83,8 +84,10 @@ class Expected:
 
 
 def expected_from_caption(caption: str) -> Expected:
-    specs = parse_caption(caption)
-    return Expected([asdict(s) for s in specs], len(specs), "caption")
+    """Objects of a prompt in any paraphrase of the grammar (:mod:`mmgen.data.captions`);
+    a prompt that leaves the size open is scored on colour, shape and motion."""
+    objects = parse_objects(caption)
+    return Expected(objects, len(objects), "caption")
 
 
 def expected_from_class(class_id: int) -> Expected:
@@ -290,6 +293,10 @@ def summarize(records: list[dict]) -> dict:
     for key in (*ADHERENCE, "subject_consistency", "motion_magnitude"):
         summary[key] = mean_of(key, records)
     summary["dynamic_degree"] = mean_of("dynamic", records)
+    # two-object prompts whose objects are both present in their colours
+    pairs = [r for r in records if len(r.get("expected", ())) == 2]
+    summary["two_object_colors"] = {"mean": float(np.mean([r["color"] == 1.0 for r in pairs])) if pairs else None,
+                                    "n": len(pairs)}
     summary["temporal_flickering"] = mean_of("temporal_flickering", records)
     summary["temporal_flickering_static"] = mean_of(
         "temporal_flickering", [r for r in records if r.get("static_prompt")]

@@ -219,6 +219,7 @@ def _sample(args: argparse.Namespace) -> int:
         num_frames, changed = round_num_frames(args.num_frames, pipe.temporal_factor)
     except (ValueError, TypeError) as exc:
         raise UserError(str(exc)) from None
+    prompt_fields = _prompt_notes(pipe, prompts)
     if changed:
         print(f"mmgen sample: note: --num-frames {args.num_frames} is not of the form 1 + "
               f"{pipe.temporal_factor}k; generating {num_frames} frames", file=sys.stderr)
@@ -256,6 +257,7 @@ def _sample(args: argparse.Namespace) -> int:
                 prompt=c if prompts is not None else None,
                 class_id=None if prompts is not None else c,
                 seed=seed, model=model_name, num_frames=num_frames, fps=fps, settings=sampler_settings,
+                nearest=prompt_fields.get(c) if prompts is not None else None,
             )
             written += write_sample(os.path.join(out_dir, name + ".mp4"), frames, meta, fps=fps, gif=args.gif)
             videos.append(frames)
@@ -267,6 +269,19 @@ def _sample(args: argparse.Namespace) -> int:
         written.append(grid)
     print(f"wrote {len(videos)} video(s) to {out_dir}")
     return 0
+
+
+def _prompt_notes(pipe, prompts) -> dict:
+    """Print one line per prompt the user should know about (empty, truncated, far from the
+    training captions); return the nearest-caption fields of each prompt for the sidecars."""
+    if prompts is None:
+        return {}
+    from mmgen.pipelines.prompts import prompt_report
+
+    fields, notes = prompt_report(pipe.transformer, prompts)
+    for note in notes:
+        print(f"mmgen sample: note: {note}", file=sys.stderr)
+    return fields
 
 
 def _check_seed(seed: int) -> None:

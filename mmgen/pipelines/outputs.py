@@ -2,7 +2,9 @@
 
 Sidecar contract (the metrics read it):
 ``{"prompt": str | null, "class_id": int | null, "seed": int, "model": str,
-"num_frames": int, "fps": int, "settings": {...}}``.
+"num_frames": int, "fps": int, "settings": {...}}``, plus for text models
+``"nearest_training_caption": str | null, "nearest_similarity": float | null`` (the closest
+caption the generator was trained on; :mod:`mmgen.pipelines.prompts`).
 
 Every file is written atomically (temporary file + rename), and the output folder is
 checked for writability *before* any sampling starts, so a bad path fails in a second,
@@ -62,9 +64,10 @@ def slug(text: str, max_len: int = 48) -> str:
 
 
 def sidecar(prompt: str | None, class_id: int | None, seed: int, model: str, num_frames: int, fps: int,
-            settings: dict) -> dict:
-    """The sidecar dict, exactly the fields of the contract."""
+            settings: dict, nearest: dict | None = None) -> dict:
+    """The sidecar dict, exactly the fields of the contract (``nearest``: the nearest-caption fields)."""
     return {
+        **(nearest or {}),
         "prompt": prompt,
         "class_id": None if class_id is None else int(class_id),
         "seed": int(seed),
