@@ -32,6 +32,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from mmgen.nn import Block, KVCache, RMSNorm, Rope3D
+from mmgen.nn.sgt import SGTLoop, SGTScheduler
 
 from . import text as text_tokens
 from .layout import GroupLayout
@@ -69,6 +70,13 @@ class VideoAR(ModelMixin, ConfigMixin):
       frame_window: Random Frame Mask window w (None = every past frame is visible)
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU)
       grad_checkpointing: recompute blocks in backward
+      Depth options (mmgen.nn.sgt / mmgen.nn.itt; all off by default = the plain model):
+      sgt: Sparse Growing Transformer attention loops on layers 1..depth-1, scheduled by
+        ``sgt_step``; sgt_warmup, sgt_window (>= 1: optimiser steps, < 1: fraction of the run),
+        sgt_top_k, sgt_max_layers, sgt_keep_heads, sgt_ema
+      itt_layers: layers with Inner-Thinking-Transformer thinking steps; itt_steps (1 = plain),
+        itt_frac (top fraction of every group's tokens routed to each extra step)
+      loop_layers: layers run twice as a whole block (static block looping, a baseline)
     """
 
     @register_to_config
@@ -78,7 +86,11 @@ class VideoAR(ModelMixin, ConfigMixin):
                  num_classes: int = 192, max_text_len: int = 96, head: str = "bits",
                  codebook_size: int | None = None, pos_mode: str = "own_grid", rope_base: float = 10000.0,
                  rope_axes: Sequence[int] | None = None, frame_window: int | None = None,
-                 attn_backend: str = "auto", grad_checkpointing: bool = False):
+                 attn_backend: str = "auto", grad_checkpointing: bool = False, sgt: bool = False,
+                 sgt_warmup: float = 0.1, sgt_window: float = 0.1, sgt_top_k: int = 3,
+                 sgt_max_layers: int = 3, sgt_keep_heads: int = 2, sgt_ema: float = 0.5,
+                 itt_layers: Sequence[int] | None = None, itt_steps: int = 2, itt_frac: float = 0.5,
+                 loop_layers: Sequence[int] | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -100,7 +112,9 @@ class VideoAR(ModelMixin, ConfigMixin):
         self.rope = Rope3D(width // heads, rope_axes, rope_base)
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio, qk_norm=qk_norm, backend=attn_backend,
-                  checkpointing=grad_checkpointing) for _ in range(depth))
+                  checkpointing=grad_checkpointing, **self._depth_options(i)) for i in range(depth))
+        self.sgt_scheduler = (SGTScheduler(sgt_warmup, sgt_window, sgt_top_k, sgt_max_layers)
+                              if sgt else None)
         self.norm = RMSNorm(width)
         self.out_proj = nn.Linear(width, self.out_dim, bias=False)
         self._layouts: dict[int, GroupLayout] = {}
@@ -114,6 +128,24 @@ class VideoAR(ModelMixin, ConfigMixin):
                 nn.init.normal_(p, std=std)
         nn.init.normal_(self.sos, std=0.02)
         nn.init.zeros_(self.out_proj.weight)  # start at chance: every bit logit 0 -> loss ln 2
+
+    def _depth_options(self, layer: int) -> dict:
+        cfg = self.config
+        if cfg.sgt and layer > 0:  # SGT never loops layer 0
+            return {"sgt": {"keep_heads": cfg.sgt_keep_heads, "ema": cfg.sgt_ema}}
+        if layer in (cfg.itt_layers or ()):
+            return {"itt": {"steps": cfg.itt_steps, "frac": cfg.itt_frac}}
+        if layer in (cfg.loop_layers or ()):
+            return {"repeat": 2}
+        return {}
+
+    def sgt_loops(self) -> dict[int, SGTLoop]:
+        """{layer: SGTLoop} of the layers SGT may loop (empty without sgt)."""
+        return {i: b.sgt for i, b in enumerate(self.blocks) if b.sgt is not None}
+
+    def sgt_step(self, step: int, total_steps: int) -> int | None:
+        """Advance the SGT schedule once per optimiser step; returns a newly selected layer."""
+        return self.sgt_scheduler.step(self.sgt_loops(), step, total_steps)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         for block in self.blocks:
@@ -209,8 +241,9 @@ class VideoAR(ModelMixin, ConfigMixin):
         x = torch.cat([prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))], dim=1)
         rope = self._rope(layout.pos)
         mask = layout.attention_mask(frame_keep.cpu() if frame_keep is not None else None).to(self.device)
+        groups = layout.group_id.to(self.device)
         for block in self.blocks:
-            x = block(x, rope, mask)
+            x = block(x, rope, mask, groups=groups)
         return self._output(x[:, layout.prefix_len:])
 
     # ------------------------------------------------------------------ KV-cached decoding
@@ -237,8 +270,9 @@ class VideoAR(ModelMixin, ConfigMixin):
         else:  # the (causal) text prefix, or a frame window: rows of the layout's mask
             mask = layout.group_mask()[tokens, :tokens.stop].to(self.device)
         rope = self._rope(layout.pos[tokens])
+        groups = layout.group_id[tokens].to(self.device)
         for block, kv in zip(self.blocks, cache.layers):
-            x = block(x, rope, mask, kv_cache=kv)
+            x = block(x, rope, mask, kv_cache=kv, groups=groups)
         return x
 
     @torch.no_grad()
