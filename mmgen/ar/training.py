@@ -199,6 +199,8 @@ class ARModule(pl.LightningModule):
             decay = self.hparams.ema_decay
             for e, p in zip(self.ema.parameters(), self.model.parameters()):
                 e.lerp_(p.detach().to(e.dtype), 1 - decay)
+            for e, b in zip(self.ema.buffers(), self.model.buffers()):
+                e.copy_(b)  # state such as SGT's loops and kept heads is not averaged
 
     def configure_optimizers(self):
         hp = self.hparams
