@@ -48,7 +48,7 @@ def forward_flops(config: dict, num_frames: int | None = None, loop_heads: Seque
     attention = 2 * depth * 2 * C * pairs
     layer_total = 2 * (layout.length * per_layer + 2 * C * pairs)
     extra = len(c.get("loop_layers") or ()) * layer_total
-    itt_layers, steps = len(c.get("itt_layers") or ()), c.get("itt_steps", 1)
+    itt_layers, steps = len(c.get("itt_layers") or ()), c.get("itt_steps", 2)
     if itt_layers and steps > 1:
         sizes = torch.bincount(layout.group_id, minlength=layout.num_groups)
         routed = torch.ceil(sizes.double() * c.get("itt_frac", 0.5)).long().clamp(min=1)
