@@ -5,7 +5,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from mmgen.io import atomic_path
+from mmgen.io import save_figure
 from mmgen.tokenizer.module import AtomicModelCheckpoint
 
 
@@ -73,8 +73,4 @@ class LossCurve(pl.Callback):
         ax.set_ylabel("loss")
         ax.legend()
         fig.tight_layout()
-        try:
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, dpi=100)
-        finally:
-            plt.close(fig)
+        save_figure(fig, path)

@@ -216,7 +216,7 @@ def plot_trace(trace: list[dict], num_layers: int, last_step: int, path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmgen.io import atomic_path
+    from mmgen.io import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 0.4 * num_layers + 1.5))
     for item in trace:
@@ -232,8 +232,4 @@ def plot_trace(trace: list[dict], num_layers: int, last_step: int, path) -> None
     ax.set_ylabel("layer")
     ax.set_title("SGT attention loops (hatched: all heads, decaying; solid: kept heads only)", fontsize=9)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
