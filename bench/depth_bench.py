@@ -91,6 +91,9 @@ def run_one(args, variant: str, seed: int, loop_layers: list[int] | None) -> dic
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             record["seconds"] += time.perf_counter() - self.t0
+            if trainer.global_step % 20 == 0:
+                print(f"step {trainer.global_step} loss {float(outputs['loss']):.4f} "
+                      f"{record['seconds']:.0f}s", flush=True)
 
     trainer = pl.Trainer(accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Meter()],
@@ -159,7 +162,7 @@ def main(argv=None):
     p.add_argument("--tokenizer", default="mmgen/assets/default/tokenizer")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=160)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--frames", type=int, default=2, help="latent frames per clip (the caches hold 5)")

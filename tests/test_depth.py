@@ -292,3 +292,11 @@ def test_resuming_mid_schedule_continues_exactly(tmp_path):
     assert (tmp_path / "b" / "sgt_trace.png").stat().st_size > 1000
     # the EMA copy exported by `mmgen ar export` loops the same heads
     assert torch.equal(resumed.ema.blocks[2].sgt.kept, resumed.model.blocks[2].sgt.kept)
+
+
+def test_conflicting_depth_options_are_refused():
+    for bad in (dict(sgt=True, itt_layers=[1]), dict(itt_layers=[1], loop_layers=[1]), dict(loop_layers=[4])):
+        with pytest.raises(ValueError, match="depth options"):
+            VideoAR(**GEN, **bad)
+    with pytest.raises(ValueError, match="at most one"):
+        Block(32, 4, sgt={}, repeat=2)

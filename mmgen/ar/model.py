@@ -98,6 +98,10 @@ class VideoAR(ModelMixin, ConfigMixin):
             raise ValueError(f"VideoAR: head={head!r} must be one of {HEADS}")
         if head == "index" and not codebook_size:
             raise ValueError("VideoAR: head='index' needs codebook_size")
+        itt, loops = set(itt_layers or ()), set(loop_layers or ())
+        if (sgt and (itt or loops)) or itt & loops or not itt | loops <= set(range(depth)):
+            raise ValueError(f"VideoAR: depth options need distinct layers in 0..{depth - 1} and SGT "
+                             f"alone (sgt={sgt}, itt_layers={itt_layers}, loop_layers={loop_layers})")
         self.scales = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in scales]
         self.prefix_len = 1 if cond == "class" else max_text_len
         self.out_dim = bits if head == "bits" else int(codebook_size)
