@@ -6,7 +6,7 @@
 Rows (same q/k/v, same layout):
   dense (no mask)       SDPA without a mask — FlashAttention on CUDA; the baseline (ratio 1.00)
   sdpa + dense mask     SDPA with the materialised bool [L, L] group-causal mask (the reference path)
-  flex + block mask     mmgen.nn.attention(backend="flex"): compiled on CUDA, skips masked tiles
+  flex + block mask     mmgen.nn.attention.flex: compiled on CUDA, skips masked tiles
 Times are medians over --iters runs after warm-up, forward only or forward+backward (--backward).
 The block mask is built once per layout (its build time is printed separately).
 ``--json PATH`` also writes the rows for bench/gpu_check.sh.
@@ -22,6 +22,7 @@ from benchutil import median_seconds, sync, write_json
 
 from mmgen.ar.layout import GroupLayout
 from mmgen.nn import attention
+from mmgen.nn.attention import flex
 
 
 def main(argv=None):
@@ -64,10 +65,10 @@ def main(argv=None):
     rows = [
         ("dense (no mask)", run(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))),
         ("sdpa + dense mask", run(lambda: attention(q, k, v, mask, backend="sdpa"))),
-        ("flex + block mask", run(lambda: attention(q, k, v, mask, backend="flex"))),
+        ("flex + block mask", run(lambda: flex(q, k, v, mask))),
     ]
     with torch.no_grad():
-        err = (attention(q, k, v, mask, backend="flex").float() - attention(q, k, v, mask, backend="sdpa").float()).abs().max()
+        err = (flex(q, k, v, mask).float() - attention(q, k, v, mask, backend="sdpa").float()).abs().max()
     allowed = layout.allowed_pairs()
     print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}) torch={torch.__version__} "
           f"dtype={dtype} L={L} ({args.frames} frames x scales {args.scales} + prefix {args.prefix}) "

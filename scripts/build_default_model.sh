@@ -5,7 +5,7 @@
 #   TOKENIZER=DIR scripts/build_default_model.sh   # reuse an exported tokenizer folder
 #
 # Steps: (1) tiny VideoTokenizer on MovingShapes (configs/tokenizer/moving_shapes_tiny.yaml);
-# (2) latent cache of the default caption slice (mmgen.pipelines.default_model: one large
+# (2) latent cache of the default caption slice (mmgen.data.default_model: one large
 # circle, 8 colours, moving left/right/up/down); (3) text-conditional tiny VideoAR
 # (configs/generator/moving_shapes_default.yaml); (4) pipeline folder with the default sampling settings
 # (configs/sample/default.yaml) -> mmgen/assets/default; (5) samples of every training caption and the
@@ -27,13 +27,13 @@ mkdir -p "$RUN"
 if [ -z "$TOKENIZER" ]; then
   echo "== (1) tokenizer (run folder runs/tokenizer_tiny, as configured)"
   mmgen tokenizer fit --config configs/tokenizer/moving_shapes_tiny.yaml
-  mmgen tokenizer export runs/tokenizer_tiny/checkpoints/last.ckpt runs/tokenizer_tiny/export
+  mmgen tokenizer export runs/tokenizer_tiny/checkpoints/last.ckpt runs/tokenizer_tiny/export --overwrite
   TOKENIZER=runs/tokenizer_tiny/export
 fi
 
 echo "== (2) latent cache ($NUM_SAMPLES clips)"
 mmgen ar tokenize --tokenizer "$TOKENIZER" --out "$RUN/latents" \
-    --dataset mmgen.pipelines.default_model.DefaultModelShapes \
+    --dataset mmgen.data.default_model.DefaultModelShapes \
     --dataset-args "{\"num_samples\": $NUM_SAMPLES, \"seed\": 0}" --batch-size 16 --device cpu
 
 echo "== (3) generator"
@@ -43,11 +43,11 @@ mmgen ar fit --config configs/generator/moving_shapes_default.yaml \
     --data.train.init_args.path "$RUN/latents" \
     --trainer.default_root_dir "$RUN/generator" --trainer.logger.init_args.save_dir "$RUN/generator"
 CKPT=$(find "$RUN/generator" -name last.ckpt -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)
-mmgen ar export "$CKPT" "$RUN/export"
+mmgen ar export "$CKPT" "$RUN/export" --overwrite
 
 echo "== (4) pipeline folder -> $OUT"
-python -m mmgen.pipelines.assemble --tokenizer "$RUN/export/tokenizer" --generator "$RUN/export/generator" \
-    --sampling configs/sample/default.yaml --out "$OUT"
+python -m mmgen.pipelines.assemble --tokenizer "$RUN/export/tokenizer" --generator "$RUN/export/transformer" \
+    --sampling configs/sample/default.yaml --out "$OUT" --overwrite
 
 echo "== (5) samples + MovingShapes benchmark"
 rm -rf "$RUN/eval"

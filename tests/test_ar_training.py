@@ -71,7 +71,8 @@ def test_cli_fit_resume_export(tmp_path):
                          weights_only=True)
     assert resumed["global_step"] == 5
     assert main(["export", str(last), str(tmp_path / "export")]) == 0
-    gen = VideoAR.from_pretrained(tmp_path / "export" / "generator")
+    assert (tmp_path / "export" / "model_index.json").is_file()  # a pipeline folder `mmgen sample` loads
+    gen = VideoAR.from_pretrained(tmp_path / "export" / "transformer")
     assert gen.config.width == 64
     assert json.loads((tmp_path / "export" / "tokenizer" / "config.json").read_text())["sample_size"] == 32
     state = torch.load(last, weights_only=True)["state_dict"]
@@ -81,7 +82,7 @@ def test_cli_fit_resume_export(tmp_path):
 def test_nan_loss_stops_with_message_and_keeps_no_bad_checkpoint(tmp_path):
     import lightning.pytorch as pl
 
-    from mmgen.ar.data import ARDataModule
+    from mmgen.data.latents import ARDataModule
     from mmgen.data import MovingShapes
 
     module = ARModule(preset=None, generator=GEN, tokenizer_config=TOK)
@@ -96,7 +97,7 @@ def test_nan_loss_stops_with_message_and_keeps_no_bad_checkpoint(tmp_path):
 
 
 def test_latent_cache_roundtrip(tmp_path):
-    from mmgen.ar.data import LatentCache, tokenize_dataset
+    from mmgen.data.latents import LatentCache, tokenize_dataset
     from mmgen.ar.training import load_tokenizer
     from mmgen.data import MovingShapes
 
@@ -137,7 +138,7 @@ def test_run_checkpoint_keeps_the_final_step(tmp_path):
     import lightning.pytorch as pl
 
     from mmgen.ar.callbacks import RunCheckpoint
-    from mmgen.ar.data import ARDataModule
+    from mmgen.data.latents import ARDataModule
     from mmgen.data import MovingShapes
 
     module = ARModule(preset=None, generator=GEN, tokenizer_config=TOK)

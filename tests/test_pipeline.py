@@ -140,7 +140,7 @@ def test_assemble_writes_a_loadable_folder(pipe, tmp_path):
 
 def test_default_model_slice():
     from mmgen.data.moving_shapes import parse_caption
-    from mmgen.pipelines.default_model import DEFAULT_PROMPTS, DefaultModelShapes
+    from mmgen.data.default_model import DEFAULT_PROMPTS, DefaultModelShapes
 
     assert len(DEFAULT_PROMPTS) == 32 and len(set(DEFAULT_PROMPTS)) == 32
     ds = DefaultModelShapes(6, seed=1)

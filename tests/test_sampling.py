@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmgen.ar.model import VideoAR
-from mmgen.ar.sampling import SamplerSettings, effective_window, forward_steps, sample_bits, sample_codes
+from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_bits, sample_codes
 from mmgen.tokenizer import BitwiseResidualQuantizer
 
 SCALES = [(1, 1), (2, 2), (3, 3)]
@@ -142,10 +142,10 @@ def test_settings_and_window_errors():
     s = SamplerSettings.from_dict({"guidance": "adaptive", "temperature": 0.9})
     assert SamplerSettings.from_dict(s.to_dict()) == s
     with pytest.raises(ValueError, match="without a frame window"):
-        effective_window(tiny_model(), 2)
+        tiny_model().decoding_window(2)
     with pytest.raises(ValueError, match="exceeds"):
-        effective_window(tiny_model(frame_window=1), 2)
-    assert effective_window(tiny_model(frame_window=2), None) == 2
+        tiny_model(frame_window=1).decoding_window(2)
+    assert tiny_model(frame_window=2).decoding_window(None) == 2
     with pytest.raises(ValueError, match="out of range"):
         decode(tiny_model(), [9], 1, [0])
 
@@ -170,3 +170,33 @@ def test_decoding_inputs_equal_the_teacher_forcing_inputs(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(out, codes))
     for a, b in zip(seen["inputs"], q.next_scale_inputs(codes)):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- index head (VQ)
+def test_sample_indices_follows_the_distribution_and_top_p():
+    from mmgen.ar.sampling import sample_indices
+
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1])).expand(6000, 3)
+    idx = sample_indices(logits, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(idx, minlength=3).float() / len(idx)
+    assert torch.allclose(freq, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
+    nucleus = sample_indices(logits, top_p=0.8, generator=torch.Generator().manual_seed(0))
+    assert set(nucleus.unique().tolist()) == {0, 1}  # 0.6 + 0.3 covers 0.8; code 2 is cut
+    assert torch.equal(sample_indices(logits[:3], temperature=0), torch.zeros(3, dtype=torch.long))
+
+
+def test_index_head_cached_equals_recompute():
+    from mmgen.tokenizer import IndexResidualQuantizer
+
+    torch.manual_seed(0)
+    model = VideoAR(bits=BITS, scales=SCALES, num_frames=3, width=32, depth=2, heads=2, cond="class",
+                    num_classes=5, head="index", codebook_size=16, attn_backend="sdpa")
+    torch.nn.init.normal_(model.out_proj.weight, std=0.5)
+    model.eval()
+    q = IndexResidualQuantizer(BITS, SCALES, codebook_size=16).eval()
+    out = [sample_codes(model, q, [0, 3], 3, SamplerSettings(guidance=2.0, use_cache=c), generator=gens([7, 8]))
+           for c in (True, False)]
+    assert [tuple(c.shape) for c in out[0]] == [(2, 3, h, w) for h, w in SCALES]
+    assert all(c.dtype == torch.long and int(c.max()) < 16 for c in out[0])
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+    assert q.codes_to_latent(out[0]).shape[:3] == (2, BITS, 3)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmgen.ar.model import VideoAR
-from mmgen.ar.sampling import CachedStepper, RecomputeStepper, SamplerSettings, sample_codes
+from mmgen.ar.sampling import RecomputeStepper, SamplerSettings, sample_codes
 from mmgen.tokenizer import BitwiseResidualQuantizer
 
 pytestmark = [pytest.mark.cuda,
@@ -37,12 +37,13 @@ def test_bf16_cache_logits_match_recompute():
     codes = [torch.randn(2, 3, h, w, 8, device="cuda").sign() for h, w in SCALES]
     inputs = q.next_scale_inputs(codes)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        cached = CachedStepper(model, rows, 3, None)
-        assert cached.cache.layers[0].k.dtype == torch.bfloat16
+        cache = model.new_cache(2, 3)
+        assert cache.layers[0].k.dtype == torch.bfloat16
+        model.prefill(cache, rows)
         reference = RecomputeStepper(model, rows, 3, None)
         for t in range(3):
             for k in range(len(SCALES)):
-                a = cached.logits(inputs[k][:, t], t, k)
-                b = reference.logits(inputs[k][:, t], t, k)
+                a = model.forward_group(cache, inputs[k][:, t], t, k)
+                b = reference(inputs[k][:, t], t, k)
                 assert torch.allclose(a, b, atol=0.1, rtol=0.05)
                 assert ((a > 0) == (b > 0)).float().mean() > 0.97

@@ -12,7 +12,8 @@ from mmgen.data.moving_shapes import MovingShapes
 from mmgen.io import write_video
 from mmgen.tokenizer import VideoTokenizer
 from mmgen.tokenizer.cli import main
-from mmgen.tokenizer.module import AtomicModelCheckpoint, NonFiniteLossError, TokenizerModule
+from mmgen.checkpoint import AtomicModelCheckpoint
+from mmgen.tokenizer.module import NonFiniteLossError, TokenizerModule
 
 TINY = dict(
     base_channels=8, channel_mult=[1, 1, 2], temporal_downsample=[True, True], latent_dim=8,
@@ -27,7 +28,7 @@ def _config(run, steps, tokenizer=TINY, gan_weight=0.0):
             "accelerator": "cpu", "devices": 1, "max_steps": steps, "default_root_dir": str(run),
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                        "init_args": {"save_dir": str(run), "name": "logs"}},
-            "callbacks": [{"class_path": "mmgen.tokenizer.module.AtomicModelCheckpoint",
+            "callbacks": [{"class_path": "mmgen.checkpoint.AtomicModelCheckpoint",
                            "init_args": {"dirpath": str(run / "checkpoints"), "every_n_train_steps": 1,
                                          "save_last": True}}],
             "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
@@ -35,7 +36,7 @@ def _config(run, steps, tokenizer=TINY, gan_weight=0.0):
         },
         "model": {"tokenizer": tokenizer, "warmup_steps": 1, "gan_weight": gan_weight, "gan_start_step": 0,
                   "gan_warmup_steps": 1, "disc_channels": 4},
-        "data": {"class_path": "mmgen.tokenizer.data.InMemoryShapesDataModule",
+        "data": {"class_path": "mmgen.data.in_memory.InMemoryShapesDataModule",
                  "init_args": {"num_train": 2, "num_val": 1, "size": 32, "num_frames": 9, "train_frames": 5,
                                "batch_size": 2, "val_batch_size": 1}},
     }
@@ -127,8 +128,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
 
 
 def test_export_rejects_missing_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    from mmgen.cli_utils import UserError
+
+    with pytest.raises(UserError, match="checkpoint .*nope.ckpt not found"):
         main(["export", str(tmp_path / "nope.ckpt"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not os.environ.get("MMGEN_LPIPS_VGG"), reason="needs local LPIPS weights (MMGEN_LPIPS_VGG/_LIN)")

@@ -18,20 +18,21 @@ Sequence (see :mod:`mmgen.ar.layout`)::
 * Attention is group-causal (the layout's mask) with 3-D rotary positions (t, h, w).
 
 Training uses :meth:`VideoAR.forward` (all groups at once, teacher forcing); sampling uses
-:meth:`new_cache`, :meth:`prefill` and :meth:`forward_group` (one group at a time, KV-cached).
+:meth:`new_cache`, :meth:`prefill` and :meth:`forward_group` (one group at a time, KV-cached): the
+model owns the decoding state (:class:`ARCache`: keys/values, frame window and eviction, rotary
+tables), a sampler only drives the steps.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from mmgen.nn import Block, KVCache, RMSNorm, Rope3D
+from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, upgrade_state_dict
 from mmgen.nn.sgt import SGTLoop, SGTScheduler
 
 from . import text as text_tokens
@@ -41,18 +42,33 @@ CONDITIONS = ("class", "text")
 HEADS = ("bits", "index")
 
 
-@dataclass
 class ARCache:
-    """State of KV-cached decoding: the layout, one KVCache per block, and the next group due."""
+    """State of KV-cached decoding for ``batch_size`` rows, owned and advanced by :class:`VideoAR`.
 
-    layout: GroupLayout
-    layers: list[KVCache]
-    batch_size: int
-    next_group: int = 0  # index into the layout's groups; prefix groups are filled by prefill()
+    Holds one :class:`KVCache` per block, the next group due and the frame window. With a
+    window ``w`` the cache keeps the prefix plus at most ``w + 1`` frames: when frame ``t``
+    starts, the keys/values of frame ``t - w - 1`` are dropped (the layout's structural window),
+    so memory is bounded however long the video. Every cached token is then visible to the new
+    group, so visual groups attend to the whole cache with no mask. Positions come from the
+    absolute layout (rotary positions keep growing with t); the rotary table of a frame is built
+    once when the frame starts and sliced per group.
+    """
+
+    def __init__(self, layout: GroupLayout, layers: list[KVCache], batch_size: int, window: int | None):
+        self.layout, self.layers, self.batch_size, self.window = layout, layers, batch_size, window
+        self.next_group = 0  # index into the layout's groups; prefix groups are filled by prefill()
+        self.frames_cached = 0
+        self.frame_rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin) of the current frame
 
     @property
     def length(self) -> int:
         return self.layers[0].length
+
+    def evict_oldest_frame(self) -> None:
+        P, n = self.layout.prefix_len, self.layout.tokens_per_frame
+        for kv in self.layers:
+            kv.drop(P, n)
+        self.frames_cached -= 1
 
 
 class VideoAR(ModelMixin, ConfigMixin):
@@ -68,8 +84,6 @@ class VideoAR(ModelMixin, ConfigMixin):
       pos_mode: "own_grid" (VideoAR) or "finest_grid" (coarse scales centre-aligned on the finest grid)
       rope_base, rope_axes: Rope3D base and (t, h, w) split of the head dim (None = 1/4, 3/8, 3/8)
       frame_window: Random Frame Mask window w (None = every past frame is visible)
-      attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU)
-      grad_checkpointing: recompute blocks in backward
       Depth options (mmgen.nn.sgt / mmgen.nn.itt; all off by default = the plain model):
       sgt: Sparse Growing Transformer attention loops on layers 1..depth-1, scheduled by
         ``sgt_step``; sgt_warmup, sgt_window (>= 1: optimiser steps, < 1: fraction of the run),
@@ -77,7 +91,14 @@ class VideoAR(ModelMixin, ConfigMixin):
       itt_layers: layers with Inner-Thinking-Transformer thinking steps; itt_steps (1 = plain),
         itt_frac (top fraction of every group's tokens routed to each extra step)
       loop_layers: layers run twice as a whole block (static block looping, a baseline)
+
+    Runtime choices, arguments but not saved config (old configs that hold them still load):
+      attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU);
+        see :meth:`set_attention_backend`; every backend computes the same function
+      grad_checkpointing: recompute blocks in backward; see :meth:`set_gradient_checkpointing`
     """
+
+    ignore_for_config = ["attn_backend", "grad_checkpointing"]
 
     @register_to_config
     def __init__(self, bits: int = 16, scales: Sequence = ((1, 1), (2, 2), (4, 4), (8, 8)),
@@ -124,6 +145,16 @@ class VideoAR(ModelMixin, ConfigMixin):
         self._layouts: dict[int, GroupLayout] = {}
         self._init_weights()
 
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # configs saved before the runtime choices left the config still hold them: drop them quietly
+        config_dict = {k: v for k, v in config_dict.items() if k not in cls.ignore_for_config}
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
+        super()._fix_state_dict_keys_on_load(state_dict)
+        upgrade_state_dict(self, state_dict)  # checkpoints from before the fused SwiGLU projection
+
     def _init_weights(self) -> None:
         for name, p in self.named_parameters():
             if p.ndim == 2:
@@ -154,6 +185,16 @@ class VideoAR(ModelMixin, ConfigMixin):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         for block in self.blocks:
             block.checkpointing = enabled
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Choose the attention kernel for this run (the saved ``attn_backend`` is only the default
+        it was trained with; every backend computes the same function)."""
+        from mmgen.nn.attention import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+        for block in self.blocks:
+            block.attn.backend = backend
 
     # ------------------------------------------------------------------ layout & condition
     def layout(self, num_frames: int | None = None) -> GroupLayout:
@@ -251,30 +292,45 @@ class VideoAR(ModelMixin, ConfigMixin):
         return self._output(x[:, layout.prefix_len:])
 
     # ------------------------------------------------------------------ KV-cached decoding
-    def new_cache(self, batch_size: int, num_frames: int | None = None, dtype: torch.dtype | None = None) -> ARCache:
-        """Empty KV cache for ``batch_size`` rows (cond and uncond rows of CFG count separately).
+    def decoding_window(self, window: int | None = None) -> int | None:
+        """Frames of history kept while decoding: ``window`` if given, else the trained
+        ``frame_window`` (``None`` = all). A window is only allowed when the model was trained
+        with one, and never wider than that one: the model has not learned to look further."""
+        trained = self.config.frame_window
+        if window is None:
+            return trained
+        if trained is None:
+            raise ValueError("this model was trained without a frame window (Random Frame Mask), so it needs "
+                             "every past frame; for long videos chain continuations (VideoARPipeline.extend)")
+        if window > trained:
+            raise ValueError(f"window {window} exceeds the model's trained frame window {trained}")
+        return int(window)
 
+    def new_cache(self, batch_size: int, num_frames: int | None = None, window: int | None = None,
+                  dtype: torch.dtype | None = None) -> ARCache:
+        """Empty decoding state for ``batch_size`` rows (cond and uncond rows of CFG count separately).
+
+        window: frames of keys/values kept (see :meth:`decoding_window`; default the trained window).
         dtype: storage dtype of keys/values; default = the autocast dtype when autocast is on for
         the model's device, else the model's parameter dtype.
         """
-        layout = self.layout(num_frames)
+        window = self.decoding_window(window)
+        n = int(num_frames or self.config.num_frames)
+        # The window is enforced by eviction; the layout gives positions and the prefix's mask,
+        # which a window does not change.
+        layout = self.layout(n)
         if dtype is None:
             dev = self.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.dtype
+        kept = n if window is None else min(n, window + 1)
+        max_len = layout.prefix_len + kept * layout.tokens_per_frame
         head_dim = self.config.width // self.config.heads
-        layers = [KVCache(batch_size, self.config.heads, layout.length, head_dim, dtype, self.device)
+        layers = [KVCache(batch_size, self.config.heads, max_len, head_dim, dtype, self.device)
                   for _ in self.blocks]
-        return ARCache(layout, layers, batch_size)
+        return ARCache(layout, layers, batch_size, window)
 
-    def _run_cached(self, cache: ARCache, x: torch.Tensor, tokens: slice) -> torch.Tensor:
-        layout = cache.layout
-        single_group = bool((layout.group_id[tokens] == layout.group_id[tokens.start]).all())
-        if single_group and layout.window is None:
-            mask = None  # one group sees everything cached so far, itself included
-        else:  # the (causal) text prefix, or a frame window: rows of the layout's mask
-            mask = layout.group_mask()[tokens, :tokens.stop].to(self.device)
-        rope = self._rope(layout.pos[tokens])
-        groups = layout.group_id[tokens].to(self.device)
+    def _run_cached(self, cache: ARCache, x: torch.Tensor, rope, mask, groups=None) -> torch.Tensor:
+        # groups: ITT routing groups of the chunk (None = one group: a visual group is one)
         for block, kv in zip(self.blocks, cache.layers):
             x = block(x, rope, mask, kv_cache=kv, groups=groups)
         return x
@@ -287,9 +343,20 @@ class VideoAR(ModelMixin, ConfigMixin):
         tokens = self.condition_tokens(cond)
         if tokens.shape[0] != cache.batch_size:
             raise ValueError(f"prefill: condition batch {tokens.shape[0]} != cache batch {cache.batch_size}")
-        P = cache.layout.prefix_len
-        self._run_cached(cache, self.cond_embed(tokens), slice(0, P))
+        layout, P = cache.layout, cache.layout.prefix_len
+        # a class token needs no mask; a text prefix is causal (the layout's visibility of it)
+        mask = layout.attention_mask().rows(slice(0, P), P).to(self.device) if P > 1 else None
+        self._run_cached(cache, self.cond_embed(tokens), self._rope(layout.pos[:P]), mask,
+                         layout.group_id[:P].to(self.device))
         cache.next_group = P
+
+    def _start_frame(self, cache: ARCache, t: int) -> None:
+        if cache.window is not None and cache.frames_cached > cache.window:
+            cache.evict_oldest_frame()
+        cache.frames_cached += 1
+        frame = cache.layout.group_slice(t, 0).start
+        cos, sin = self._rope(cache.layout.pos[frame:frame + cache.layout.tokens_per_frame])
+        cache.frame_rope = cos, sin
 
     @torch.no_grad()
     def forward_group(self, cache: ARCache, inputs: torch.Tensor | None, t: int, k: int) -> torch.Tensor:
@@ -308,15 +375,19 @@ class VideoAR(ModelMixin, ConfigMixin):
             expected = int(layout.group_frame[cache.next_group]), int(layout.group_scale[cache.next_group])
             raise RuntimeError(f"forward_group: groups must be fed in order; expected (frame, scale) = {expected}, got ({t}, {k})")
         h, w = layout.scales[k]
-        B = cache.batch_size
-        if t == 0 and k == 0 and inputs is None:
-            inputs = torch.zeros(B, h, w, self.config.bits, device=self.device)
-        if tuple(inputs.shape) != (B, h, w, self.config.bits):
-            raise ValueError(f"forward_group({t}, {k}): inputs must be [{B}, {h}, {w}, {self.config.bits}], "
-                             f"got {tuple(inputs.shape)}")
-        scale_id = torch.full((h * w,), k, device=self.device)
-        x = self._embed_visual(inputs.reshape(B, h * w, -1).to(self.device), scale_id,
-                               slice(None) if (t, k) == (0, 0) else None)
-        out = self._run_cached(cache, x, layout.group_slice(t, k))
+        B, d = cache.batch_size, self.config.bits
+        if (t, k) == (0, 0):  # no history: the input is the <SOS> embedding
+            x = (self.sos + self.scale_embed.weight[0]).expand(B, h * w, -1)
+        else:
+            if inputs is None or tuple(inputs.shape) != (B, h, w, d):
+                got = None if inputs is None else tuple(inputs.shape)
+                raise ValueError(f"forward_group({t}, {k}): inputs must be [{B}, {h}, {w}, {d}], got {got}")
+            x = self.in_proj(inputs.reshape(B, h * w, d).to(self.device, self.in_proj.weight.dtype))
+            x = x + self.scale_embed.weight[k]
+        if k == 0:
+            self._start_frame(cache, t)
+        offset = layout.group_slice(t, k).start - layout.group_slice(t, 0).start
+        cos, sin = (r[offset:offset + h * w] for r in cache.frame_rope)
+        out = self._run_cached(cache, x, (cos, sin), None)
         cache.next_group = g + 1
         return self._output(out)

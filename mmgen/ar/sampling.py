@@ -9,11 +9,11 @@ prefix is one call). For group (t, k) the model sees
 
 which is exactly what ``quantizer.next_scale_inputs`` builds for teacher forcing.
 
-Two interchangeable steppers produce the logits of one group:
+Two interchangeable steppers produce the logits of one group, ``step(inputs, t, k)``:
 
-* :class:`CachedStepper` — the fast path: KV cache, one forward over the new group only.
-  With a model trained with a frame window ``w`` (Random Frame Mask), the keys/values of
-  frames older than ``w`` are evicted, so memory stays bounded however long the video.
+* :func:`cached_stepper` — the fast path: the model's KV-cached decoding state, one forward
+  over the new group only. The model owns the cache, the frame window and its eviction
+  (:class:`~mmgen.ar.model.ARCache`); this module only drives the steps.
 * :class:`RecomputeStepper` — the reference: the full teacher-forced forward over the
   whole sequence at every step (not-yet-generated groups are zeros; the group-causal mask
   makes them irrelevant). Parity tests compare the two sample for sample.
@@ -23,17 +23,17 @@ rows; the guided logits pick the bits, which then feed both halves.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from mmgen.ar.guidance import GuidanceSchedule, TemperatureSchedule, apply_cfg, split_cfg_batch
-from mmgen.ar.layout import GroupLayout
-from mmgen.ar.model import ARCache, VideoAR
-from mmgen.nn import KVCache
+from mmgen.ar.model import VideoAR
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+Stepper = Callable[[torch.Tensor | None, int, int], torch.Tensor]
 
 
 # --------------------------------------------------------------------------- bits
@@ -83,6 +83,32 @@ def sample_bits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1
     return bits.float() * 2.0 - 1.0
 
 
+def sample_indices(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0,
+                   generator: Generators = None) -> torch.Tensor:
+    """Sample one code index per token from ``[B, ..., V]`` logits (index head, VQ tokenizer).
+
+    ``temperature`` divides the logits (``0`` = argmax); ``top_p`` keeps the smallest set of most
+    likely codes holding ``>= top_p`` of the mass. One uniform draw per token, inverted through
+    the CDF, whatever the settings (so, as for bits, the random stream depends only on the seed
+    and the shapes, and one generator per row keeps rows batch-independent).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.float()
+    u = _uniform(tuple(logits.shape[:-1]), generator, logits.device)
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs, order = torch.softmax(logits / temperature, dim=-1).sort(dim=-1, descending=True)
+    if top_p < 1.0:
+        before = probs.cumsum(-1) - probs  # mass of the likelier codes
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    cdf = probs.cumsum(-1)
+    pick = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).clamp(max=cdf.shape[-1] - 1)
+    return order.gather(-1, pick).squeeze(-1)
+
+
 # --------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class SamplerSettings:
@@ -124,59 +150,13 @@ class SamplerSettings:
 
 
 # --------------------------------------------------------------------------- steppers
-def _compute_dtype(model: VideoAR) -> torch.dtype:
-    """The dtype keys/values come out in: autocast's when it is on, else the weights'."""
-    dev = model.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else model.dtype
-
-
-class CachedStepper:
-    """Logits of one group at a time from a KV cache (prefix fed once by the constructor).
-
-    With ``window`` set, the cache holds the prefix plus at most ``window + 1`` frames; the
-    keys/values of the oldest frame are dropped when frame ``t`` starts (it may see frames
-    ``t - window .. t``, the layout's structural window). Every cached token is then visible,
-    so the model attends to the whole cache with no mask, and positions still come from the
-    absolute layout (rotary positions keep growing with t).
-    """
-
-    def __init__(self, model: VideoAR, cond_tokens: torch.Tensor, num_frames: int, window: int | None,
-                 kv_dtype: torch.dtype | None = None):
-        self.model, self.window = model, window
-        rows = cond_tokens.shape[0]
-        if window is None:
-            self.cache = model.new_cache(rows, num_frames, dtype=kv_dtype)
-        else:
-            # No structural window in the cache's layout: eviction enforces it instead.
-            layout = GroupLayout(model.prefix_len, num_frames, model.scales, model.config.pos_mode, window=None)
-            kept = min(num_frames, window + 1)
-            max_len = layout.prefix_len + kept * layout.tokens_per_frame
-            dtype = kv_dtype or _compute_dtype(model)
-            head_dim = model.config.width // model.config.heads
-            layers = [KVCache(rows, model.config.heads, max_len, head_dim, dtype, model.device)
-                      for _ in model.blocks]
-            self.cache = ARCache(layout, layers, rows)
-        self.tokens_per_frame = self.cache.layout.tokens_per_frame
-        self.frames_cached = 0
-        model.prefill(self.cache, cond_tokens)
-
-    def start_frame(self, t: int) -> None:
-        if self.window is not None and self.frames_cached > self.window:
-            self._evict_oldest_frame()
-        self.frames_cached += 1
-
-    def _evict_oldest_frame(self) -> None:
-        P, n = self.cache.layout.prefix_len, self.tokens_per_frame
-        for kv in self.cache.layers:
-            keep = slice(P + n, kv.length)
-            # clone: source and destination ranges overlap
-            kv.k[:, :, P:kv.length - n] = kv.k[:, :, keep].clone()
-            kv.v[:, :, P:kv.length - n] = kv.v[:, :, keep].clone()
-            kv.length -= n
-        self.frames_cached -= 1
-
-    def logits(self, inputs: torch.Tensor, t: int, k: int) -> torch.Tensor:
-        return self.model.forward_group(self.cache, inputs, t, k)
+def cached_stepper(model: VideoAR, cond_tokens: torch.Tensor, num_frames: int, window: int | None,
+                   kv_dtype: torch.dtype | None = None) -> Stepper:
+    """The fast path: the model's own decoding state (KV cache, window, eviction; see
+    :class:`~mmgen.ar.model.ARCache`), prefix fed once; each call runs one group."""
+    cache = model.new_cache(cond_tokens.shape[0], num_frames, window, kv_dtype)
+    model.prefill(cache, cond_tokens)
+    return functools.partial(model.forward_group, cache)
 
 
 class RecomputeStepper:
@@ -191,31 +171,13 @@ class RecomputeStepper:
         self.inputs = [torch.zeros(rows, num_frames, h, w, d, device=model.device) for h, w in model.scales]
         self.layout = model.layout(num_frames)
 
-    def start_frame(self, t: int) -> None:
-        pass
-
     @torch.no_grad()
-    def logits(self, inputs: torch.Tensor, t: int, k: int) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, t: int, k: int) -> torch.Tensor:
         self.inputs[k][:, t] = inputs
         return self.model(self.cond, self.inputs)[:, self.layout.visual_slice(t, k)]
 
 
 # --------------------------------------------------------------------------- decoding loop
-def effective_window(model: VideoAR, window: int | None) -> int | None:
-    """Frames of history kept while decoding: ``window`` if given, else the model's trained
-    ``frame_window`` (``None`` = all). A window is only allowed when the model was trained
-    with one, and never wider than that one: the model has not learned to look further."""
-    trained = model.config.frame_window
-    if window is None:
-        return trained
-    if trained is None:
-        raise ValueError("this model was trained without a frame window (Random Frame Mask), so it needs "
-                         "every past frame; for long videos chain continuations (VideoARPipeline.extend)")
-    if window > trained:
-        raise ValueError(f"window {window} exceeds the model's trained frame window {trained}")
-    return int(window)
-
-
 FrameCallback = Callable[[int, list[torch.Tensor]], None]
 
 
@@ -230,11 +192,12 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
                  on_frame: FrameCallback | None = None, keep_codes: bool = True,
                  progress: Callable[[int], None] | None = None,
                  kv_dtype: torch.dtype | None = None) -> list[torch.Tensor] | None:
-    """Sample the bit codes of ``num_frames`` latent frames for a batch of conditions.
+    """Sample the codes of ``num_frames`` latent frames for a batch of conditions.
 
     Args:
-        model: a :class:`VideoAR` with a bit head.
-        quantizer: the tokenizer's (bitwise) quantizer: ``dequant_up`` / ``down_to``.
+        model: a :class:`VideoAR` with a bit head (bits, :func:`sample_bits`) or an index head
+            (VQ code indices, :func:`sample_indices`).
+        quantizer: the tokenizer's quantizer (bitwise or index): ``dequant_up`` / ``down_to``.
         cond: prompts or class ids (one per video), or prefix tokens Long [B, P].
         num_frames: latent frames to produce (context frames included).
         settings: :class:`SamplerSettings` (default: no CFG, temperature 1, cached).
@@ -248,15 +211,15 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
         kv_dtype: storage dtype of the KV cache (default: the compute dtype; bf16 on GPU halves it).
 
     Returns:
-        list[K] of ``{-1, +1}`` float codes ``[B, num_frames, h_k, w_k, d]`` (or ``None``).
+        list[K] of ``{-1, +1}`` float codes ``[B, num_frames, h_k, w_k, d]`` (bit head) or long
+        indices ``[B, num_frames, h_k, w_k]`` (index head), or ``None``.
     """
     settings = settings or SamplerSettings()
-    if model.config.head != "bits":
-        raise ValueError("sample_codes samples bits; this model has an index head")
+    bits_head = model.config.head == "bits"
     scales, K = model.scales, len(model.scales)
     if [tuple(s) for s in quantizer.scales] != scales:
         raise ValueError(f"quantizer scales {quantizer.scales} != model scales {scales}")
-    window = effective_window(model, settings.window)
+    window = model.decoding_window(settings.window)
     tokens = model.condition_tokens(cond)
     B = tokens.shape[0]
     use_cfg = not settings.guidance.is_disabled()
@@ -269,9 +232,9 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
             raise ValueError(f"context has {context_frames} latent frames, more than the {num_frames} requested")
 
     if settings.use_cache:
-        stepper = CachedStepper(model, rows, num_frames, window, kv_dtype)
+        step = cached_stepper(model, rows, num_frames, window, kv_dtype)
     else:
-        stepper = RecomputeStepper(model, rows, num_frames, window)
+        step = RecomputeStepper(model, rows, num_frames, window)
     if progress:
         progress(1)
 
@@ -280,22 +243,25 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
     previous = torch.zeros(B, 1, d, H, W, device=device)  # full latent of frame t-1 ([B, t, d, h, w])
     codes: list[list[torch.Tensor]] = [[] for _ in range(K)]
     for t in range(num_frames):
-        stepper.start_frame(t)
         f_hat = torch.zeros_like(previous)
         frame_codes = []
         for k in range(K):
             x = quantizer.down_to(previous if k == 0 else f_hat, k)[:, 0]  # [B, h_k, w_k, d]
-            logits = stepper.logits(torch.cat([x, x]) if use_cfg else x, t, k)
+            logits = step(torch.cat([x, x]) if use_cfg else x, t, k)
             h, w = scales[k]
             if t < context_frames:
-                bits = context[k][:, t:t + 1].to(device=device, dtype=torch.float32)
+                code = context[k][:, t:t + 1].to(device)
+                code = code.float() if bits_head else code.long()
             else:
                 if use_cfg:
                     logits = apply_cfg(*split_cfg_batch(logits, B), settings.guidance(t, k, num_frames, K))
                 tau = settings.temperature(t, k, num_frames, K)
-                bits = sample_bits(logits, tau, settings.top_p, generator).view(B, 1, h, w, d)
-            f_hat = f_hat + quantizer.dequant_up(bits, k)
-            frame_codes.append(bits)
+                if bits_head:
+                    code = sample_bits(logits, tau, settings.top_p, generator).view(B, 1, h, w, d)
+                else:
+                    code = sample_indices(logits, tau, settings.top_p, generator).view(B, 1, h, w)
+            f_hat = f_hat + quantizer.dequant_up(code, k)
+            frame_codes.append(code)
             if progress:
                 progress(1)
         previous = f_hat

@@ -15,12 +15,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+
+from mmgen.nn.schedule import warmup_cosine_schedule
 
 from .corruption import CorruptionConfig, corrupted_history
 from .model import VideoAR
@@ -213,13 +214,5 @@ class ARModule(pl.LightningModule):
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=hp.lr, betas=tuple(hp.betas), fused=bool(fused))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup, floor = max(0, hp.warmup_steps), hp.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = warmup_cosine_schedule(opt, hp.warmup_steps, total, hp.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -59,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from mmgen.nn.schedule import warmup_cosine_schedule
+
 from .blink import concentration, gather_region, region_scores, saliency, super_resolve, tokens_to_grid
 from .data import COLORS, NORMAL_SIZES, QUADRANTS, SHAPES, VQADataset
 from .model import TinyLlava, zoom_view
@@ -192,7 +194,7 @@ class MLLMModule(L.LightningModule):
         no_decay = [p for p in self.parameters() if p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=(0.9, 0.98))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": _warmup_cosine(opt, hp.warmup_steps, hp.total_steps),
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine_schedule(opt, hp.warmup_steps, hp.total_steps, 0.05),
                                                    "interval": "step"}}
 
 
@@ -315,19 +317,9 @@ class TokenSRModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.bank.parameters(), lr=self.hparams.lr, weight_decay=0.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": _warmup_cosine(opt, 50, self.hparams.total_steps),
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup_cosine_schedule(opt, 50, self.hparams.total_steps, 0.05),
                                                    "interval": "step"}}
 
-
-def _warmup_cosine(opt, warmup: int, total: int):
-    import math
-
-    def f(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
 class VQADataModule(L.LightningDataModule):

@@ -42,7 +42,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from mmgen.nn import Block, RMSNorm, Rope3D, apply_rope
+from mmgen.nn import Block, RMSNorm, Rope3D, apply_rope, upgrade_state_dict
 
 from .text import VOCAB
 
@@ -125,6 +125,10 @@ class TinyLlava(ModelMixin, ConfigMixin):
         self.layers = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = RMSNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
+
+    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
+        super()._fix_state_dict_keys_on_load(state_dict)
+        upgrade_state_dict(self, state_dict)  # checkpoints from before the fused SwiGLU projection
 
     # ------------------------------------------------------------------ geometry
     @property

@@ -1,10 +1,10 @@
 """Neural-network building blocks shared by the generator (mmgen.ar) and the MLLM (mmgen.mllm)."""
 from .attention import BACKENDS, GroupMask, attention, resolve_backend, xformers_available
-from .layers import Block, KVCache, RMSNorm, SelfAttention, SwiGLU
+from .layers import Block, KVCache, RMSNorm, SelfAttention, SwiGLU, upgrade_state_dict
 from .rope import Rope3D, apply_rope, default_axes_dims
 
 __all__ = [
     "BACKENDS", "GroupMask", "attention", "resolve_backend", "xformers_available",
-    "Block", "KVCache", "RMSNorm", "SelfAttention", "SwiGLU",
+    "Block", "KVCache", "RMSNorm", "SelfAttention", "SwiGLU", "upgrade_state_dict",
     "Rope3D", "apply_rope", "default_axes_dims",
 ]

@@ -38,6 +38,22 @@ class RoutedKVCache(KVCache):
         super().__init__(B, H, L, D, parent.k.dtype, parent.k.device)
         self.pos = torch.zeros(B, L, dtype=torch.long, device=parent.k.device)
 
+    def drop(self, start: int, n: int) -> None:
+        """Remove the routed entries at sequence positions start .. start+n-1 (every row routed
+        the same number of them: routing quotas are per group) and shift the later ones down."""
+        pos = self.pos[:, :self.length]
+        gone = (pos >= start) & (pos < start + n)
+        kept = (~gone).sum(1)
+        if not bool((kept == kept[0]).all()):
+            raise RuntimeError("RoutedKVCache.drop: rows dropped different numbers of entries")
+        order = (gone.long() * self.length + torch.arange(self.length, device=pos.device)).argsort(1)[:, :int(kept[0])]
+        new_pos = pos.gather(1, order)
+        idx = order[:, None, :, None].expand(-1, self.k.shape[1], -1, self.k.shape[3])
+        m = int(kept[0])
+        self.k[:, :, :m], self.v[:, :, :m] = self.k.gather(2, idx), self.v.gather(2, idx)
+        self.pos[:, :m] = torch.where(new_pos >= start + n, new_pos - n, new_pos)
+        self.length = m
+
     def add_positions(self, pos: torch.Tensor) -> torch.Tensor:
         """Record the positions [B, n] of the entries about to be appended; returns all so far."""
         n = pos.shape[1]

@@ -19,22 +19,39 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        if x.dtype == self.weight.dtype:  # one fused op; it keeps its statistics in float32
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)), no biases."""
+    """down(silu(gate(x)) * up(x)), no biases; gate and up are one matmul (``gate_up_proj``,
+    gate rows first). Checkpoints with separate ``gate_proj`` / ``up_proj`` weights still load."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self._register_load_state_dict_pre_hook(_fuse_gate_up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def _fuse_gate_up(state_dict, prefix, *args) -> None:
+    """Load hook: an older checkpoint's ``gate_proj`` and ``up_proj`` become ``gate_up_proj``."""
+    gate, up = prefix + "gate_proj.weight", prefix + "up_proj.weight"
+    if gate in state_dict and up in state_dict:
+        state_dict[prefix + "gate_up_proj.weight"] = torch.cat([state_dict.pop(gate), state_dict.pop(up)])
+
+
+def upgrade_state_dict(model: nn.Module, state_dict: dict) -> None:
+    """Rename an older checkpoint's keys in place for ``model`` (what the load hooks do, for
+    loaders that bypass ``load_state_dict``, such as diffusers' ``from_pretrained``)."""
+    for name, module in model.named_modules():
+        if isinstance(module, SwiGLU):
+            _fuse_gate_up(state_dict, f"{name}." if name else "")
 
 
 class KVCache:
@@ -73,6 +90,16 @@ class KVCache:
         self.v[:, :, self.length:self.length + n] = v
         self.length += n
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+    def drop(self, start: int, n: int) -> None:
+        """Remove the ``n`` entries from ``start`` on, moving the later ones down."""
+        keep = slice(start + n, self.length)
+        # clone: source and destination ranges overlap
+        self.k[:, :, start:self.length - n] = self.k[:, :, keep].clone()
+        self.v[:, :, start:self.length - n] = self.v[:, :, keep].clone()
+        self.length -= n
+        for child in self.children.values():
+            child.drop(start, n)
 
 
 class SelfAttention(nn.Module):
@@ -122,8 +149,9 @@ class SelfAttention(nn.Module):
         """Attention of projected q/k/v and the output projection (of ``heads`` only, if given);
         ``head_scale`` [H] weighs each head's output before the projection."""
         if kv_cache is not None:
-            k, v = kv_cache.append(k.to(kv_cache.k.dtype), v.to(kv_cache.v.dtype))
-            q = q.to(k.dtype)
+            k, v = kv_cache.append(k, v)  # stored in the cache's dtype
+            if q.dtype != k.dtype:
+                q = q.to(k.dtype)
         out = attention(q, k, v, mask, backend=self.backend)
         if head_scale is not None:
             out = out * head_scale.to(out.dtype)[:, None, None]

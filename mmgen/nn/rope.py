@@ -61,7 +61,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate x [B, H, L, D] by (cos, sin) [L, D/2] or [B, L, D/2]; returns x's dtype."""
     if cos.ndim == 3:  # per-sample positions: broadcast over heads
         cos, sin = cos[:, None], sin[:, None]
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    # dtype checks in Python: a no-op cast still costs a dispatched op per call while decoding
+    xf = x if x.dtype == torch.float32 else x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.to(x.dtype)
+    return out if out.dtype == x.dtype else out.to(x.dtype)

@@ -6,7 +6,10 @@
 
 Components: ``tokenizer`` (:class:`mmgen.tokenizer.VideoTokenizer`) and ``transformer``
 (:class:`mmgen.ar.VideoAR`); pipeline config: ``fps`` and the default ``sampling`` settings
-(:class:`mmgen.ar.sampling.SamplerSettings` as a dict), saved in ``model_index.json``.
+(:class:`mmgen.ar.sampling.SamplerSettings` as a dict), saved in ``model_index.json``. The folder
+is diffusers' pipeline layout (``DiffusionPipeline.from_pretrained`` reads it), but the class does
+not derive from ``DiffusionPipeline``: importing that pulls in diffusers' whole model zoo (and
+peft, transformers, scipy.stats when installed), several times the cost of ``import torch``.
 
 Video extension (VideoAR section 7, "frame re-encoding"): :meth:`extend` re-encodes the
 last frames of a clip (one frame for image-to-video), teacher-forces their codes as the
@@ -18,26 +21,29 @@ with a frame window its memory does not grow with the length of the video.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
 
 from mmgen.ar.model import VideoAR
-from mmgen.ar.sampling import SamplerSettings, effective_window, forward_steps, sample_codes
-from mmgen.io import resize_video
-from mmgen.tokenizer.layers import streaming
+from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_codes
+from mmgen.io import atomic_path, resize_video
+from mmgen.tokenizer.layers import StreamState
 from mmgen.tokenizer.model import VideoTokenizer
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
 
 @dataclass
-class VideoARPipelineOutput(BaseOutput):
+class VideoARPipelineOutput:
     """``frames``: np.float32 ``[B, T, H, W, 3]`` in [0, 1] ("np"), torch float ``[B, T, 3, H, W]``
     in [0, 1] ("pt"), ``list[list[PIL.Image]]`` ("pil") or the codes, list[K] of
     ``[B, t, h_k, w_k, d]`` ("latent")."""
@@ -58,16 +64,68 @@ def _video_to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
 
 
-class VideoARPipeline(DiffusionPipeline):
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The pipeline's own settings (``model_index.json`` beside the components)."""
+
+    fps: int = 8
+    sampling: dict = field(default_factory=dict)
+
+
+class VideoARPipeline:
     """Text- or class-conditional video generation with a VideoAR transformer and its tokenizer."""
 
-    model_cpu_offload_seq = "transformer->tokenizer"
+    COMPONENTS = {"tokenizer": VideoTokenizer, "transformer": VideoAR}
+    INDEX = "model_index.json"
 
     def __init__(self, tokenizer: VideoTokenizer, transformer: VideoAR, fps: int = 8, sampling: dict | None = None):
-        super().__init__()
         transformer.check_tokenizer(tokenizer)
-        self.register_modules(tokenizer=tokenizer, transformer=transformer)
-        self.register_to_config(fps=int(fps), sampling=SamplerSettings.from_dict(sampling).to_dict())
+        self.tokenizer, self.transformer = tokenizer, transformer
+        self.config = PipelineConfig(int(fps), SamplerSettings.from_dict(sampling).to_dict())
+
+    # ------------------------------------------------------------------ save / load / device
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write each component's ``save_pretrained`` folder and ``model_index.json`` (diffusers' layout)."""
+        root = Path(save_directory)
+        root.mkdir(parents=True, exist_ok=True)
+        index = {"_class_name": type(self).__name__, "_diffusers_version": version("diffusers"),
+                 "fps": self.config.fps, "sampling": self.config.sampling}
+        for name, cls in self.COMPONENTS.items():
+            getattr(self, name).save_pretrained(root / name)
+            index[name] = [cls.__module__, cls.__name__]
+        with atomic_path(root / self.INDEX) as tmp:
+            Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "VideoARPipeline":
+        """Load a folder written by :meth:`save_pretrained`; ``kwargs`` go to each component's
+        ``from_pretrained`` (e.g. ``low_cpu_mem_usage``). Only the expected component classes
+        are loaded, whatever the index names."""
+        root = Path(pretrained_model_name_or_path)
+        index_file = root / cls.INDEX
+        if not index_file.is_file():
+            raise FileNotFoundError(f"{root} has no {cls.INDEX}: not a pipeline folder (write one with "
+                                    f"python -m mmgen.pipelines.assemble)")
+        index = json.loads(index_file.read_text())
+        parts = {}
+        for name, expected in cls.COMPONENTS.items():
+            named = index.get(name)
+            if named is None or list(named)[-1] != expected.__name__:
+                raise ValueError(f"{index_file}: component {name!r} is {named}, expected {expected.__name__}")
+            parts[name] = expected.from_pretrained(str(root / name), **kwargs).eval()
+        return cls(**parts, fps=index.get("fps", 8), sampling=index.get("sampling"))
+
+    def to(self, device) -> "VideoARPipeline":
+        self.tokenizer.to(device)
+        self.transformer.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    def progress_bar(self, total: int):
+        return tqdm(total=total)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -111,7 +169,7 @@ class VideoARPipeline(DiffusionPipeline):
         merged = dict(self.config.sampling)
         merged.update({k: v for k, v in overrides.items() if v is not None})
         settings = SamplerSettings.from_dict(merged)
-        effective_window(self.transformer, settings.window)
+        self.transformer.decoding_window(settings.window)
         return settings.to_dict()
 
     def num_latent_frames(self, num_frames: int) -> int:
@@ -168,9 +226,11 @@ class VideoARPipeline(DiffusionPipeline):
     def _settings(self, **overrides) -> SamplerSettings:
         return SamplerSettings.from_dict(self.resolve_settings(**overrides))
 
-    def _decode(self, codes: list[torch.Tensor]) -> torch.Tensor:
-        latent = self.tokenizer.codes_to_latent([c.to(self.tokenizer.dtype) for c in codes])
-        return self.tokenizer.decode(latent)
+    def _decode(self, codes: list[torch.Tensor], state: StreamState | None = None) -> torch.Tensor:
+        # bit codes take the tokenizer's dtype; index codes stay integer
+        latent = self.tokenizer.codes_to_latent([c.to(self.tokenizer.dtype) if c.is_floating_point() else c
+                                                 for c in codes])
+        return self.tokenizer.decode(latent, state=state)
 
     def _format(self, video_u8: torch.Tensor, output_type: str):
         """uint8 [B, T, H, W, 3] -> the requested output type."""
@@ -215,8 +275,7 @@ class VideoARPipeline(DiffusionPipeline):
         generators = self._generators(len(cond), generator, seed)
         decoder = _StreamDecoder(self, callback_on_frames) if callback_on_frames is not None else None
         K = len(self.transformer.scales)
-        stream_state = streaming(self.tokenizer.decoder) if decoder is not None else contextlib.nullcontext()
-        with stream_state, self._autocast(), self._progress(forward_steps(latent_frames, K), progress) as update:
+        with self._autocast(), self._progress(forward_steps(latent_frames, K), progress) as update:
             codes = sample_codes(self.transformer, self.tokenizer.quantizer, cond, latent_frames, settings,
                                  generators, on_frame=decoder, progress=update)
         if output_type == "latent":
@@ -239,8 +298,7 @@ class VideoARPipeline(DiffusionPipeline):
         latent_frames = self.num_latent_frames(num_frames)
         decoder = _StreamDecoder(self, on_frames, keep=False)
         K = len(self.transformer.scales)
-        with streaming(self.tokenizer.decoder), self._autocast(), \
-                self._progress(forward_steps(latent_frames, K), progress) as update:
+        with self._autocast(), self._progress(forward_steps(latent_frames, K), progress) as update:
             sample_codes(self.transformer, self.tokenizer.quantizer, cond, latent_frames, sampler,
                          self._generators(len(cond), generator, seed), on_frame=decoder, keep_codes=False,
                          progress=update)
@@ -322,16 +380,17 @@ class VideoARPipeline(DiffusionPipeline):
 
 class _StreamDecoder:
     """Decodes each latent frame as soon as its codes are complete and passes the frames on.
-    Use inside ``streaming(tokenizer.decoder)``: the causal decoder then carries its state
-    from call to call and gives exactly the frames a full decode would."""
+    The causal decoder's state travels in ``self.state`` from call to call, so the frames are
+    exactly those a full decode would give."""
 
     def __init__(self, pipe: VideoARPipeline, callback, keep: bool = True):
         self.pipe, self.callback, self.keep = pipe, callback, keep
+        self.state = StreamState()
         self.chunks: list[torch.Tensor] = []
         self.frames_out = 0
 
     def __call__(self, t: int, frame_codes: list[torch.Tensor]) -> None:
-        frames = _video_to_uint8(self.pipe._decode(frame_codes))
+        frames = _video_to_uint8(self.pipe._decode(frame_codes, self.state))
         self.frames_out += frames.shape[1]
         if self.keep:
             self.chunks.append(frames)

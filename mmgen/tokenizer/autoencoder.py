@@ -24,7 +24,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmgen.tokenizer.layers import CausalConv3d, Downsample, FrameAttention, Norm, ResBlock3d, Upsample, per_frame
+from mmgen.tokenizer.layers import (
+    CausalConv3d,
+    Downsample,
+    FrameAttention,
+    Norm,
+    ResBlock3d,
+    StreamState,
+    Upsample,
+    per_frame,
+    run_blocks,
+)
 
 
 def space_to_depth(x: Tensor, p: int) -> Tensor:
@@ -85,12 +95,12 @@ class Encoder3d(nn.Module):
         self.conv_out = CausalConv3d(ch, latent_channels, (time_kernel, 3, 3))
         self.shortcut_groups = _groups(ch, latent_channels, "encoder output") if shortcuts else 0
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv_in(space_to_depth(x, self.patch_size))
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.conv_in(space_to_depth(x, self.patch_size), state)
         for level in self.levels:
-            h = level(h)
-        h = self.mid(h)
-        z = self.conv_out(F.silu(self.norm_out(h)))
+            h = run_blocks(level, h, state)
+        h = run_blocks(self.mid, h, state)
+        z = self.conv_out(F.silu(self.norm_out(h)), state)
         if self.shortcut_groups:
             b, c, t, hh, ww = h.shape
             z = z + h.reshape(b, c // self.shortcut_groups, self.shortcut_groups, t, hh, ww).mean(2)
@@ -133,11 +143,11 @@ class Decoder3d(nn.Module):
         self.norm_out = norm(ch)
         self.conv_out = CausalConv3d(ch, out_channels * patch_size**2, (time_kernel, 3, 3))
 
-    def forward(self, z: Tensor) -> Tensor:
-        h = self.conv_in(z)
+    def forward(self, z: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.conv_in(z, state)
         if self.shortcut_repeats:
             h = h + z.repeat_interleave(self.shortcut_repeats, dim=1)
-        h = self.mid(h)
+        h = run_blocks(self.mid, h, state)
         for level in self.levels:
-            h = level(h)
-        return depth_to_space(self.conv_out(F.silu(self.norm_out(h))), self.patch_size)
+            h = run_blocks(level, h, state)
+        return depth_to_space(self.conv_out(F.silu(self.norm_out(h)), state), self.patch_size)

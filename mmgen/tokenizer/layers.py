@@ -4,15 +4,15 @@ Causality: output frame ``i`` depends only on input frames ``<= i`` (at the laye
 rate). Every temporal operation is a :class:`CausalConv3d` (padded with copies of the first
 frame, never with future frames) or frame-local (per-frame GroupNorm, per-pixel ChannelNorm, spatial resampling).
 
-Streaming: inside ``with streaming(module):`` every causal layer keeps the tail of its input
-that the next chunk's first output window still needs, so feeding a video chunk by chunk gives
-exactly the outputs of one full pass (the strided case included: the tail is "everything from
-the start of the next output window", whatever the chunk lengths).
+Streaming: every layer's ``forward(x, state=None)`` takes an explicit :class:`StreamState`
+(like the generator's KV cache). Given one, each causal layer keeps in it the tail of its input
+that the next chunk's first output window still needs, so feeding a video chunk by chunk with
+the same state gives exactly the outputs of one full pass (the strided case included: the tail
+is "everything from the start of the next output window", whatever the chunk lengths). The
+modules themselves hold no per-stream state.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,18 +25,26 @@ def _triple(v: int | tuple[int, int, int]) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
-class _Streamable(nn.Module):
-    """A layer with per-stream state; ``_state`` is None outside :func:`streaming`."""
+class StreamState:
+    """Causal state of one chunk-by-chunk pass over a batch of videos: per layer, the input tail
+    the next chunk still needs and whether the first chunk has passed. One per stream; pass it
+    with every chunk, in order."""
 
-    _state: dict | None = None
+    def __init__(self):
+        self._layers: dict[int, dict] = {}
 
-    def _starting(self) -> bool:
-        """True for a whole-video call or the first streamed chunk (then later chunks are not)."""
-        if self._state is None:
-            return True
-        first = not self._state.get("started", False)
-        self._state["started"] = True
-        return first
+    def of(self, layer: nn.Module) -> dict:
+        return self._layers.setdefault(id(layer), {})
+
+
+def _starting(layer: nn.Module, state: StreamState | None) -> bool:
+    """True for a whole-video call or the first streamed chunk (then later chunks are not)."""
+    if state is None:
+        return True
+    mine = state.of(layer)
+    first = not mine.get("started", False)
+    mine["started"] = True
+    return first
 
 
 def per_frame(x: Tensor, fn) -> Tensor:
@@ -46,20 +54,14 @@ def per_frame(x: Tensor, fn) -> Tensor:
     return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
 
 
-@contextlib.contextmanager
-def streaming(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` chunk by chunk along time with exact causal state carried between calls."""
-    layers = [m for m in module.modules() if isinstance(m, _Streamable)]
-    for m in layers:
-        m._state = {}
-    try:
-        yield
-    finally:
-        for m in layers:
-            m._state = None
+def run_blocks(blocks: nn.Sequential, x: Tensor, state: StreamState | None) -> Tensor:
+    """``blocks`` in order, each given the stream state."""
+    for block in blocks:
+        x = block(x, state)
+    return x
 
 
-class CausalConv3d(_Streamable):
+class CausalConv3d(nn.Module):
     """Conv3d that pads time only on the past side (replicating the first frame).
 
     Spatial padding is symmetric ("same" for odd kernels). With temporal stride ``s`` and kernel
@@ -99,10 +101,11 @@ class CausalConv3d(_Streamable):
             return torch.mkldnn_convolution(x.contiguous(), c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups)
         return self.conv(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self._state is None:
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        if state is None:
             return self._conv(self._pad_past(x))
-        tail = self._state.get("tail")
+        mine = state.of(self)
+        tail = mine.get("tail")
         x = self._pad_past(x) if tail is None else torch.cat([tail, x], dim=2)
         n_out = (x.shape[2] - self.time_kernel) // self.time_stride + 1
         if n_out < 1:
@@ -110,7 +113,7 @@ class CausalConv3d(_Streamable):
                 f"streaming chunk too short for a causal conv with temporal kernel {self.time_kernel} "
                 f"and stride {self.time_stride}; use chunks of a multiple of the temporal compression"
             )
-        self._state["tail"] = x[:, :, n_out * self.time_stride :]
+        mine["tail"] = x[:, :, n_out * self.time_stride :]
         return self._conv(x)
 
 
@@ -177,9 +180,9 @@ class ResBlock3d(nn.Module):
         self.conv2 = CausalConv3d(out_channels, out_channels, (time_kernel, 3, 3))
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), state)
+        h = self.conv2(F.silu(self.norm2(h)), state)
         return self.shortcut(x) + h
 
 
@@ -192,7 +195,7 @@ class FrameAttention(nn.Module):
         self.qkv = nn.Conv3d(channels, 3 * channels, 1)
         self.proj = nn.Conv3d(channels, channels, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:  # frame-local: no state
         b, c, t, h, w = x.shape
         qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 4, 1).reshape(b * t, h * w, 3, c)
         q, k, v = qkv.unbind(dim=2)
@@ -215,7 +218,7 @@ def _keep_even_frames(x: Tensor, first_chunk: bool) -> Tensor:
     return x[:, :, 1::2]
 
 
-class Downsample(_Streamable):
+class Downsample(nn.Module):
     """Stride-2 causal conv: halves h and w, and time too when ``temporal`` (1 + 2m -> 1 + m).
 
     ``shortcut`` adds a parameter-free path (DC-AE's space-to-channel averaging, which for an
@@ -228,18 +231,18 @@ class Downsample(_Streamable):
         self.temporal, self.shortcut = temporal, shortcut
         self.conv = CausalConv3d(channels, channels, 3, stride=(2 if temporal else 1, 2, 2))
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x)
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        y = self.conv(x, state)
         if not self.shortcut:
             return y
         b, c, t, h, w = x.shape
         s = x.reshape(b, c, t, h // 2, 2, w // 2, 2).mean((4, 6))
         if self.temporal:
-            s = _keep_even_frames(s, first_chunk=self._starting())
+            s = _keep_even_frames(s, first_chunk=_starting(self, state))
         return y + s
 
 
-class Upsample(_Streamable):
+class Upsample(nn.Module):
     """Nearest x2 in h, w (and in time when ``temporal``: 1 + m -> 1 + 2m), then a causal conv.
 
     Temporal up-sampling repeats every frame twice except the very first one, which stays single
@@ -257,14 +260,14 @@ class Upsample(_Streamable):
         self.repeats = 4 * out_channels // in_channels
         self.conv = CausalConv3d(in_channels, out_channels, 3)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         up = per_frame(x, lambda f: F.interpolate(f, scale_factor=2.0, mode="nearest"))
         s = None
         if self.shortcut:
             s = per_frame(x, lambda f: F.pixel_shuffle(f.repeat_interleave(self.repeats, dim=1), 2))
         if self.temporal:
-            trim = 1 if self._starting() else 0
+            trim = 1 if _starting(self, state) else 0
             up = up.repeat_interleave(2, dim=2)[:, :, trim:]
             s = None if s is None else s.repeat_interleave(2, dim=2)[:, :, trim:]
-        y = self.conv(up)
+        y = self.conv(up, state)
         return y if s is None else y + s

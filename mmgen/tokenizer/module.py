@@ -13,16 +13,14 @@ disk is still a good one.
 """
 from __future__ import annotations
 
-import math
-import os
 from typing import Any
-from weakref import proxy
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Timer
 
+from mmgen.nn.schedule import warmup_cosine
 from mmgen.tokenizer.losses import LPIPS, Discriminator3d, LeCAM, hinge_d_loss, hinge_g_loss
 from mmgen.tokenizer.model import VideoTokenizer, config_mismatches
 from mmgen.tokenizer.quality import psnr, ssim
@@ -121,17 +119,15 @@ class TokenizerModule(L.LightningModule):
 
     def _lr_factor(self, step: int) -> float:
         h = self.hparams
-        if step < h.warmup_steps:
-            return (step + 1) / h.warmup_steps
-        if h.schedule == "time":
+        progress = 0.0
+        if step >= h.warmup_steps and h.schedule == "time":
             progress = self._time_progress()
-        else:
+        elif step >= h.warmup_steps:
             total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 0
             if total <= h.warmup_steps:
                 return 1.0
             progress = (step - h.warmup_steps) / (total - h.warmup_steps)
-        progress = min(1.0, max(0.0, progress))
-        return h.min_lr_ratio + (1 - h.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup_cosine(step, h.warmup_steps, progress, h.min_lr_ratio)
 
     def _time_progress(self) -> float:
         """Fraction of ``trainer.max_time`` spent training (Lightning's Timer; survives resume)."""
@@ -232,18 +228,3 @@ def _plain_config(config) -> dict:
             continue
         out[k] = [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, (list, tuple)) else v
     return out
-
-
-class AtomicModelCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose files appear atomically (written to a temp file, then renamed)."""
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(tmp, filepath)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))

@@ -98,7 +98,7 @@ class LatentCache(Dataset):
 
 class ARDataModule(pl.LightningDataModule):
     """Loaders for AR training.  ``train``/``val`` are any datasets yielding the dicts above
-    (in YAML: ``class_path`` + ``init_args``, e.g. mmgen.data.MovingShapes or mmgen.ar.data.LatentCache)."""
+    (in YAML: ``class_path`` + ``init_args``, e.g. mmgen.data.MovingShapes or mmgen.data.latents.LatentCache)."""
 
     def __init__(self, train: Dataset, val: Dataset | None = None, batch_size: int = 8, num_workers: int = 0):
         super().__init__()
