@@ -71,7 +71,7 @@ def run_one(args, variant: str, seed: int, loop_layers: list[int] | None) -> dic
     import torch
     from torch.utils.data import DataLoader
 
-    from mmgen.ar.data import LatentCache
+    from mmgen.data.latents import LatentCache
     from mmgen.ar.flops import forward_flops, sgt_state
     from mmgen.ar.training import ARModule
 
