@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from mmgen.io import atomic_path
+from mmgen.io import save_figure
 from mmgen.checkpoint import AtomicModelCheckpoint
 
 
@@ -86,11 +86,7 @@ class LossCurve(pl.Callback):
         ax.set_ylabel("loss")
         ax.legend()
         fig.tight_layout()
-        try:
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, dpi=100)
-        finally:
-            plt.close(fig)
+        save_figure(fig, path)
 
 
 class ProgressLog(pl.Callback):

@@ -40,6 +40,7 @@ from mmgen.nn.elastic import ElasticConfig
 from mmgen.nn.mohd import mohd_kwargs
 from mmgen.nn.moe import default_expert_hidden, moe_layers, set_submodel
 from mmgen.nn.moue import UniversalMoE, UniversalPool
+from mmgen.nn.sgt import SGTLoop, SGTScheduler
 
 from . import text as text_tokens
 from .layout import GroupLayout
@@ -170,6 +171,14 @@ class VideoAR(ModelMixin, ConfigMixin):
         (None = moe_experts // 2); router trajectory state of moue_traj_dim
       elastic: mmgen.nn.elastic.ElasticConfig fields (None = no elastic sub-models)
 
+      Depth options (mmgen.nn.sgt / mmgen.nn.itt; all off by default = the plain model):
+      sgt: Sparse Growing Transformer attention loops on layers 1..depth-1, scheduled by
+        ``sgt_step``; sgt_warmup, sgt_window (>= 1: optimiser steps, < 1: fraction of the run),
+        sgt_top_k, sgt_max_layers, sgt_keep_heads, sgt_ema
+      itt_layers: layers with Inner-Thinking-Transformer thinking steps; itt_steps (1 = plain),
+        itt_frac (top fraction of every group's tokens routed to each extra step)
+      loop_layers: layers run twice as a whole block (static block looping, a baseline)
+
     Runtime choices, arguments but not saved config (old configs that hold them still load):
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU);
         see :meth:`set_attention_backend`; every backend computes the same function
@@ -192,7 +201,11 @@ class VideoAR(ModelMixin, ConfigMixin):
                  mohd_shared_fraction: float = 0.5, mohd_group: int = 32, moue_pool: int | None = None,
                  moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None,
                  text_encoder: str | None = None, text_encoder_sha256: str | None = None,
-                 text_null: str = "empty", train_captions: Sequence[str] | None = None):
+                 text_null: str = "empty", train_captions: Sequence[str] | None = None, sgt: bool = False,
+                 sgt_warmup: float = 0.1, sgt_window: float = 0.1, sgt_top_k: int = 3,
+                 sgt_max_layers: int = 3, sgt_keep_heads: int = 2, sgt_ema: float = 0.5,
+                 itt_layers: Sequence[int] | None = None, itt_steps: int = 2, itt_frac: float = 0.5,
+                 loop_layers: Sequence[int] | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -200,6 +213,10 @@ class VideoAR(ModelMixin, ConfigMixin):
             raise ValueError(f"VideoAR: head={head!r} must be one of {HEADS}")
         if head == "index" and not codebook_size:
             raise ValueError("VideoAR: head='index' needs codebook_size")
+        itt, loops = set(itt_layers or ()), set(loop_layers or ())
+        if (sgt and (itt or loops)) or itt & loops or not itt | loops <= set(range(depth)):
+            raise ValueError(f"VideoAR: depth options need distinct layers in 0..{depth - 1} and SGT "
+                             f"alone (sgt={sgt}, itt_layers={itt_layers}, loop_layers={loop_layers})")
         self.scales = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in scales]
         self.prefix_len = 1 if cond == "class" else max_text_len
         self.out_dim = bits if head == "bits" else int(codebook_size)
@@ -229,7 +246,9 @@ class VideoAR(ModelMixin, ConfigMixin):
             ffns = self._universal_ffns(ffns, grad_checkpointing)
         self.blocks = nn.ModuleList(
             Block(width, heads, mlp_ratio, qk_norm=qk_norm, backend=attn_backend, checkpointing=grad_checkpointing,
-                  moe=f) for f in ffns)
+                  moe=f, **self._depth_options(i)) for i, f in enumerate(ffns))
+        self.sgt_scheduler = (SGTScheduler(sgt_warmup, sgt_window, sgt_top_k, sgt_max_layers)
+                              if sgt else None)
         self.elastic = ElasticConfig(**elastic) if elastic is not None else None
         if self.elastic is not None:
             self.elastic.validate(depth, moe["n_experts"] if moe else 0, moe["top_k"] if moe else 0)
@@ -282,6 +301,24 @@ class VideoAR(ModelMixin, ConfigMixin):
         if self.text_encoder is not None:
             nn.init.normal_(self.cond_pad, std=0.02)
         nn.init.zeros_(self.out_proj.weight)  # start at chance: every bit logit 0 -> loss ln 2
+
+    def _depth_options(self, layer: int) -> dict:
+        cfg = self.config
+        if cfg.sgt and layer > 0:  # SGT never loops layer 0
+            return {"sgt": {"keep_heads": cfg.sgt_keep_heads, "ema": cfg.sgt_ema}}
+        if layer in (cfg.itt_layers or ()):
+            return {"itt": {"steps": cfg.itt_steps, "frac": cfg.itt_frac}}
+        if layer in (cfg.loop_layers or ()):
+            return {"repeat": 2}
+        return {}
+
+    def sgt_loops(self) -> dict[int, SGTLoop]:
+        """{layer: SGTLoop} of the layers SGT may loop (empty without sgt)."""
+        return {i: b.sgt for i, b in enumerate(self.blocks) if b.sgt is not None}
+
+    def sgt_step(self, step: int, total_steps: int) -> int | None:
+        """Advance the SGT schedule once per optimiser step; returns a newly selected layer."""
+        return self.sgt_scheduler.step(self.sgt_loops(), step, total_steps)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         if enabled and self.config.ffn == "moue":
@@ -491,8 +528,9 @@ class VideoAR(ModelMixin, ConfigMixin):
         x = torch.cat([prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))], dim=1)
         rope = self._rope(layout.pos)
         mask = layout.attention_mask(frame_keep.cpu() if frame_keep is not None else None).to(self.device)
+        groups = layout.group_id.to(self.device)
         for block in self._active_blocks():
-            x = block(x, rope, mask)
+            x = block(x, rope, mask, groups=groups)
         return self._output(x[:, layout.prefix_len:])
 
     # ------------------------------------------------------------------ KV-cached decoding
@@ -533,9 +571,10 @@ class VideoAR(ModelMixin, ConfigMixin):
                   for _ in self.blocks]
         return ARCache(layout, layers, batch_size, window)
 
-    def _run_cached(self, cache: ARCache, x: torch.Tensor, rope, mask) -> torch.Tensor:
+    def _run_cached(self, cache: ARCache, x: torch.Tensor, rope, mask, groups=None) -> torch.Tensor:
+        # groups: ITT routing groups of the chunk (None = one group: a visual group is one)
         for block, kv in zip(self._active_blocks(), cache.layers):
-            x = block(x, rope, mask, kv_cache=kv)
+            x = block(x, rope, mask, kv_cache=kv, groups=groups)
         return x
 
     @torch.no_grad()
@@ -549,7 +588,8 @@ class VideoAR(ModelMixin, ConfigMixin):
         layout, P = cache.layout, cache.layout.prefix_len
         # a class token needs no mask; a text prefix is causal (the layout's visibility of it)
         mask = layout.attention_mask().rows(slice(0, P), P).to(self.device) if P > 1 else None
-        self._run_cached(cache, self.embed_condition(tokens), self._rope(layout.pos[:P]), mask)
+        self._run_cached(cache, self.embed_condition(tokens), self._rope(layout.pos[:P]), mask,
+                         layout.group_id[:P].to(self.device))
         cache.next_group = P
 
     def _start_frame(self, cache: ARCache, t: int) -> None:

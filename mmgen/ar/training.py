@@ -247,14 +247,37 @@ class ARModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/acc", acc, sync_dist=True)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Once per optimiser step, before the checkpoint of this step is written, so a resumed
+        # run continues the SGT schedule exactly (its state is in the model's buffers).
+        if self.model.sgt_scheduler is not None:
+            layer = self.model.sgt_step(self.global_step, max(1, int(self.trainer.estimated_stepping_batches)))
+            if layer is not None:
+                heads = self.model.blocks[layer].sgt.kept.tolist()
+                log.info("SGT step %d: layer %d starts looping (kept heads %s)", self.global_step, layer, heads)
+            self.log("sgt/loops", float(len(self.model.sgt_scheduler.layers)))
+
+    def on_train_end(self) -> None:
+        if self.model.sgt_scheduler is not None and self.trainer.is_global_zero:
+            from mmgen.io import atomic_path
+            from mmgen.nn.sgt import plot_trace
+
+            from .callbacks import LossCurve
+
+            run = LossCurve.run_dir(self.trainer)
+            trace = self.model.sgt_scheduler.trace(self.model.sgt_loops())
+            with atomic_path(run / "sgt_trace.json") as tmp:
+                Path(tmp).write_text(json.dumps(trace, indent=1))
+            plot_trace(trace, len(self.model.blocks), self.global_step, run / "sgt_trace.png")
+
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.ema is not None:
             decay = self.hparams.ema_decay
             for e, p in zip(self.ema.parameters(), self.model.parameters()):
                 e.lerp_(p.detach().to(e.dtype), 1 - decay)
-            for e, b in zip(self.ema.buffers(), self.model.buffers()):  # e.g. the routing bias
-                e.copy_(b)
+            for e, b in zip(self.ema.buffers(), self.model.buffers()):
+                e.copy_(b)  # copied, not averaged: the routing bias, SGT's loops and kept heads
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -8,7 +8,7 @@ from mmgen.io.read import (
     resize_video,
     video_info,
 )
-from mmgen.io.write import atomic_dir, atomic_path, make_grid, write_grid, write_video
+from mmgen.io.write import atomic_dir, atomic_path, make_grid, save_figure, write_grid, write_video
 
 __all__ = [
     "BACKENDS",
@@ -20,6 +20,7 @@ __all__ = [
     "make_grid",
     "read_video",
     "resize_video",
+    "save_figure",
     "video_info",
     "write_grid",
     "write_video",

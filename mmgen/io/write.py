@@ -45,6 +45,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Write a matplotlib figure to ``path`` atomically and close it (also on failure)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
                inputs: Sequence[str | os.PathLike] = ()) -> Iterator[Path]:

@@ -68,6 +68,16 @@ class KVCache:
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
+        # Caches of extra passes over the same tokens (an SGT attention loop, ITT thinking steps,
+        # a repeated block), keyed by name and created on first use by :meth:`child`.
+        self.children: dict[str, KVCache] = {}
+
+    def child(self, name: str, n_heads: int | None = None) -> "KVCache":
+        """The cache named ``name`` of an extra pass (same batch, length, dtype; ``n_heads`` heads)."""
+        if name not in self.children:
+            B, H, L, D = self.k.shape
+            self.children[name] = KVCache(B, n_heads or H, L, D, self.k.dtype, self.k.device)
+        return self.children[name]
 
     @property
     def max_len(self) -> int:
@@ -89,6 +99,8 @@ class KVCache:
         self.k[:, :, start:self.length - n] = self.k[:, :, keep].clone()
         self.v[:, :, start:self.length - n] = self.v[:, :, keep].clone()
         self.length -= n
+        for child in self.children.values():
+            child.drop(start, n)
 
 
 class SelfAttention(nn.Module):
@@ -111,23 +123,48 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else None
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, H, L, D]
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [B, L, h*D] -> [B, h, L, D]
         B, L, _ = t.shape
-        return t.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        return t.view(B, L, -1, self.head_dim).transpose(1, 2)
 
-    def forward(self, x, rope=None, mask=None, kv_cache: KVCache | None = None):
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+    def _rows(self, heads: torch.Tensor) -> torch.Tensor:  # weight rows of the given heads
+        return (heads[:, None] * self.head_dim + torch.arange(self.head_dim, device=heads.device)).flatten()
+
+    def project(self, x, rope=None, heads: torch.Tensor | None = None):
+        """q, k, v [B, h, L, D] after QK-norm and rotary; ``heads`` (Long indices) computes only
+        those heads, from row slices of the projection weights."""
+        if heads is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            rows = self._rows(heads)
+            q, k, v = (F.linear(x, p.weight[rows]) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def attend(self, q, k, v, mask=None, kv_cache: KVCache | None = None, heads: torch.Tensor | None = None,
+               head_scale: torch.Tensor | None = None):
+        """Attention of projected q/k/v and the output projection (of ``heads`` only, if given);
+        ``head_scale`` [H] weighs each head's output before the projection."""
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # stored in the cache's dtype
             if q.dtype != k.dtype:
                 q = q.to(k.dtype)
         out = attention(q, k, v, mask, backend=self.backend)
+        if head_scale is not None:
+            out = out * head_scale.to(out.dtype)[:, None, None]
         B, _, L, _ = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
+        out = out.transpose(1, 2).reshape(B, L, -1)
+        if heads is None:
+            return self.o_proj(out)
+        return F.linear(out, self.o_proj.weight[:, self._rows(heads)])
+
+    def forward(self, x, rope=None, mask=None, kv_cache: KVCache | None = None,
+                heads: torch.Tensor | None = None, head_scale: torch.Tensor | None = None):
+        return self.attend(*self.project(x, rope, heads), mask, kv_cache, heads, head_scale)
 
 
 def ffn_hidden(dim: int, mlp_ratio: float) -> int:
@@ -142,10 +179,16 @@ class Block(nn.Module):
     moe: keyword arguments of :class:`~mmgen.nn.moe.SparseMoE` to make the FFN sparse, or a ready
     sparse FFN module (MoUE layers share a pool); None = dense.
     checkpointing=True recomputes the block in backward (training only, not with a KV cache).
+    Depth options (at most one; all off = the plain block):
+      sgt: kwargs of :class:`mmgen.nn.sgt.SGTLoop` — an entropy-scheduled attention loop;
+      itt: kwargs of :class:`mmgen.nn.itt.ITT` — thinking steps for routed tokens
+        (``forward(..., groups=)`` gives the routing groups);
+      repeat: run the whole block this many times (static block looping).
     """
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False,
-                 backend: str = "auto", checkpointing: bool = False, moe: dict | None = None):
+                 backend: str = "auto", checkpointing: bool = False, moe: dict | None = None,
+                 sgt: dict | None = None, itt: dict | None = None, repeat: int = 1):
         super().__init__()
         hidden = ffn_hidden(dim, mlp_ratio)
         self.norm1 = RMSNorm(dim)
@@ -154,12 +197,33 @@ class Block(nn.Module):
         self.mlp = (SwiGLU(dim, hidden) if moe is None else moe if isinstance(moe, nn.Module)
                     else SparseMoE(dim, dense_hidden=hidden, **moe))
         self.checkpointing = checkpointing
+        if (sgt is not None) + (itt is not None) + (repeat > 1) > 1:
+            raise ValueError("Block: choose at most one of sgt, itt and repeat > 1")
+        from .itt import ITT
+        from .sgt import SGTLoop
+
+        self.sgt = SGTLoop(n_heads, **sgt) if sgt is not None else None
+        self.itt = ITT(dim, **itt) if itt is not None else None
+        self.repeat = repeat
 
     def _forward(self, x, rope, mask, kv_cache):
-        x = x + self.attn(self.norm1(x), rope, mask, kv_cache)
+        if self.sgt is None:
+            x = x + self.attn(self.norm1(x), rope, mask, kv_cache)
+        else:
+            x = self.sgt(self, x, rope, mask, kv_cache)
         return x + self.mlp(self.norm2(x))
 
-    def forward(self, x, rope=None, mask=None, kv_cache: KVCache | None = None):
+    def _run(self, x, rope=None, mask=None, kv_cache: KVCache | None = None):
         if self.checkpointing and self.training and kv_cache is None and torch.is_grad_enabled():
             return checkpoint(self._forward, x, rope, mask, None, use_reentrant=False)
         return self._forward(x, rope, mask, kv_cache)
+
+    def forward(self, x, rope=None, mask=None, kv_cache: KVCache | None = None, groups=None):
+        if self.itt is not None:
+            return self.itt(self._run, x, rope, mask, kv_cache, groups)
+        x = self._run(x, rope, mask, kv_cache)
+        for r in range(1, self.repeat):
+            x = self._run(x, rope, mask, None if kv_cache is None else kv_cache.child(f"repeat{r}"))
+        if self.sgt is not None:
+            self.sgt.commit()
+        return x
