@@ -32,7 +32,8 @@ def weights(folder):
     return VideoARPipeline.from_pretrained(str(folder)).transformer.state_dict()
 
 
-@pytest.mark.parametrize("method", ["lora", *(pytest.param(m, marks=pytest.mark.slow) for m in ("full", "beamlora", "apex"))])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora", "beamlora", "apex"])
 def test_finetune_writes_a_loadable_model_of_the_same_architecture(model_dir, tmp_path, method, capsys):
     out = tmp_path / method
     rc = mmgen_main(["ar", "finetune", "--method", method, "--model", str(model_dir), "--out", str(out),
