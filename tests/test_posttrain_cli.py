@@ -123,3 +123,17 @@ def test_whiten_keeps_mean():
     mask = torch.tensor([[True, True, True, False]])
     y = whiten_keep_mean(x, mask)
     assert float(y[mask].mean()) == pytest.approx(2.0) and float(y[mask].std()) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_rl_writes_a_loadable_model(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a large red square moving right\na small blue circle moving up\n")
+    out = tmp_path / "rl"
+    rc = mmgen_main(["ar", "rl", "--model", str(model_dir), "--prompts", str(prompts), "--out", str(out),
+                     "--steps", "1", "--group-size", "2", "--lr", "1e-3", "--curiosity"])
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads((out / "rl.json").read_text())
+    assert len(record["history"]) == 1 and record["config"]["curiosity"] is True
+    before, after = weights(model_dir), weights(out)
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)

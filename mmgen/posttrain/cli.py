@@ -11,7 +11,6 @@ Both write a pipeline folder (tokenizer, transformer, sampling defaults) that `m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -158,7 +157,7 @@ def _finetune(args) -> int:
     tuner.finish(args.adapter_out)
     meta = {"base_model": str(args.model), "method": cfg.method, "steps": cfg.steps, "seed": cfg.seed,
             "clips": len(captions), "captions": sorted(set(captions)), **history}
-    save_pipeline(pipe, out, meta)
+    save_pipeline(pipe, out, {"finetune.json": meta})
     print(f"wrote {out} (trainable parameters: {history['trainable_parameters']}; "
           f"final loss {history['loss'][-1]:.4f})" + (f"; adapter {args.adapter_out}" if args.adapter_out else ""))
     return 0
@@ -180,10 +179,9 @@ def _rl(args) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     history = trainer.run()
-    save_pipeline(pipe, out, None)
     record = {"base_model": str(args.model), "reference": str(args.ref or args.model), "prompts": prompts,
               "config": vars(cfg), "history": history}
-    (out / "rl.json").write_text(json.dumps(record, indent=1))
+    save_pipeline(pipe, out, {"rl.json": record})
     print(f"wrote {out} (mean reward first/last step {history[0]['reward']:.3f} / {history[-1]['reward']:.3f})")
     return 0
 

@@ -8,6 +8,7 @@ architecture (adapters merged, APEX operators fused), saved as a pipeline folder
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -175,13 +176,11 @@ class Finetuner:
             remove_lora(self.model)
 
 
-def save_pipeline(pipe, out: str | Path, metadata: dict | None = None) -> Path:
-    """Write the pipeline (its tokenizer, the fine-tuned transformer, its sampling defaults)
-    atomically, plus ``finetune.json`` with what was done."""
-    import json
-
+def save_pipeline(pipe, out: str | Path, records: dict[str, dict] | None = None) -> Path:
+    """Write the pipeline (its tokenizer, the trained transformer, its sampling defaults) and the
+    run's ``records`` ({file name: JSON-able dict}) as one atomic folder."""
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp)
-        if metadata is not None:
-            (tmp / "finetune.json").write_text(json.dumps(metadata, indent=1))
+        for name, record in (records or {}).items():
+            (tmp / name).write_text(json.dumps(record, indent=1))
     return Path(out)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -140,10 +140,6 @@ def remove_lora(model: nn.Module) -> nn.Module:
         m.merge()
         _set_module(model, name, m.base)
     return model
-
-
-def trainable_parameters(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------------------- PEFT format
