@@ -70,6 +70,9 @@ def clip_loss(pipe, data) -> tuple[float, float]:
 
 
 def fmt(values) -> str:
+    values = [v for v in values if v == v]  # drop NaN (not measured)
+    if not values:
+        return "n/a"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
