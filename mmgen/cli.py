@@ -2,6 +2,11 @@
 
 Each group lives next to the code it drives and exposes ``main(argv) -> int``; importing
 it lazily keeps ``mmgen --help`` fast and lets a group fail without breaking the others.
+
+Expected errors (:class:`mmgen.cli_utils.UserError`, file-system errors, bad values, corrupt
+weight files: :func:`mmgen.cli_utils.error_message`) are printed here, once for every command,
+as ``mmgen <command>: error: <what and how to fix>`` with exit status 2; ``--debug`` (anywhere
+on the command line) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ GROUPS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     lines = ["usage: mmgen <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in GROUPS.items()]
-    lines += ["", "Run `mmgen <command> --help` for the options of a command."]
+    lines += ["", "Run `mmgen <command> --help` for the options of a command;",
+              "add --debug to see the traceback of an error."]
     return "\n".join(lines)
 
 
@@ -40,9 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     if name not in GROUPS:
         print(f"mmgen: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, func_name = GROUPS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    from mmgen import cli_utils
+
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
+    cli_utils.DEBUG = debug
+    command = name if not rest or rest[0].startswith("-") or name in ("sample", "extend") else f"{name} {rest[0]}"
+    try:
+        module_name, func_name = GROUPS[name][0].split(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(rest) or 0)
+    except KeyboardInterrupt:
+        print(f"mmgen {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = cli_utils.error_message(exc)
+        if debug or message is None:
+            raise
+        print(f"mmgen {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ mkdir -p "$RUN"
 if [ -z "$TOKENIZER" ]; then
   echo "== (1) tokenizer (run folder runs/tokenizer_tiny, as configured)"
   mmgen tokenizer fit --config configs/tokenizer/moving_shapes_tiny.yaml
-  mmgen tokenizer export runs/tokenizer_tiny/checkpoints/last.ckpt runs/tokenizer_tiny/export
+  mmgen tokenizer export runs/tokenizer_tiny/checkpoints/last.ckpt runs/tokenizer_tiny/export --overwrite
   TOKENIZER=runs/tokenizer_tiny/export
 fi
 
@@ -43,11 +43,11 @@ mmgen ar fit --config configs/generator/moving_shapes_default.yaml \
     --data.train.init_args.path "$RUN/latents" \
     --trainer.default_root_dir "$RUN/generator" --trainer.logger.init_args.save_dir "$RUN/generator"
 CKPT=$(find "$RUN/generator" -name last.ckpt -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)
-mmgen ar export "$CKPT" "$RUN/export"
+mmgen ar export "$CKPT" "$RUN/export" --overwrite
 
 echo "== (4) pipeline folder -> $OUT"
-python -m mmgen.pipelines.assemble --tokenizer "$RUN/export/tokenizer" --generator "$RUN/export/generator" \
-    --sampling configs/sample/default.yaml --out "$OUT"
+python -m mmgen.pipelines.assemble --tokenizer "$RUN/export/tokenizer" --generator "$RUN/export/transformer" \
+    --sampling configs/sample/default.yaml --out "$OUT" --overwrite
 
 echo "== (5) samples + MovingShapes benchmark"
 rm -rf "$RUN/eval"

@@ -71,7 +71,8 @@ def test_cli_fit_resume_export(tmp_path):
                          weights_only=True)
     assert resumed["global_step"] == 5
     assert main(["export", str(last), str(tmp_path / "export")]) == 0
-    gen = VideoAR.from_pretrained(tmp_path / "export" / "generator")
+    assert (tmp_path / "export" / "model_index.json").is_file()  # a pipeline folder `mmgen sample` loads
+    gen = VideoAR.from_pretrained(tmp_path / "export" / "transformer")
     assert gen.config.width == 64
     assert json.loads((tmp_path / "export" / "tokenizer" / "config.json").read_text())["sample_size"] == 32
     state = torch.load(last, weights_only=True)["state_dict"]

@@ -51,8 +51,10 @@ def test_synth_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--out", str(tmp_path), "--holdout", "purple:circle"])
     assert "purple:circle" in capsys.readouterr().err
-    assert main(["synth", "--out", str(tmp_path), "--num", "0"]) == 2
-    assert main(["synth", "--out", str(tmp_path), "--num", "2", "--split", "heldout"]) == 2
+    from mmgen.cli import main as mmgen_main
+
+    assert mmgen_main(["data", "synth", "--out", str(tmp_path), "--num", "0"]) == 2
+    assert mmgen_main(["data", "synth", "--out", str(tmp_path), "--num", "2", "--split", "heldout"]) == 2
     assert "holdout" in capsys.readouterr().err
 
 
@@ -66,9 +68,12 @@ def test_inspect_table_and_json(synth_dir, tmp_path, capsys):
     (bad / "empty.webm").touch()
 
     assert main(["inspect", str(bad)]) == 0
-    out = capsys.readouterr().out
-    for expected in ("videos", "unreadable", "32x32 (2)", "broken.avi", "empty.webm"):
-        assert expected in out
+    captured = capsys.readouterr()
+    for expected in ("videos", "unreadable", "32x32 (2)"):
+        assert expected in captured.out
+    for skipped in ("sub/broken.avi", "empty.webm"):  # each bad file named in one line
+        assert f"mmgen data inspect: skipped {skipped}:" in captured.err
+    assert "2 video(s) done, 2 skipped" in captured.err
 
     assert main(["inspect", str(bad), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -79,7 +84,9 @@ def test_inspect_table_and_json(synth_dir, tmp_path, capsys):
 
 
 def test_inspect_missing_or_empty_folder(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "nope")]) == 2
+    from mmgen.cli import main as mmgen_main
+
+    assert mmgen_main(["data", "inspect", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["videos"] == 0

@@ -227,23 +227,76 @@ def test_make_grid_layout_and_write_grid(tmp_path):
         make_grid([videos[0], torch.zeros(3, 9, 10, 3, dtype=torch.uint8)])
 
 
-def test_atomic_dir_replaces_a_folder_whole_and_keeps_it_on_failure(tmp_path):
+def _model(tmp, weights="one"):
+    (tmp / "config.json").write_text('{"_class_name": "VideoTokenizer"}')
+    (tmp / "diffusion_pytorch_model.safetensors").write_text(weights)
+
+
+def test_atomic_dir_replaces_a_model_folder_whole_and_keeps_it_on_failure(tmp_path):
+    from mmgen.cli_utils import UserError
     from mmgen.io import atomic_dir
 
     out = tmp_path / "model"
     with atomic_dir(out) as tmp:
-        (tmp / "a.txt").write_text("one")
+        _model(tmp)
         (tmp / "sub").mkdir()
-    assert (out / "a.txt").read_text() == "one" and (out / "sub").is_dir()
-    assert (out / "a.txt").stat().st_mode & 0o044  # readable by others, unlike mkdtemp's 0600
+        _model(tmp / "sub")
+    assert (out / "config.json").is_file() and (out / "sub" / "config.json").is_file()
+    assert (out / "config.json").stat().st_mode & 0o044  # readable by others, unlike mkdtemp's 0600
 
-    with atomic_dir(out) as tmp:
-        (tmp / "b.txt").write_text("two")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # replaced, not merged
+    with pytest.raises(UserError, match="--overwrite"):  # a model is there: replaced only when asked
+        with atomic_dir(out) as tmp:
+            _model(tmp, "two")
+    with atomic_dir(out, overwrite=True) as tmp:
+        _model(tmp, "two")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert (out / "diffusion_pytorch_model.safetensors").read_text() == "two"  # replaced, not merged
 
     with pytest.raises(RuntimeError):
-        with atomic_dir(out) as tmp:
-            (tmp / "c.txt").write_text("half")
+        with atomic_dir(out, overwrite=True) as tmp:
+            _model(tmp, "half")
             raise RuntimeError("save failed")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert (out / "diffusion_pytorch_model.safetensors").read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folders left behind
+
+
+@pytest.mark.parametrize("setup", ["user_file_in_folder", "file_at_path", "model_plus_user_file"])
+def test_atomic_dir_never_replaces_what_is_not_ours(tmp_path, setup):
+    from mmgen.cli_utils import UserError
+    from mmgen.io import atomic_dir
+
+    out = tmp_path / "dest"
+    if setup == "file_at_path":
+        out.write_text("my notes")
+    else:
+        out.mkdir()
+        if setup == "model_plus_user_file":
+            _model(out)
+        (out / "notes.txt").write_text("my notes")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError, match="choose"):
+        with atomic_dir(out, overwrite=True) as tmp:
+            _model(tmp)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (out.read_text() if out.is_file() else (out / "notes.txt").read_text()) == "my notes"
+
+
+def test_atomic_dir_refuses_cwd_its_parents_and_the_input(tmp_path, monkeypatch):
+    from mmgen.cli_utils import UserError
+    from mmgen.io import atomic_dir
+
+    work = tmp_path / "work"
+    _model(work.mkdir() or work)  # even a model folder of ours: it is where the user stands
+    monkeypatch.chdir(work)
+    for dest in (".", str(tmp_path)):
+        with pytest.raises(UserError, match="current folder"):
+            with atomic_dir(dest, overwrite=True) as tmp:
+                _model(tmp)
+    ckpt = tmp_path / "runs" / "last.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_text("weights")
+    for dest in (ckpt, ckpt.parent):
+        with pytest.raises(UserError, match="input"):
+            with atomic_dir(dest, overwrite=True, inputs=[ckpt]) as tmp:
+                _model(tmp)
+    assert ckpt.read_text() == "weights" and (work / "config.json").is_file()

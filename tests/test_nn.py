@@ -76,9 +76,11 @@ def test_backend_resolution_and_errors():
     assert resolve_backend("auto", torch.device("cuda"), m, head_dim=64) == "flex"
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve_backend("fast", torch.device("cpu"))
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="xformers"):
-            resolve_backend("xformers", torch.device("cpu"))
+    if not torch.cuda.is_available():  # a saved "xformers" must not stop a model from running here
+        with pytest.warns(UserWarning, match="xformers kernels do not run here"):
+            assert resolve_backend("xformers", torch.device("cpu")) == "sdpa"
+    assert resolve_backend("flex", torch.device("cpu"), m) == "flex"
+    assert resolve_backend("flex", torch.device("cpu"), m.dense()) == "sdpa"  # Flex needs a GroupMask
 
 
 def test_rope_default_split_and_validation():

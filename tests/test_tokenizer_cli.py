@@ -127,8 +127,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
 
 
 def test_export_rejects_missing_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    from mmgen.cli_utils import UserError
+
+    with pytest.raises(UserError, match="checkpoint .*nope.ckpt not found"):
         main(["export", str(tmp_path / "nope.ckpt"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not os.environ.get("MMGEN_LPIPS_VGG"), reason="needs local LPIPS weights (MMGEN_LPIPS_VGG/_LIN)")

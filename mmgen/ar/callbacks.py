@@ -1,6 +1,9 @@
-"""Training callbacks: checkpoints that are atomic and include the final step; a loss-curve PNG."""
+"""Training callbacks: checkpoints that are atomic and include the final step; a loss-curve PNG;
+progress lines when the output goes to a file."""
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -29,6 +32,11 @@ class LossCurve(pl.Callback):
         self.every_n_steps, self.key, self.chance = every_n_steps, key, chance
         self.steps: list[int] = []
         self.values: list[float] = []
+        self.path: Path | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(key=self.key, every_n_steps=self.every_n_steps)
 
     def state_dict(self) -> dict:
         return {"steps": list(self.steps), "values": list(self.values)}
@@ -38,7 +46,12 @@ class LossCurve(pl.Callback):
 
     @staticmethod
     def run_dir(trainer: pl.Trainer) -> Path:
+        """The run folder. ``trainer.log_dir`` is a collective under DDP (rank 0 broadcasts it):
+        call this on every rank, as :meth:`on_train_start` does, never on rank 0 alone."""
         return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def on_train_start(self, trainer, pl_module):
+        self.path = self.run_dir(trainer) / "loss_curve.png"  # every rank takes part in the broadcast
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         value = trainer.callback_metrics.get(self.key)
@@ -46,11 +59,11 @@ class LossCurve(pl.Callback):
             self.steps.append(trainer.global_step)
             self.values.append(float(value))
         if trainer.is_global_zero and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.plot(self.run_dir(trainer) / "loss_curve.png")
+            self.plot(self.path)
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero:
-            self.plot(self.run_dir(trainer) / "loss_curve.png")
+            self.plot(self.path)
 
     def plot(self, path: Path) -> None:
         if not self.values:
@@ -78,3 +91,32 @@ class LossCurve(pl.Callback):
                 fig.savefig(tmp, dpi=100)
         finally:
             plt.close(fig)
+
+
+class ProgressLog(pl.Callback):
+    """One line every ``every_n_steps`` optimiser steps (step / max_steps, loss, steps/s, time
+    left) when stderr is not a terminal — a job log or ``> run.log`` — where Lightning's bar only
+    rewrites one line with carriage returns. On a terminal the bar is the progress."""
+
+    def __init__(self, every_n_steps: int = 50, key: str = "train/loss", stream=None):
+        self.every_n_steps, self.key, self.stream = every_n_steps, key, stream
+        self._start, self._first, self._last = 0.0, 0, -1
+
+    def on_train_start(self, trainer, pl_module):
+        self._start, self._first = time.monotonic(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stream = self.stream or sys.stderr
+        step = trainer.global_step
+        if (not trainer.is_global_zero or not self.every_n_steps or step % self.every_n_steps or step == self._last
+                or stream.isatty()):
+            return
+        self._last = step
+        rate = (step - self._first) / max(time.monotonic() - self._start, 1e-9)
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        loss = trainer.callback_metrics.get(self.key)
+        parts = [f"step {step}" + (f"/{total}" if total else ""),
+                 f"{self.key} {float(loss):.4f}" if loss is not None else "", f"{rate:.2f} steps/s"]
+        if total and rate > 0:
+            parts.append(f"~{(total - step) / rate / 60:.1f} min left")
+        print("  ".join(p for p in parts if p), file=stream, flush=True)

@@ -1,7 +1,7 @@
 """`mmgen ar fit | export | tokenize` (and `finetune | rl`, in :mod:`mmgen.posttrain.cli`).
 
   mmgen ar fit --config configs/generator/tiny.yaml [--ckpt_path RUN/checkpoints/last.ckpt] [--trainer.strategy fsdp ...]
-  mmgen ar export CKPT OUTDIR [--no-ema]          -> OUTDIR/generator/ and OUTDIR/tokenizer/ (save_pretrained)
+  mmgen ar export CKPT OUTDIR [--no-ema] [--sampling YAML]  -> pipeline folder for `mmgen sample --model OUTDIR`
   mmgen ar tokenize --tokenizer DIR --out CACHE [--dataset mmgen.data.MovingShapes --dataset-args '{...}']
 
 `fit` is a LightningCLI over ARModule + ARDataModule: every constructor argument is a YAML key
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 
-from mmgen.io import atomic_dir
+from mmgen.cli_utils import UserError
 
-# RunCheckpoint/LossCurve defaults every run gets (configs may add more callbacks).
+# RunCheckpoint/LossCurve/ProgressLog: defaults every run gets (configs may add more callbacks).
 CHECKPOINT_EVERY = 200
 
 
 def _fit(argv: list[str]) -> int:
     from lightning.pytorch.cli import LightningCLI
 
-    from .callbacks import LossCurve, RunCheckpoint
+    from .callbacks import LossCurve, ProgressLog, RunCheckpoint
     from .data import ARDataModule
     from .training import ARModule, NonFiniteLossError
 
@@ -39,7 +39,7 @@ def _fit(argv: list[str]) -> int:
     # args= is how we hand LightningCLI our argv; its "also got sys.argv" warning does not apply.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     defaults = {"callbacks": [RunCheckpoint(save_last=True, every_n_train_steps=CHECKPOINT_EVERY),
-                              LossCurve(every_n_steps=50)]}
+                              LossCurve(every_n_steps=50), ProgressLog(every_n_steps=50)]}
     cli = _CLI(ARModule, ARDataModule, run=False, args=argv, trainer_defaults=defaults,
                save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mmgen ar fit"})
     try:
@@ -50,19 +50,24 @@ def _fit(argv: list[str]) -> int:
     return 0
 
 
-def export_checkpoint(ckpt: str | Path, out_dir: str | Path, ema: bool = True) -> Path:
-    """Write the generator (EMA weights when present and ``ema``) and its tokenizer as
-    ``save_pretrained`` folders OUT/generator and OUT/tokenizer (atomically replaced)."""
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, ema: bool = True, sampling: dict | None = None,
+                      fps: int = 8, overwrite: bool = False) -> Path:
+    """Write the pipeline folder ``out_dir`` that ``mmgen sample --model`` loads: model_index.json,
+    transformer/ (the generator; EMA weights when present and ``ema``) and tokenizer/.
+
+    ``out_dir`` must be new or empty, or, with ``overwrite``, a model folder mmgen wrote
+    (checked before the checkpoint is read); ``sampling``: default sampling settings."""
+    from mmgen.io.checkpoint import load_checkpoint
+    from mmgen.io.destination import check_model_destination
+    from mmgen.pipelines.assemble import save_pipeline
     from mmgen.tokenizer.model import VideoTokenizer
 
     from .model import VideoAR
 
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} not found")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    check_model_destination(out_dir, overwrite, inputs=[ckpt])
+    state = load_checkpoint(ckpt, "mmgen ar fit")
     if "generator_config" not in state:
-        raise ValueError(f"{ckpt} is not an ARModule checkpoint (no generator_config)")
+        raise UserError(f"{ckpt} is not a checkpoint of `mmgen ar fit` (no generator_config)")
     weights = state["state_dict"]
     use_ema = ema and any(k.startswith("ema.") for k in weights)
     prefix = "ema." if use_ema else "model."
@@ -70,10 +75,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, ema: bool = True) -
     generator.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     tokenizer = VideoTokenizer.from_config(state["tokenizer_config"])
     tokenizer.load_state_dict({k[len("tokenizer."):]: v for k, v in weights.items() if k.startswith("tokenizer.")})
-    with atomic_dir(out_dir) as tmp:
-        generator.save_pretrained(tmp / "generator")
-        tokenizer.save_pretrained(tmp / "tokenizer")
-    return Path(out_dir)
+    return save_pipeline(tokenizer, generator, out_dir, sampling, fps, overwrite, inputs=[ckpt])
 
 
 def _import(path: str):
@@ -81,7 +83,16 @@ def _import(path: str):
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise SystemExit(f"mmgen ar tokenize: cannot import dataset class {path!r}: {err}")
+        raise UserError(f"cannot import dataset class {path!r}: {err} (pass --dataset package.module.Class)") from None
+
+
+def _check_cache_destination(out: Path) -> None:
+    """A latent cache replaces its own files only: ``out`` must be new, empty or a latent cache."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+        raise UserError(f"--out {out} is not empty and is not a latent cache (no meta.json); "
+                        "choose a new or empty folder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +109,14 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("finetune", help="adapt a trained model to new clips (full | lora | beamlora | apex)", add_help=False)
     sub.add_parser("rl", help="GRPO with MovingShapes rewards (+ CD-RLHF curiosity)", add_help=False)
-    ex = sub.add_parser("export", help="checkpoint -> save_pretrained folders (generator/, tokenizer/)")
-    ex.add_argument("ckpt")
-    ex.add_argument("out_dir")
+    ex = sub.add_parser("export", help="checkpoint -> pipeline folder for `mmgen sample --model OUT_DIR`")
+    ex.add_argument("ckpt", help="Lightning checkpoint written by `mmgen ar fit` (RUN/.../checkpoints/last.ckpt)")
+    ex.add_argument("out_dir", help="new or empty folder: model_index.json, transformer/, tokenizer/")
     ex.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA weights exist")
+    ex.add_argument("--sampling", help="default sampling settings YAML (e.g. configs/sample/default.yaml)")
+    ex.add_argument("--fps", type=int, default=8, help="frame rate of the videos `mmgen sample` writes")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace OUT_DIR if it is a model folder written by mmgen (never anything else)")
     tk = sub.add_parser("tokenize", help="encode a dataset once into a latent cache (LatentCache)")
     tk.add_argument("--tokenizer", required=True, help="folder of a saved VideoTokenizer")
     tk.add_argument("--out", required=True, help="cache folder to write")
@@ -112,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "export":
-        out = export_checkpoint(args.ckpt, args.out_dir, ema=not args.no_ema)
-        print(f"exported {args.ckpt} -> {out}/generator, {out}/tokenizer")
+        from mmgen.pipelines.assemble import read_sampling
+
+        out = export_checkpoint(args.ckpt, args.out_dir, ema=not args.no_ema, sampling=read_sampling(args.sampling),
+                                fps=args.fps, overwrite=args.overwrite)
+        print(f"exported {args.ckpt} -> {out} (sample with: mmgen sample --model {out} --prompt ...)")
         return 0
     from .data import tokenize_dataset
     from .training import load_tokenizer
@@ -121,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kwargs = json.loads(args.dataset_args)
     except json.JSONDecodeError as err:
-        raise SystemExit(f"mmgen ar tokenize: --dataset-args is not valid JSON: {err}")
+        raise UserError(f"--dataset-args is not valid JSON: {err}") from None
+    _check_cache_destination(Path(args.out))
     dataset = _import(args.dataset)(**kwargs)
     out = tokenize_dataset(dataset, load_tokenizer(args.tokenizer), args.out, args.batch_size, device=args.device)
     print(f"wrote latent cache {out} ({len(dataset)} samples)")

@@ -24,6 +24,8 @@ is ``[cond rows; uncond rows]`` (see :func:`split_cfg_batch`).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -46,6 +48,13 @@ def _check_position(t: int, k: int, num_frames: int, num_scales: int) -> None:
     if not (0 <= t < num_frames and 0 <= k < num_scales):
         raise ValueError(f"position (frame {t}, scale {k}) outside {num_frames} frames x {num_scales} scales")
 
+
+
+def _check_weight(what: str, value, note: str = "(1 = no guidance, 0 = unconditional)") -> None:
+    """Guidance weights and temperatures are finite numbers >= 0 (NaN would reach the samples)."""
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be a finite number >= 0 {note}, got {value}")
 
 @dataclass(frozen=True)
 class GuidanceSchedule:
@@ -70,6 +79,8 @@ class GuidanceSchedule:
     def __post_init__(self) -> None:
         if self.kind not in GUIDANCE_KINDS:
             raise ValueError(f"unknown guidance kind {self.kind!r}; expected one of {GUIDANCE_KINDS}")
+        for name in ("scale", "first_start", "first_end", "peak", "start", "end"):
+            _check_weight(f"guidance {name}", getattr(self, name))
 
     def __call__(self, t: int, k: int, num_frames: int, num_scales: int) -> float:
         _check_position(t, k, num_frames, num_scales)
@@ -112,10 +123,11 @@ class GuidanceSchedule:
             head, *args = spec.strip().split(":")
             if not args and head not in GUIDANCE_KINDS:
                 try:
-                    return cls(kind="constant", scale=float(head))
+                    scale = float(head)
                 except ValueError:
                     raise ValueError(f"unknown guidance kind {head!r}; expected a number or one of "
                                      f"{GUIDANCE_KINDS}") from None
+                return cls(kind="constant", scale=scale)
             names = {"constant": ("scale",), "adaptive": ("first_start", "first_end", "peak"),
                      "linear": ("start", "end")}.get(head)
             if names is None:
@@ -140,8 +152,8 @@ class TemperatureSchedule:
     fine: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.coarse < 0 or self.fine < 0:
-            raise ValueError(f"temperatures must be >= 0 (0 = greedy), got coarse={self.coarse}, fine={self.fine}")
+        _check_weight("temperature coarse", self.coarse, "(0 = greedy)")
+        _check_weight("temperature fine", self.fine, "(0 = greedy)")
 
     def __call__(self, t: int, k: int, num_frames: int, num_scales: int) -> float:
         _check_position(t, k, num_frames, num_scales)

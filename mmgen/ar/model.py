@@ -67,8 +67,9 @@ class VideoAR(ModelMixin, ConfigMixin):
       pos_mode: "own_grid" (VideoAR) or "finest_grid" (coarse scales centre-aligned on the finest grid)
       rope_base, rope_axes: Rope3D base and (t, h, w) split of the head dim (None = 1/4, 3/8, 3/8)
       frame_window: Random Frame Mask window w (None = every past frame is visible)
-      attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU)
-      grad_checkpointing: recompute blocks in backward
+      attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU); a run-time
+        default only (:meth:`set_attention_backend`): any saved value samples anywhere
+      grad_checkpointing: recompute blocks in backward (training only; :meth:`set_gradient_checkpointing`)
     """
 
     @register_to_config
@@ -118,6 +119,16 @@ class VideoAR(ModelMixin, ConfigMixin):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         for block in self.blocks:
             block.checkpointing = enabled
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Choose the attention kernel for this run (the saved ``attn_backend`` is only the default
+        it was trained with; every backend computes the same function)."""
+        from mmgen.nn.attention import BACKENDS
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+        for block in self.blocks:
+            block.attn.backend = backend
 
     # ------------------------------------------------------------------ layout & condition
     def layout(self, num_frames: int | None = None) -> GroupLayout:
@@ -235,7 +246,7 @@ class VideoAR(ModelMixin, ConfigMixin):
         if single_group and layout.window is None:
             mask = None  # one group sees everything cached so far, itself included
         else:  # the (causal) text prefix, or a frame window: rows of the layout's mask
-            mask = layout.group_mask()[tokens, :tokens.stop].to(self.device)
+            mask = layout.attention_mask().rows(tokens, tokens.stop).to(self.device)
         rope = self._rope(layout.pos[tokens])
         for block, kv in zip(self.blocks, cache.layers):
             x = block(x, rope, mask, kv_cache=kv)

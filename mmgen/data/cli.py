@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from mmgen.cli_utils import UserError, add_strict_flag
 from mmgen.data.moving_shapes import BACKGROUNDS, COLORS, SHAPES, SPLITS
 
 PREVIEW_CLIPS = 16
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("dir", type=Path)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     inspect.add_argument("--backend", default="auto", help="video backend (auto, decord, torchcodec, pyav)")
+    add_strict_flag(inspect)
     return parser
 
 
@@ -64,8 +66,7 @@ def synth_command(args: argparse.Namespace) -> int:
     from mmgen.io import atomic_path, write_grid, write_video
 
     if args.num < 1:
-        print(f"mmgen data synth: --num must be >= 1, got {args.num}", file=sys.stderr)
-        return 2
+        raise UserError(f"--num must be >= 1, got {args.num}")
     split = args.split or ("train" if args.holdout else "all")
     try:
         dataset = MovingShapes(
@@ -73,10 +74,12 @@ def synth_command(args: argparse.Namespace) -> int:
             background=args.background, holdout=args.holdout, split=split, fps=args.fps,
         )
     except ValueError as exc:
-        print(f"mmgen data synth: {exc}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+        raise UserError(str(exc)) from None
     width = max(5, len(str(args.num - 1)))
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder; choose another --out")
+    _check_synth_outputs(args.out, [f"{i:0{width}d}.mp4" for i in range(args.num)])
+    args.out.mkdir(parents=True, exist_ok=True)
     rows, preview = [], []
     for index in tqdm(range(args.num), desc=f"synth -> {args.out}", unit="clip", file=sys.stderr):
         sample = dataset.sample(index)
@@ -98,20 +101,34 @@ def synth_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_synth_outputs(out: Path, clips: list[str]) -> None:
+    """Replace only what an earlier `synth` into ``out`` wrote (its manifest.jsonl lists the clips)."""
+    from mmgen.io.destination import check_output_files
+
+    owned = {"manifest.jsonl", "preview.gif"}
+    try:
+        with open(out / "manifest.jsonl", encoding="utf-8") as fh:
+            owned |= {json.loads(line)["file"] for line in fh if line.strip()}
+    except (OSError, ValueError, KeyError, TypeError):
+        owned = set()
+    check_output_files([out / name for name in [*clips, "manifest.jsonl", "preview.gif"]],
+                       lambda p: p.name in owned, "choose another --out or move the file")
+
+
 def summarise(directory: Path, backend: str = "auto") -> dict:
     """Counts, frame statistics, resolutions, frame rates and total duration of a video folder."""
     from tqdm import tqdm
 
+    from mmgen.cli_utils import run_batch
     from mmgen.data.folder import scan_videos
-    from mmgen.io import VideoReadError, video_info
+    from mmgen.io import video_info
 
     files = scan_videos(directory)
-    infos, unreadable = [], []
-    for path in tqdm(files, desc=f"inspect {directory}", unit="video", file=sys.stderr, disable=len(files) < 50):
-        try:
-            infos.append(video_info(path, backend=backend))
-        except VideoReadError as exc:
-            unreadable.append({"file": os.path.relpath(path, directory), "error": str(exc)})
+    progress = tqdm(files, desc=f"inspect {directory}", unit="video", file=sys.stderr, disable=len(files) < 50)
+    result = run_batch(progress, lambda path: video_info(path, backend=backend), command="data inspect",
+                       label=lambda path: os.path.relpath(path, directory), what="video")
+    infos = result.done
+    unreadable = [{"file": name, "error": reason} for name, reason in result.skipped]
     frames = [i.num_frames for i in infos]
     return {
         "dir": str(directory),
@@ -148,25 +165,21 @@ def _print_table(summary: dict) -> None:
     table.add_row("fps", counts(summary["fps"]))
     table.add_row("total duration", f"{summary['duration_s']:.1f} s")
     table.add_row("decoded by", counts(summary["backends"]))
-    console = Console()
-    console.print(table)
-    for bad in summary["unreadable_files"][:20]:
-        console.print(f"[red]unreadable[/red] {bad['file']}: {bad['error']}", markup=True, highlight=False)
-    if len(summary["unreadable_files"]) > 20:
-        console.print(f"... and {len(summary['unreadable_files']) - 20} more unreadable files")
+    Console().print(table)  # the unreadable files were named, one line each, as they were met
 
 
 def inspect_command(args: argparse.Namespace) -> int:
     if not args.dir.is_dir():
-        print(f"mmgen data inspect: folder not found: {args.dir}", file=sys.stderr)
-        return 2
+        raise UserError(f"folder not found: {args.dir}")
     summary = summarise(args.dir, backend=args.backend)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         _print_table(summary)
-    # Non-zero when nothing usable is there, so scripts can stop early.
-    return 0 if summary["readable"] else 1
+    # Non-zero when nothing usable is there (or, with --strict, anything unreadable), so scripts can stop early.
+    if not summary["readable"] or (args.strict and summary["unreadable"]):
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

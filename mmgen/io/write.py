@@ -46,27 +46,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
+               inputs: Sequence[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it becomes ``path`` as a whole.
 
     For model folders (``save_pretrained``): a reader sees the old folder or the complete new
-    one, never a mix, and a failed save leaves the old folder untouched.
+    one, never a mix, and a failed save leaves the old folder untouched. The destination is
+    checked before the work starts and again before the rename
+    (:func:`mmgen.io.destination.check_model_destination`): a missing path or an empty folder
+    is written; a model folder of ours is replaced only with ``overwrite``; anything else (a
+    user's files, ``.``, the input in ``inputs`` or a folder holding it) raises UserError.
     """
-    path = Path(path).resolve()
+    from mmgen.io.destination import check_model_destination
+
+    path = check_model_destination(path, overwrite, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    old = None
+    old, replaced = None, False
     try:
         yield tmp
         _chmod_tree(tmp)
-        if path.exists():
+        check_model_destination(path, overwrite, inputs)
+        if path.exists() and any(path.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / path.name)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+            replaced = True
+        except BaseException:
+            if old is not None:  # put the previous model back before reporting the failure
+                os.replace(old / path.name, path)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
+        if old is not None and replaced:
             shutil.rmtree(old, ignore_errors=True)
+        elif old is not None:
+            with contextlib.suppress(OSError):
+                old.rmdir()
 
 
 def _chmod_tree(root: Path) -> None:

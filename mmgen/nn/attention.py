@@ -12,6 +12,7 @@ attention.  Three backends compute the same function:
 * ``"xformers"`` — ``memory_efficient_attention`` with an additive bias; used only when a real
   tiny CUDA call succeeds (checked once and cached), never just because the import works.
 
+Every backend takes every mask (see :func:`resolve_backend` for the fallbacks).
 Masks are either a boolean tensor (``True`` = may attend), ``[Lq, Lk]`` or ``[B, 1, Lq, Lk]``,
 or a :class:`GroupMask`, which describes the mask by per-token group ids and a group-level
 visibility table.  A GroupMask can become a dense mask (for SDPA/xformers) or a BlockMask
@@ -67,6 +68,11 @@ class GroupMask:
                                              self.visible.to(device))
         return self._copies[device]
 
+    def rows(self, queries: slice, num_keys: int) -> "GroupMask":
+        """The mask of queries ``queries`` against the first ``num_keys`` keys (KV-cached decoding),
+        without building the full [Lq, Lk] mask: the group ids are sliced, the table is shared."""
+        return GroupMask(self.q_group[queries], self.k_group[:num_keys], self.visible)
+
     def dense(self, device=None) -> torch.Tensor:
         """Bool mask [Lq, Lk] (or [B, 1, Lq, Lk] when batched), cached per device."""
         device = torch.device(device) if device is not None else self.q_group.device
@@ -114,13 +120,7 @@ def _compiled_flex():
 def _flex(q, k, v, mask):
     from torch.nn.attention.flex_attention import flex_attention
 
-    if mask is None:
-        block = None
-    elif isinstance(mask, GroupMask):
-        block = mask.block_mask(q.device)
-    else:
-        raise TypeError("flex backend needs a GroupMask (or no mask); got a dense tensor mask — "
-                        "use backend='sdpa' for dense masks")
+    block = None if mask is None else mask.block_mask(q.device)
     if q.is_cuda:
         return _compiled_flex()(q, k, v, block_mask=block)
     with warnings.catch_warnings():
@@ -171,14 +171,26 @@ def xformers_available() -> bool:
         return False
 
 
+def _warn_fallback(backend: str, reason: str) -> None:
+    warnings.warn(f"attention backend {backend!r}: {reason}; using the SDPA reference (same result)", stacklevel=3)
+
+
 def resolve_backend(backend: str, device: torch.device, mask=None, head_dim: int | None = None) -> str:
     """Pick the concrete backend for ``backend`` on ``device``.  "auto" takes Flex only for a
-    GroupMask on CUDA with a power-of-two head dim >= 16 (what its kernels are tuned for)."""
+    GroupMask on CUDA with a power-of-two head dim >= 16 (what its kernels are tuned for).
+
+    A requested backend that cannot compute this call falls back to SDPA (xformers with a
+    warning, which Python's default filter shows once):
+    xformers whose kernels do not run here, Flex given a dense tensor mask (it needs a
+    GroupMask; a dense mask is already materialised, so SDPA costs nothing extra). A model
+    saved with any backend therefore runs anywhere."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "xformers" and not xformers_available():
-        raise RuntimeError("attention backend 'xformers' requested but xformers kernels do not run "
-                           "here (not installed, no CUDA, or no kernel for this GPU)")
+        _warn_fallback(backend, "xformers kernels do not run here (not installed, no CUDA, or no kernel for this GPU)")
+        return "sdpa"
+    if backend == "flex" and isinstance(mask, torch.Tensor):
+        return "sdpa"
     if backend != "auto":
         return backend
     flex_dim = head_dim is None or (head_dim >= 16 and head_dim & (head_dim - 1) == 0)

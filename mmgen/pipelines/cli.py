@@ -17,10 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from mmgen.cli_utils import UserError
 from mmgen.pipelines.outputs import (
     FrameStreamWriter,
     check_writable_dir,
     check_writable_file,
+    is_sample_output,
     round_num_frames,
     sidecar,
     slug,
@@ -31,22 +33,18 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default"
 BUILD_HINT = "build it with scripts/build_default_model.sh or pass --model DIR"
 
 
-class CliError(Exception):
-    """A user mistake: printed as one line, exit status 2."""
-
-
 def resolve_model_dir(model: str | None) -> Path:
     """The model folder to load: ``--model`` or the shipped default; clear error if unusable."""
     if model is None:
         path = DEFAULT_MODEL
         if not (path / "model_index.json").is_file():
-            raise CliError(f"the default model is missing ({path / 'model_index.json'} not found); {BUILD_HINT}")
+            raise UserError(f"the default model is missing ({path / 'model_index.json'} not found); {BUILD_HINT}")
         return path
     path = Path(model).expanduser()
     if not path.is_dir():
-        raise CliError(f"model folder {path} does not exist")
+        raise UserError(f"model folder {path} does not exist")
     if not (path / "model_index.json").is_file():
-        raise CliError(f"{path} is not a VideoAR pipeline folder: {path / 'model_index.json'} is missing "
+        raise UserError(f"{path} is not a VideoAR pipeline folder: {path / 'model_index.json'} is missing "
                        f"(save one with VideoARPipeline.save_pretrained)")
     return path
 
@@ -57,12 +55,12 @@ def read_prompts_file(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        raise CliError(f"prompts file {path} not found") from None
+        raise UserError(f"prompts file {path} not found") from None
     except UnicodeDecodeError as exc:
-        raise CliError(f"prompts file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        raise UserError(f"prompts file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
-        raise CliError(f"prompts file {path} holds no prompts")
+        raise UserError(f"prompts file {path} holds no prompts")
     return prompts
 
 
@@ -74,15 +72,15 @@ def load_settings(path: str | None) -> dict:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise CliError(f"sampling config {path} not found") from None
+        raise UserError(f"sampling config {path} not found") from None
     except yaml.YAMLError as exc:
-        raise CliError(f"sampling config {path} is not valid YAML: {exc}") from None
+        raise UserError(f"sampling config {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise CliError(f"sampling config {path} must be a mapping, got {type(data).__name__}")
+        raise UserError(f"sampling config {path} must be a mapping, got {type(data).__name__}")
     known = {"guidance", "temperature", "top_p", "window", "batch_size"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise CliError(f"sampling config {path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise UserError(f"sampling config {path}: unknown key(s) {unknown}; known: {sorted(known)}")
     return data
 
 
@@ -93,6 +91,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "(default: the model's)")
     p.add_argument("--temperature", help="sampling temperature: a number or 'coarse:fine' (default: the model's)")
     p.add_argument("--top-p", type=float, help="per-bit nucleus threshold in (0, 1] (default: the model's)")
+    p.add_argument("--window", type=int, help="frames of history kept while decoding (models trained with a "
+                   "frame window; bounds memory; default: the model's)")
+    p.add_argument("--attn-backend", default="auto", choices=("auto", "sdpa", "flex", "xformers"),
+                   help="attention kernel for this run (default auto: Flex on CUDA, SDPA elsewhere); "
+                        "the backend saved with the model is only its training choice")
     p.add_argument("--seed", type=int, default=0, help="seed of the first video; video i uses seed + i")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -105,23 +108,37 @@ def _cuda() -> bool:
 
 
 def _settings(args: argparse.Namespace) -> dict:
+    """The sampling overrides of --config and the flags, checked before the model is loaded
+    (the window is checked against the model later)."""
+    from mmgen.ar.sampling import SamplerSettings
+
     settings = load_settings(args.config)
-    for key in ("guidance", "temperature", "top_p"):
+    for key in ("guidance", "temperature", "top_p", "window"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
+    try:
+        SamplerSettings.from_dict({k: v for k, v in settings.items() if k != "batch_size"})
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc)) from None
     return settings
 
 
 def _load_pipeline(args: argparse.Namespace):
     from mmgen.pipelines.videoar import VideoARPipeline
 
+    from mmgen.cli_utils import error_message
+
     model_dir = resolve_model_dir(args.model)
     try:
         # without `accelerate` diffusers would warn on every load that it falls back to this
         pipe = VideoARPipeline.from_pretrained(str(model_dir), low_cpu_mem_usage=_has_accelerate())
-    except (OSError, ValueError, KeyError) as exc:
-        raise CliError(f"cannot load the model from {model_dir}: {exc}") from None
+    except Exception as exc:  # corrupt or foreign weight files: one line, not a traceback
+        message = error_message(exc)
+        if message is None:
+            raise
+        raise UserError(f"cannot load the model from {model_dir}: {message}") from None
+    pipe.transformer.set_attention_backend(args.attn_backend)
     return pipe.to(args.device), model_dir
 
 
@@ -150,58 +167,75 @@ def build_sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="videos per batched decode (default 8)")
     p.add_argument("--stream", action="store_true",
                    help="also write each video's frames as PNGs (<name>_frames/) the moment they are decoded")
+    p.add_argument("--strict", action="store_true",
+                   help="with --prompts-file: stop (exit 2) if any prompt is unusable, instead of skipping it")
     _add_common(p)
     return p
 
 
 def sample_main(argv: list[str] | None = None) -> int:
-    args = build_sample_parser().parse_args(argv)
-    try:
-        return _sample(args)
-    except CliError as exc:
-        print(f"mmgen sample: error: {exc}", file=sys.stderr)
-        return 2
+    return _sample(build_sample_parser().parse_args(argv))
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from mmgen.cli_utils import run_batch
+    from mmgen.io.destination import check_output_files
+    from mmgen.pipelines.memory import check_fits
     from mmgen.pipelines.videoar import to_uint8_videos
 
     if args.num_per_prompt < 1:
-        raise CliError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
+        raise UserError(f"--num-per-prompt must be >= 1, got {args.num_per_prompt}")
+    _check_seed(args.seed)
     settings = _settings(args)
     batch_size = args.batch_size or int(settings.pop("batch_size", 8))
     if batch_size < 1:
-        raise CliError(f"--batch-size must be >= 1, got {batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     prompts = args.prompt or (read_prompts_file(args.prompts_file) if args.prompts_file else None)
     class_ids = args.class_id
     try:
         out_dir = check_writable_dir(args.out)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     pipe, model_dir = _load_pipeline(args)
     try:
-        if prompts is not None:
+        if args.prompts_file:  # a file of prompts is a batch: bad lines are named and skipped
+            checked = run_batch(prompts, lambda p: pipe.check_prompts([p]) or p, command="sample",
+                                label=repr, what="prompt")
+            prompts = checked.done
+            if not prompts:
+                raise UserError(f"no usable prompt in {args.prompts_file}")
+            if args.strict and checked.skipped:
+                raise UserError(f"{len(checked.skipped)} bad prompt(s) in {args.prompts_file} (--strict)")
+        elif prompts is not None:
             pipe.check_prompts(prompts)
         else:
             pipe.check_class_labels(class_ids)
         sampler_settings = pipe.resolve_settings(**settings)
+        num_frames, changed = round_num_frames(args.num_frames, pipe.temporal_factor)
     except (ValueError, TypeError) as exc:
-        raise CliError(str(exc)) from None
-    num_frames, changed = round_num_frames(args.num_frames, pipe.temporal_factor)
+        raise UserError(str(exc)) from None
     if changed:
         print(f"mmgen sample: note: --num-frames {args.num_frames} is not of the form 1 + "
               f"{pipe.temporal_factor}k; generating {num_frames} frames", file=sys.stderr)
 
     conditions = prompts if prompts is not None else class_ids
     jobs = [(i * args.num_per_prompt + j, c) for i, c in enumerate(conditions) for j in range(args.num_per_prompt)]
+    names = {idx: _video_name(idx, c, args.seed + idx, prompts is not None) for idx, c in jobs}
+    targets = [os.path.join(out_dir, n + ext) for n in names.values()
+               for ext in (".mp4", ".json", *((".gif",) if args.gif else ()), *(("_frames",) if args.stream else ()))]
+    check_output_files(targets + ([os.path.join(out_dir, "grid.mp4")] if args.grid else []), is_sample_output,
+                       "choose another --out or move the file")
+    window = sampler_settings["window"]
+    check_fits(pipe, min(batch_size, len(jobs)), num_frames, window if window is not None
+               else pipe.transformer.config.frame_window, guided=True)
     fps, model_name = pipe.fps, _model_name(args, model_dir)
     videos, written = [], []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         seeds = [args.seed + idx for idx, _ in chunk]
         cond = [c for _, c in chunk]
-        names = [_video_name(idx, c, seed, prompts is not None) for (idx, c), seed in zip(chunk, seeds)]
-        callback = _stream_writers(out_dir, names) if args.stream else None
+        chunk_names = [names[idx] for idx, _ in chunk]
+        callback = _stream_writers(out_dir, chunk_names) if args.stream else None
         result = pipe(
             prompt=cond if prompts is not None else None,
             class_labels=cond if prompts is None else None,
@@ -212,7 +246,7 @@ def _sample(args: argparse.Namespace) -> int:
             callback_on_frames=callback,
             **settings,
         )
-        for (idx, c), seed, name, frames in zip(chunk, seeds, names, to_uint8_videos(result.frames)):
+        for (idx, c), seed, name, frames in zip(chunk, seeds, chunk_names, to_uint8_videos(result.frames)):
             meta = sidecar(
                 prompt=c if prompts is not None else None,
                 class_id=None if prompts is not None else c,
@@ -228,6 +262,11 @@ def _sample(args: argparse.Namespace) -> int:
         written.append(grid)
     print(f"wrote {len(videos)} video(s) to {out_dir}")
     return 0
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2 ** 63:
+        raise UserError(f"--seed must be in [0, 2^63), got {seed}")
 
 
 def _video_name(idx: int, cond, seed: int, is_prompt: bool) -> str:
@@ -274,7 +313,7 @@ def read_input_frames(path: str):
     import torch
 
     if not os.path.isfile(path):
-        raise CliError(f"input {path} not found")
+        raise UserError(f"input {path} not found")
     if path.lower().endswith(IMAGE_EXTENSIONS):
         from PIL import Image, UnidentifiedImageError
 
@@ -282,31 +321,26 @@ def read_input_frames(path: str):
             with Image.open(path) as im:
                 return torch.from_numpy(np.array(im.convert("RGB"))).unsqueeze(0)
         except (UnidentifiedImageError, OSError) as exc:
-            raise CliError(f"cannot read image {path}: {exc}") from None
+            raise UserError(f"cannot read image {path}: {exc}") from None
     from mmgen.io import VideoReadError, read_video
 
     try:
         return read_video(path)
     except VideoReadError as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
 
 def extend_main(argv: list[str] | None = None) -> int:
-    args = build_extend_parser().parse_args(argv)
-    try:
-        return _extend(args)
-    except CliError as exc:
-        print(f"mmgen extend: error: {exc}", file=sys.stderr)
-        return 2
+    return _extend(build_extend_parser().parse_args(argv))
 
 
 def _extend(args: argparse.Namespace) -> int:
     if not args.seconds > 0:
-        raise CliError(f"--seconds must be > 0, got {args.seconds}")
+        raise UserError(f"--seconds must be > 0, got {args.seconds}")
     try:
         out = check_writable_file(args.out)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     frames = read_input_frames(args.video)
     settings = _settings(args)
     settings.pop("batch_size", None)
@@ -318,7 +352,7 @@ def _extend(args: argparse.Namespace) -> int:
             pipe.check_class_labels([args.class_id])
         sampler_settings = pipe.resolve_settings(**settings)
     except (ValueError, TypeError) as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     new_frames = max(1, round(args.seconds * pipe.fps))
 
     stream = FrameStreamWriter(os.path.splitext(out)[0] + "_frames") if args.stream else None
@@ -331,7 +365,7 @@ def _extend(args: argparse.Namespace) -> int:
             on_frames=stream.write if stream else None, progress=not args.no_progress, **settings,
         )
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     meta = sidecar(
         prompt=args.prompt, class_id=args.class_id, seed=args.seed, model=_model_name(args, model_dir),
         num_frames=int(video.shape[0]), fps=pipe.fps,

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+from pathlib import Path
 
 from mmgen.io import atomic_path, write_video
 
@@ -72,6 +73,25 @@ def sidecar(prompt: str | None, class_id: int | None, seed: int, model: str, num
         "fps": int(fps),
         "settings": dict(settings),
     }
+
+
+SIDECAR_KEYS = ("prompt", "class_id", "seed", "model", "num_frames", "fps", "settings")
+
+
+def is_sample_output(path: str | os.PathLike) -> bool:
+    """True iff `mmgen sample` / `mmgen extend` wrote ``path``: a video whose sidecar (same stem,
+    ``.json``) holds the contract's keys, the sidecar itself, the ``<name>_frames/`` folder of such
+    a video, or the ``grid.mp4`` of a folder of samples. Only these may be replaced by a new run."""
+    path = Path(path)
+    if path.name == "grid.mp4":
+        return any(is_sample_output(p) for p in path.parent.glob("*.json"))
+    if path.is_dir():  # <name>_frames/ of --stream belongs to <name>.mp4
+        return path.name.endswith("_frames") and is_sample_output(path.with_name(path.name[:-len("_frames")] + ".json"))
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and all(k in meta for k in SIDECAR_KEYS)
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

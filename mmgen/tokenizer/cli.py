@@ -3,10 +3,12 @@
 * ``fit``: Lightning CLI (``--config configs/tokenizer/x.yaml``, ``--ckpt_path`` to resume, any
   ``--trainer.*`` / ``--model.*`` / ``--data.*`` override). The run folder is
   ``trainer.default_root_dir``: logs (CSV), ``checkpoints/`` and the resolved ``config.yaml``.
-* ``export CKPT OUTDIR``: a Lightning checkpoint -> a pretrained folder
-  (``VideoTokenizer.from_pretrained(OUTDIR)``).
-* ``reconstruct --model DIR --input VIDEO_OR_DIR --out DIR``: side-by-side
-  original | reconstruction videos plus a PSNR / SSIM table (``metrics.csv``, ``metrics.json``).
+* ``export CKPT OUTDIR [--overwrite]``: a Lightning checkpoint -> a pretrained folder
+  (``VideoTokenizer.from_pretrained(OUTDIR)``); OUTDIR new or empty, or a model folder of ours
+  with ``--overwrite``.
+* ``reconstruct --model DIR --input VIDEO_OR_DIR --out DIR [--strict]``: side-by-side
+  original | reconstruction videos plus a PSNR / SSIM table (``metrics.csv``, ``metrics.json``);
+  an unreadable video is named and skipped, the others are still reconstructed.
 """
 from __future__ import annotations
 
@@ -14,13 +16,13 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
+from mmgen.cli_utils import UserError, add_strict_flag
 from mmgen.io import atomic_dir
 
 EXPORT_HELP = "convert a training checkpoint into a pretrained folder"
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("fit", help="train (Lightning CLI: `mmgen tokenizer fit --help`)", add_help=False)
     ex = sub.add_parser("export", help=EXPORT_HELP, description=EXPORT_HELP)
     ex.add_argument("ckpt", help="Lightning checkpoint (.ckpt) written by `mmgen tokenizer fit`")
-    ex.add_argument("outdir", help="output folder (config.json + diffusion_pytorch_model.safetensors)")
+    ex.add_argument("outdir", help="new or empty output folder (config.json + diffusion_pytorch_model.safetensors)")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace OUTDIR if it is a model folder written by mmgen (never anything else)")
     rc = sub.add_parser("reconstruct", help=RECON_HELP, description=RECON_HELP)
     rc.add_argument("--model", required=True, help="pretrained tokenizer folder (from `export`)")
     rc.add_argument("--input", required=True, help="a video file or a folder of videos")
@@ -46,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     rc.add_argument("--chunk-frames", type=int, default=None, help="encode/decode in temporal chunks (memory)")
     rc.add_argument("--fps", type=float, default=8)
     rc.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_strict_flag(rc)
     args = parser.parse_args(argv)
     if args.command == "export":
-        export(args.ckpt, args.outdir)
+        export(args.ckpt, args.outdir, overwrite=args.overwrite)
         print(f"exported {args.ckpt} -> {args.outdir}")
         return 0
     return _reconstruct(args)
@@ -59,10 +64,19 @@ def _fit(argv: list[str]) -> int:
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
+    from mmgen.ar.callbacks import ProgressLog
     from mmgen.tokenizer.model import config_mismatches, resolved_config
     from mmgen.tokenizer.module import NonFiniteLossError, TokenizerModule
 
     class TokenizerCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            # The GAN step runs two backward passes (generator, then discriminator), and the
+            # discriminator is idle before gan_start_step: each leaves parameters without a
+            # gradient, which plain DDP rejects. Its reducer must look for unused parameters.
+            cfg = self.config[self.config.subcommand]
+            if cfg.trainer.get("strategy") == "ddp" and cfg.model.get("gan_weight", 0) > 0:
+                cfg.trainer.strategy = "ddp_find_unused_parameters_true"
+
         def _parse_ckpt_path(self) -> None:
             # Lightning silently replaces the model arguments by the checkpoint's on resume; a
             # config whose tokenizer differs from the checkpoint's is a mistake worth naming.
@@ -87,6 +101,7 @@ def _fit(argv: list[str]) -> int:
                 subclass_mode_data=True,
                 args=["fit", *argv],
                 save_config_kwargs={"overwrite": True},
+                trainer_defaults={"callbacks": [ProgressLog(every_n_steps=100)]},
                 seed_everything_default=0,
                 parser_kwargs={"prog": "mmgen tokenizer"},
             )
@@ -99,14 +114,13 @@ def _fit(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------- export
 def load_checkpoint_tokenizer(ckpt: str):
     """Build the VideoTokenizer stored in a ``mmgen tokenizer fit`` checkpoint."""
+    from mmgen.io.checkpoint import load_checkpoint
     from mmgen.tokenizer.model import VideoTokenizer
 
-    if not os.path.isfile(ckpt):
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = load_checkpoint(ckpt, "mmgen tokenizer fit")
     config = state.get("tokenizer_config")
     if config is None:
-        raise ValueError(f"{ckpt}: no 'tokenizer_config' in the checkpoint (not written by `mmgen tokenizer fit`)")
+        raise UserError(f"{ckpt}: no 'tokenizer_config' in the checkpoint (not written by `mmgen tokenizer fit`)")
     model = VideoTokenizer(**config)
     weights = {k.removeprefix("tokenizer."): v for k, v in state["state_dict"].items() if k.startswith("tokenizer.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -115,11 +129,13 @@ def load_checkpoint_tokenizer(ckpt: str):
     return model.eval()
 
 
-def export(ckpt: str, outdir: str) -> None:
-    """Write ``outdir`` (replacing it) atomically: save into a sibling temp folder, then rename."""
-    model = load_checkpoint_tokenizer(ckpt)
-    with atomic_dir(outdir) as tmp:
-        model.save_pretrained(tmp)
+def export(ckpt: str, outdir: str, overwrite: bool = False) -> None:
+    """Write the pretrained folder ``outdir`` atomically (a sibling temp folder, then a rename).
+
+    ``outdir`` must be new or empty, or, with ``overwrite``, a model folder mmgen wrote; it is
+    checked before the checkpoint is read (:func:`mmgen.io.atomic_dir`)."""
+    with atomic_dir(outdir, overwrite=overwrite, inputs=[ckpt]) as tmp:
+        load_checkpoint_tokenizer(ckpt).save_pretrained(tmp)
 
 
 # ---------------------------------------------------------------------------- reconstruct
@@ -130,10 +146,10 @@ def _videos(path: str) -> list[Path]:
     if p.is_dir():
         files = scan_videos(p)
         if not files:
-            raise FileNotFoundError(f"no video files in {p}")
+            raise UserError(f"no video files in {p} (looked for the usual video extensions)")
         return files
     if not p.is_file():
-        raise FileNotFoundError(f"input not found: {p}")
+        raise UserError(f"--input {p} not found; pass a video file or a folder of videos")
     return [p]
 
 
@@ -156,35 +172,60 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _reconstruct(args: argparse.Namespace) -> int:
+    from mmgen.cli_utils import run_batch
     from mmgen.io import read_video, write_video
+    from mmgen.io.destination import check_output_files
     from mmgen.tokenizer.model import VideoTokenizer
     from mmgen.tokenizer.quality import psnr, ssim
 
+    videos = _videos(args.input)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another --out")
+    owned = _reconstruct_outputs(out)
+    check_output_files([out / f"{p.stem}_recon.mp4" for p in videos] + [out / "metrics.csv", out / "metrics.json"],
+                       lambda p: p.name in owned, "choose another --out or move the file")
+    if not (Path(args.model) / "config.json").is_file():
+        raise UserError(f"{args.model} is not a tokenizer folder (no config.json); write one with "
+                        "`mmgen tokenizer export CKPT DIR`")
     model = VideoTokenizer.from_pretrained(args.model, low_cpu_mem_usage=False).to(args.device).eval()
     num_frames = args.frames or model.config.num_frames
     model.latent_frames(num_frames)  # validates 1 + 4k
     size = args.size or model.config.sample_size
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in _videos(args.input):
+
+    def one(path: Path) -> dict:
         x = _prepare(read_video(path), num_frames, size, model.temporal_compression).to(args.device)
         z = model.encode(x, chunk_frames=args.chunk_frames)
         rec = model.decode(model.quantize(z).z_q, chunk_frames=args.chunk_frames).clamp(-1, 1)
         side = torch.cat([_to_uint8(x), _to_uint8(rec)], dim=2)  # original | reconstruction
         name = f"{path.stem}_recon.mp4"
         write_video(out / name, side, fps=args.fps)
-        rows.append({"video": str(path), "output": name, "frames": x.shape[2],
-                     "psnr": float(psnr(rec, x)[0]), "ssim": float(ssim(rec, x)[0])})
-        print(f"{path.name}: PSNR {rows[-1]['psnr']:.2f} dB  SSIM {rows[-1]['ssim']:.4f}")
-    overall = {"videos": len(rows), "psnr": sum(r["psnr"] for r in rows) / len(rows),
-               "ssim": sum(r["ssim"] for r in rows) / len(rows)}
-    _write_tables(out, rows, overall)
-    print(f"overall ({len(rows)} videos): PSNR {overall['psnr']:.2f} dB  SSIM {overall['ssim']:.4f}  -> {out}")
-    return 0
+        row = {"video": str(path), "output": name, "frames": x.shape[2],
+               "psnr": float(psnr(rec, x)[0]), "ssim": float(ssim(rec, x)[0])}
+        print(f"{path.name}: PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}")
+        return row
+
+    result = run_batch(videos, one, command="tokenizer reconstruct", label=lambda p: p.name, what="video")
+    rows = result.done
+    if rows:
+        overall = {"videos": len(rows), "skipped": len(result.skipped),
+                   "psnr": sum(r["psnr"] for r in rows) / len(rows), "ssim": sum(r["ssim"] for r in rows) / len(rows)}
+        _write_tables(out, rows, overall, result.skipped)
+        print(f"overall ({len(rows)} videos): PSNR {overall['psnr']:.2f} dB  SSIM {overall['ssim']:.4f}  -> {out}")
+    return result.exit_code(args.strict)
 
 
-def _write_tables(out: Path, rows: list[dict], overall: dict) -> None:
+def _reconstruct_outputs(out: Path) -> set[str]:
+    """Names a previous `reconstruct` into ``out`` wrote (its metrics.json lists them)."""
+    try:
+        previous = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        return {"metrics.csv", "metrics.json", *(row["output"] for row in previous["videos"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _write_tables(out: Path, rows: list[dict], overall: dict, skipped: list[tuple[str, str]]) -> None:
     from mmgen.io import atomic_path
 
     buf = io.StringIO()
@@ -193,6 +234,8 @@ def _write_tables(out: Path, rows: list[dict], overall: dict) -> None:
     writer.writerows(rows)
     writer.writerow({"video": "OVERALL", "output": "", "frames": "", "psnr": overall["psnr"], "ssim": overall["ssim"]})
     for name, text in (("metrics.csv", buf.getvalue()),
-                       ("metrics.json", json.dumps({"videos": rows, "overall": overall}, indent=2))):
+                       ("metrics.json", json.dumps({"videos": rows, "overall": overall,
+                                                   "skipped": [{"video": v, "reason": r} for v, r in skipped]},
+                                                  indent=2))):
         with atomic_path(out / name) as tmp:
             Path(tmp).write_text(text, encoding="utf-8")
