@@ -68,7 +68,9 @@ def test_existing_out_is_not_replaced(model_dir, tmp_path, capsys):
     out.mkdir()
     (out / "mine.txt").write_text("x")
     assert mmgen_main(["ar", "finetune", "--model", str(model_dir), "--out", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err and (out / "mine.txt").is_file()
+    assert "not an mmgen model folder" in capsys.readouterr().err and (out / "mine.txt").is_file()
+    assert mmgen_main(["ar", "finetune", "--model", str(model_dir), "--out", str(model_dir), "--overwrite"]) == 2
+    assert "is or holds the input" in capsys.readouterr().err
 
 
 def test_rl_bad_input(model_dir, tmp_path, capsys):

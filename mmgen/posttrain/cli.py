@@ -5,25 +5,26 @@
   mmgen ar rl --model runs/ft_square --prompts prompts.txt --out runs/rl_square [--curiosity]
 
 Both write a pipeline folder (tokenizer, transformer, sampling defaults) that `mmgen sample
---model OUT` loads, plus a JSON record of the run (finetune.json / rl.json). An existing
---out is never replaced unless --overwrite.
+--model OUT` loads, plus a JSON record of the run (finetune.json / rl.json). --out is checked
+before any work: a model folder there is replaced only with --overwrite, anything else never.
+Expected errors are UserError / ValueError: the `mmgen` dispatcher prints them as one line.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from mmgen.pipelines.cli import CliError, read_prompts_file, resolve_model_dir
+from mmgen.cli_utils import UserError
+from mmgen.io.destination import check_model_destination
+from mmgen.pipelines.cli import read_prompts_file, resolve_model_dir
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="pipeline folder to start from (e.g. mmgen/assets/default)")
     p.add_argument("--out", required=True, help="pipeline folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds a model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def finetune_parser() -> argparse.ArgumentParser:
@@ -72,10 +73,8 @@ def rl_parser() -> argparse.ArgumentParser:
 
 
 def _check_out(args) -> Path:
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CliError(f"--out {out} exists; choose another folder or pass --overwrite")
-    return out
+    check_model_destination(args.out, args.overwrite, [args.model, *([args.ref] if getattr(args, "ref", None) else [])])
+    return Path(args.out)
 
 
 def load_pipeline(model: str | None, device: str = "cpu"):
@@ -85,7 +84,7 @@ def load_pipeline(model: str | None, device: str = "cpu"):
     try:
         return VideoARPipeline.from_pretrained(str(model_dir)).to(device)
     except (OSError, ValueError, KeyError) as exc:
-        raise CliError(f"cannot load the model from {model_dir}: {exc}") from None
+        raise UserError(f"cannot load the model from {model_dir}: {exc}") from None
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -98,11 +97,11 @@ def _dataset(args, frame_size: int):
         from mmgen.data.folder import EmptyDatasetError, VideoFolder
 
         if not Path(args.data).is_dir():
-            raise CliError(f"--data {args.data}: not a folder (or 'shapes')")
+            raise UserError(f"--data {args.data}: not a folder (or 'shapes')")
         try:
             ds = VideoFolder(args.data, ClipConfig(resolution=frame_size))
         except EmptyDatasetError as exc:
-            raise CliError(str(exc)) from None
+            raise UserError(str(exc)) from None
         return ds
     from mmgen.data.moving_shapes import COLORS
     from mmgen.pipelines.default_model import DefaultModelShapes
@@ -110,17 +109,17 @@ def _dataset(args, frame_size: int):
     colors = set(_split(args.colors))
     unknown = colors - set(COLORS)
     if unknown:
-        raise CliError(f"--colors: unknown colour(s) {sorted(unknown)}; known: {', '.join(COLORS)}")
+        raise UserError(f"--colors: unknown colour(s) {sorted(unknown)}; known: {', '.join(COLORS)}")
     excluded = set(read_prompts_file(args.exclude_prompts)) if args.exclude_prompts else set()
     try:
         pool = DefaultModelShapes(args.num_clips * 4, seed=args.seed, size=frame_size, shapes=_split(args.shapes),
                                   sizes=_split(args.sizes), motions=_split(args.motions))
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise CliError(f"cannot build the MovingShapes clips: {exc}") from None
+        raise UserError(f"cannot build the MovingShapes clips: {exc}") from None
     keep = [i for i in range(len(pool)) if (c := pool.shapes.sample(pool.indices[i]).caption) not in excluded
             and c.split()[2] in colors][: args.num_clips]
     if not keep:
-        raise CliError("no training clips left after --colors / --exclude-prompts")
+        raise UserError("no training clips left after --colors / --exclude-prompts")
     return [pool[i] for i in keep]
 
 
@@ -144,7 +143,7 @@ def _finetune(args) -> int:
                              beam=BeamLoRAConfig(interval=args.beam_interval or max(2, args.steps // 5)),
                              apex_stages=args.apex_stages)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     dataset = _dataset(args, pipe.frame_size[0])
     torch.manual_seed(args.seed)
     latents, captions = encode_clips(pipe.tokenizer, dataset)
@@ -153,11 +152,11 @@ def _finetune(args) -> int:
     try:
         history = tuner.run(latents, captions)
     except ValueError as exc:  # e.g. LoRA targets that match nothing, captions the model cannot take
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     tuner.finish(args.adapter_out)
     meta = {"base_model": str(args.model), "method": cfg.method, "steps": cfg.steps, "seed": cfg.seed,
             "clips": len(captions), "captions": sorted(set(captions)), **history}
-    save_pipeline(pipe, out, {"finetune.json": meta})
+    save_pipeline(pipe, out, {"finetune.json": meta}, overwrite=args.overwrite, inputs=[args.model])
     print(f"wrote {out} (trainable parameters: {history['trainable_parameters']}; "
           f"final loss {history['loss'][-1]:.4f})" + (f"; adapter {args.adapter_out}" if args.adapter_out else ""))
     return 0
@@ -177,24 +176,16 @@ def _rl(args) -> int:
                        eta=args.eta, icm_lr=args.icm_lr, seed=args.seed)
         trainer = GRPOTrainer(pipe, prompts, cfg, reference)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise UserError(str(exc)) from None
     history = trainer.run()
     record = {"base_model": str(args.model), "reference": str(args.ref or args.model), "prompts": prompts,
               "config": vars(cfg), "history": history}
-    save_pipeline(pipe, out, {"rl.json": record})
+    save_pipeline(pipe, out, {"rl.json": record}, overwrite=args.overwrite, inputs=[args.model])
     print(f"wrote {out} (mean reward first/last step {history[0]['reward']:.3f} / {history[-1]['reward']:.3f})")
     return 0
 
 
 def main(argv: list[str]) -> int:
     """argv[0] is 'finetune' or 'rl'."""
-    name, rest = argv[0], argv[1:]
-    parser, run = (finetune_parser(), _finetune) if name == "finetune" else (rl_parser(), _rl)
-    args = parser.parse_args(rest)
-    try:
-        return run(args)
-    except CliError as exc:
-        if args.debug:
-            raise
-        print(f"mmgen ar {name}: error: {exc}", file=sys.stderr)
-        return 2
+    parser, run = (finetune_parser(), _finetune) if argv[0] == "finetune" else (rl_parser(), _rl)
+    return run(parser.parse_args(argv[1:]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,10 +176,12 @@ class Finetuner:
             remove_lora(self.model)
 
 
-def save_pipeline(pipe, out: str | Path, records: dict[str, dict] | None = None) -> Path:
+def save_pipeline(pipe, out: str | Path, records: dict[str, dict] | None = None, overwrite: bool = False,
+                  inputs: Sequence[str | Path] = ()) -> Path:
     """Write the pipeline (its tokenizer, the trained transformer, its sampling defaults) and the
-    run's ``records`` ({file name: JSON-able dict}) as one atomic folder."""
-    with atomic_dir(out) as tmp:
+    run's ``records`` ({file name: JSON-able dict}) as one atomic folder (``atomic_dir`` rules:
+    a model folder at ``out`` is replaced only with ``overwrite``)."""
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         pipe.save_pretrained(tmp)
         for name, record in (records or {}).items():
             (tmp / name).write_text(json.dumps(record, indent=1))
