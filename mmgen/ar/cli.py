@@ -1,4 +1,4 @@
-"""`mmgen ar fit | export | tokenize`.
+"""`mmgen ar fit | export | tokenize` (and `finetune | rl`, in :mod:`mmgen.posttrain.cli`).
 
   mmgen ar fit --config configs/generator/tiny.yaml [--ckpt_path RUN/checkpoints/last.ckpt] [--trainer.strategy fsdp ...]
   mmgen ar export CKPT OUTDIR [--no-ema] [--sampling YAML]  -> pipeline folder for `mmgen sample --model OUTDIR`
@@ -101,10 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "fit":
         return _fit(argv[1:])
+    if argv and argv[0] in ("finetune", "rl"):
+        from mmgen.posttrain.cli import main as posttrain_main
+
+        return posttrain_main(argv)
     parser = argparse.ArgumentParser(prog="mmgen ar", description="Train, export and pre-tokenize for the VideoAR generator.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fit", help="train (LightningCLI): mmgen ar fit --config configs/generator/tiny.yaml [--ckpt_path CKPT]",
                    add_help=False)
+    sub.add_parser("finetune", help="adapt a trained model to new clips (full | lora | beamlora | apex)", add_help=False)
+    sub.add_parser("rl", help="GRPO with MovingShapes rewards (+ CD-RLHF curiosity)", add_help=False)
     ex = sub.add_parser("export", help="checkpoint -> pipeline folder for `mmgen sample --model OUT_DIR`")
     ex.add_argument("ckpt", help="Lightning checkpoint written by `mmgen ar fit` (RUN/.../checkpoints/last.ckpt)")
     ex.add_argument("out_dir", help="new or empty folder: model_index.json, transformer/, tokenizer/")
