@@ -37,7 +37,7 @@ from benchutil import write_json
 
 from mmgen.ar.model import VideoAR
 from mmgen.data.moving_shapes import COLORS
-from mmgen.pipelines.default_model import DefaultModelShapes, captions
+from mmgen.data.default_model import DefaultModelShapes, captions
 from mmgen.posttrain.apex import APEXConfig
 from mmgen.posttrain.beamlora import BeamLoRAConfig
 from mmgen.posttrain.cli import load_pipeline

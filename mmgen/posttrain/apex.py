@@ -163,8 +163,7 @@ class APEX:
                 _permute_rows(lin, rows)
             _permute_cols(attn.o_proj, rows)
             ch = torch.argsort(votes["ffn"], descending=True, stable=True).to(mlp.down_proj.weight.device)
-            _permute_rows(mlp.gate_proj, ch)
-            _permute_rows(mlp.up_proj, ch)
+            _permute_rows(mlp.gate_up_proj, torch.cat([ch, ch + len(ch)]))  # gate rows, then up rows
             _permute_cols(mlp.down_proj, ch)
 
     def attach(self) -> list[nn.Parameter]:

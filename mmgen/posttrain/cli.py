@@ -104,7 +104,7 @@ def _dataset(args, frame_size: int):
             raise UserError(str(exc)) from None
         return ds
     from mmgen.data.moving_shapes import COLORS
-    from mmgen.pipelines.default_model import DefaultModelShapes
+    from mmgen.data.default_model import DefaultModelShapes
 
     colors = set(_split(args.colors))
     unknown = colors - set(COLORS)

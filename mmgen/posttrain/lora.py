@@ -28,7 +28,7 @@ from mmgen.io import atomic_dir
 
 # Every linear layer of a VideoAR block (attention and SwiGLU); in_proj/out_proj are left alone.
 DEFAULT_TARGETS = ("blocks.*.attn.q_proj", "blocks.*.attn.k_proj", "blocks.*.attn.v_proj", "blocks.*.attn.o_proj",
-                   "blocks.*.mlp.gate_proj", "blocks.*.mlp.up_proj", "blocks.*.mlp.down_proj")
+                   "blocks.*.mlp.gate_up_proj", "blocks.*.mlp.down_proj")
 
 
 class LoRALinear(nn.Module):
