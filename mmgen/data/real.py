@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmgen.io import atomic_path
-from mmgen.metrics.i3d import file_sha256
+from mmgen.io import file_sha256
 
 FORMAT = "mmgen-real-clips-v1"
 

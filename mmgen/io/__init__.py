@@ -8,6 +8,7 @@ from mmgen.io.read import (
     resize_video,
     video_info,
 )
+from mmgen.io.digest import file_sha256
 from mmgen.io.write import atomic_dir, atomic_path, make_grid, save_figure, write_grid, write_video
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "atomic_dir",
     "atomic_path",
     "available_backends",
+    "file_sha256",
     "make_grid",
     "read_video",
     "resize_video",

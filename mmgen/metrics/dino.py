@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmgen.metrics.i3d import WeightsFileError, file_sha256, load_state_dict_file
+from mmgen.io import file_sha256
+from mmgen.metrics.i3d import WeightsFileError, load_state_dict_file
 
 DINO_ENV = "MMGEN_DINO_PATH"
 DINO_FILE = "dino_vitbase16_pretrain.pth"

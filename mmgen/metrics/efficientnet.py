@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mmgen.metrics.i3d import ExtractorInfo, WeightsFileError, file_sha256, load_state_dict_file
+from mmgen.io import file_sha256
+from mmgen.metrics.i3d import ExtractorInfo, WeightsFileError, load_state_dict_file
 
 KIND = "efficientnet-lite0"
 FEATURE_DIM = 1280

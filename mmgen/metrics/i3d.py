@@ -14,7 +14,6 @@ Weights are never downloaded: the file comes from ``--i3d PATH`` or ``MMGEN_I3D_
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -26,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mmgen.io import file_sha256
 
 I3D_ENV = "MMGEN_I3D_PATH"
 I3D_REFERENCE_FILE = "i3d_torchscript.pt"
@@ -199,14 +200,6 @@ class InceptionI3d(nn.Module):
 # ---------------------------------------------------------------------------------------
 # Extractors: uint8 [B, C, T, H, W] -> float [B, 400]
 # ---------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_i3d_path(path: str | os.PathLike | None = None) -> Path:
