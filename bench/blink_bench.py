@@ -26,19 +26,26 @@ import torch
 from mmgen.mllm.cli import _parser_sub, _device, blink_config, load_model, load_tokensr, main
 
 
+def _setup(args, seed: int):
+    """(device, model, TokenSR bank, base BlinkConfig, question batches) of an `eval`-style argument set."""
+    from mmgen.mllm.evaluate import load_split
+
+    device = _device(args.device)
+    model = load_model(args.model, device)
+    bank = load_tokensr(args.tokensr, args.model, device)
+    cfg = model.config
+    batches = load_split(args.split[0], args.samples, seed, cfg.image_size, args.batch_size, cfg.max_text_len, device)
+    return device, model, bank, blink_config(args, "tokensr"), batches
+
+
 def tune(argv: list[str]) -> int:
     from dataclasses import replace
 
     from mmgen.mllm.blink import Blink, BlinkTrace
-    from mmgen.mllm.evaluate import load_split, score
+    from mmgen.mllm.evaluate import score
 
     args = _parser_sub("eval").parse_args(argv)
-    device = _device(args.device)
-    model = load_model(args.model, device)
-    bank = load_tokensr(args.tokensr, args.model, device)
-    base = blink_config(args, "tokensr")
-    cfg = model.config
-    batches = load_split(args.split[0], args.samples, 1, cfg.image_size, args.batch_size, cfg.max_text_len, device)
+    _, model, bank, base, batches = _setup(args, seed=1)
     rhos = {}
     with torch.no_grad():
         for images, ids, lengths, *_ in batches:
@@ -65,7 +72,7 @@ def settings(argv: list[str]) -> int:
     from dataclasses import replace
 
     from mmgen.mllm.blink import Blink, BlinkTrace
-    from mmgen.mllm.evaluate import _runner, _time, load_split, score, sign_test
+    from mmgen.mllm.evaluate import _runner, _time, score, sign_test
 
     i = argv.index("--settings")
     pairs = []
@@ -73,13 +80,7 @@ def settings(argv: list[str]) -> int:
         pairs.append(tuple(float(v) for v in argv.pop(i + 1).split(",")))
     argv.pop(i)
     args = _parser_sub("eval").parse_args(argv)
-    device = _device(args.device)
-    model = load_model(args.model, device)
-    bank = load_tokensr(args.tokensr, args.model, device)
-    base = blink_config(args, "tokensr")
-    cfg = model.config
-    batches = load_split(args.split[0], args.samples, args.seed, cfg.image_size, args.batch_size, cfg.max_text_len,
-                         device)
+    device, model, bank, base, batches = _setup(args, seed=args.seed)
     blinks = {"vanilla": None, **{f"{e:g}/{d:g}": Blink(replace(base, tau_exp=e, tau_drop=d), bank) for e, d in pairs}}
     runs = {name: _runner(model, b) for name, b in blinks.items()}
     for run in runs.values():
