@@ -12,7 +12,8 @@
 # starting from stage I (..._stage2.yaml); a finished stage has $RUN/stageN/export and is skipped,
 # an interrupted one resumes from its last checkpoint; wall times go to $RUN/stage_times.txt;
 # (4) pipeline folder with the default sampling settings (configs/sample/default.yaml) -> $OUT;
-# (5) the analytic MovingShapes benchmark of the README (scripts/eval_default_model.sh).
+# (5) the MovingShapes benchmark of the README (bench/shapes_eval.py, 2 seeds) -> $RUN/eval.
+# Stage lengths: STEPS1 / STEPS2 override the configs' max_steps (the cosine schedule follows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v mmgen > /dev/null && [ -f .venv/bin/activate ]; then
@@ -22,7 +23,7 @@ command -v mmgen > /dev/null || { echo "mmgen is not installed (pip install -e .
 
 RUN=${RUN:-runs/default_model}
 TOKENIZER=${TOKENIZER:-}
-NUM_SAMPLES=${NUM_SAMPLES:-2048}
+NUM_SAMPLES=${NUM_SAMPLES:-4096}
 OUT=${OUT:-mmgen/assets/default}
 EVAL=${EVAL:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -63,14 +64,14 @@ run_stage() {  # run_stage N [extra fit arguments...]
   mv "$dir/export.tmp" "$dir/export"
   stamp "stage$n-end"
 }
-run_stage 1
-run_stage 2 --model.init_from "$RUN/stage1/export/transformer"
+run_stage 1 ${STEPS1:+--trainer.max_steps "$STEPS1"}
+run_stage 2 --model.init_from "$RUN/stage1/export/transformer" ${STEPS2:+--trainer.max_steps "$STEPS2"}
 
 echo "== (4) pipeline folder -> $OUT"
 python -m mmgen.pipelines.assemble --tokenizer "$TOKENIZER" --generator "$RUN/stage2/export/transformer" \
     --sampling configs/sample/default.yaml --out "$OUT" --overwrite
 
 if [ "$EVAL" = 1 ]; then
-  echo "== (5) MovingShapes benchmark"
-  MODEL=$OUT RUN=$RUN scripts/eval_default_model.sh
+  echo "== (5) MovingShapes benchmark -> $RUN/eval"
+  python bench/shapes_eval.py --model "$OUT" --out "$RUN/eval"
 fi

@@ -183,3 +183,20 @@ def test_random_frame_mask_reaches_the_model():
     assert torch.allclose(masked[0], full[0], atol=1e-5)  # sample 0 kept everything
     assert torch.allclose(masked[1, f0], full[1, f0], atol=1e-5)  # frame 0 has no history to drop
     assert not torch.allclose(masked[1, lay.tokens_per_frame:], full[1, lay.tokens_per_frame:], atol=1e-3)
+
+
+def test_frame_offset_makes_a_short_clip_stand_for_late_frames_of_a_windowed_sample():
+    m = _model(frame_window=1, depth=1)  # one layer: frame t's output reads frames t-1 and t only
+    lay5, lay3 = m.layout(5), m.layout(3)
+    long_inputs = [torch.randn(2, 5, h, w, m.config.bits) for h, w in lay5.scales]
+    short_inputs = [x[:, 2:5] for x in long_inputs]  # frames 2..4 of the long clip
+    with torch.no_grad():
+        long = m(["ab", "xyz"], long_inputs)
+        plain = m(["ab", "xyz"], short_inputs)
+        assert torch.equal(m(["ab", "xyz"], short_inputs, frame_offset=0), plain)  # off = the plain path
+        shifted = m(["ab", "xyz"], short_inputs, frame_offset=2)
+    # with window 1, the last frame sees the prompt and the frame before it: the same tokens at the
+    # same relative positions as frame 4 of the long clip once the short clip is moved 2 frames on
+    last3, last5 = slice(2 * lay3.tokens_per_frame, None), slice(4 * lay5.tokens_per_frame, None)
+    assert torch.allclose(shifted[:, last3], long[:, last5], atol=1e-4)
+    assert not torch.allclose(plain[:, last3], long[:, last5], atol=1e-3)

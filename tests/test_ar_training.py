@@ -41,6 +41,27 @@ def test_module_learns_a_fixed_batch():
     assert loss.item() < 0.6, loss.item()  # memorising: clearly below chance (ln 2 = 0.693)
 
 
+def test_frame_offset_draws_reach_the_model():
+    torch.manual_seed(0)
+    module = ARModule(preset=None, generator={**GEN, "frame_window": 1}, tokenizer_config=TOK,
+                      frame_offset_max=3)
+    seen, forward = [], module.model.forward
+
+    def spy(cond, inputs, keep=None, frame_offset=0):
+        seen.append(frame_offset)
+        return forward(cond, inputs, keep, frame_offset)
+
+    module.model.forward = spy
+    batch = _batch(2)
+    with torch.no_grad():
+        for _ in range(40):
+            module._step(batch, train=True)
+        module._step(batch, train=False)
+    assert seen[-1] == 0  # validation keeps the plain layout
+    train = seen[:-1]
+    assert set(train) == {0, 1, 2, 3} and 8 <= train.count(0) <= 32  # about half the batches unshifted
+
+
 def _config(tmp_path, **trainer):
     cfg = {
         "seed_everything": 0,

@@ -513,12 +513,15 @@ class VideoAR(ModelMixin, ConfigMixin):
         return self.out_proj(self.norm(x)).float()
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, cond, inputs: Sequence[torch.Tensor], frame_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, cond, inputs: Sequence[torch.Tensor], frame_keep: torch.Tensor | None = None,
+                frame_offset: int = 0) -> torch.Tensor:
         """Teacher-forced logits for every visual token.
 
         cond: see :meth:`condition_tokens` (prefix token ids Long [B, P] are accepted as-is).
         inputs: tokenizer.quantizer.next_scale_inputs(codes): list[K] of [B, t, h_k, w_k, bits].
         frame_keep: optional Random Frame Mask draw bool [B, t, t] (GroupLayout.sample_frame_keep).
+        frame_offset: added to the frames' temporal RoPE positions (not the prefix's), so a short
+          training clip can stand for frames far into a long windowed sample (0 = the plain layout).
         Returns float32 logits [B, L_visual, out_dim] in layout order (frame, scale, row, col).
         """
         layout = self.layout(inputs[0].shape[1])
@@ -526,7 +529,11 @@ class VideoAR(ModelMixin, ConfigMixin):
         feats = layout.flatten_visual(inputs)
         scale_id = layout.scale_id[layout.prefix_len:].to(self.device)
         x = torch.cat([prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))], dim=1)
-        rope = self._rope(layout.pos)
+        pos = layout.pos
+        if frame_offset:
+            pos = pos.clone()
+            pos[layout.prefix_len:, 0] += frame_offset
+        rope = self._rope(pos)
         mask = layout.attention_mask(frame_keep.cpu() if frame_keep is not None else None).to(self.device)
         groups = layout.group_id.to(self.device)
         for block in self._active_blocks():

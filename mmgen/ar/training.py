@@ -86,6 +86,10 @@ class ARModule(pl.LightningModule):
       cond_dropout: probability of replacing a sample's condition by the null condition (CFG).
       corruption: CorruptionConfig fields (enabled, p_min, p_max, delta, time_dependent, inherit, self_correct).
       frame_mask_p: Random Frame Mask drop probability per past frame (0 = off; window = generator.frame_window).
+      frame_offset_max: half of the training batches keep the plain layout (what a sample of a
+        training clip's length sees); the other half start their frames at a random temporal position
+        1..frame_offset_max after the prompt (0 = off), so a windowed model meets, in training, the
+        prompt-to-frame distances of sampling far more frames than a training clip has.
       ema_decay: keep an EMA copy of the weights (None = off); export prefers it.
       compile_blocks: torch.compile each transformer block.
       fused_adamw: None = fused kernels whenever the parameters live on CUDA.
@@ -97,6 +101,7 @@ class ARModule(pl.LightningModule):
                  tokenizer_config: dict | None = None, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.05, warmup_steps: int = 100, min_lr_ratio: float = 0.1,
                  cond_dropout: float = 0.1, corruption: dict | None = None, frame_mask_p: float = 0.0,
+                 frame_offset_max: int = 0,
                  ema_decay: float | None = None, compile_blocks: bool = False, fused_adamw: bool | None = None,
                  init_from: str | None = None):
         super().__init__()
@@ -194,7 +199,10 @@ class ARModule(pl.LightningModule):
         keep = None
         if train and self.hparams.frame_mask_p > 0:
             keep = self.model.layout(z.shape[2]).sample_frame_keep(z.shape[0], self.hparams.frame_mask_p)
-        loss, acc = ar_loss(self.model(cond, inputs, keep), targets, self.model)
+        offset = 0
+        if train and self.hparams.frame_offset_max and torch.rand(()) < 0.5:
+            offset = int(torch.randint(1, self.hparams.frame_offset_max + 1, ()))
+        loss, acc = ar_loss(self.model(cond, inputs, keep, offset), targets, self.model)
         if train:
             extra = moe.aux_loss(self.model)
             if extra is not None:
