@@ -36,6 +36,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import lightning.pytorch as pl
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "mmgen/assets/default/tokenizer"
 FRAMES = 1
@@ -91,14 +93,75 @@ def _held_out(module, loader) -> float:
     return sum(losses) / len(losses)
 
 
-def _max_vio(model) -> float:
+def _real_tokens(module, batch) -> "torch.Tensor":
+    """bool [B, L]: the tokens of the sequence that are not text padding (all visual tokens)."""
+    import torch
+
+    from mmgen.ar.text import PAD_ID
+
+    model = module.model
+    prefix = module.condition(batch, 0.0).ne(PAD_ID)
+    visual = model.layout(FRAMES).num_visual
+    return torch.cat([prefix, prefix.new_ones(prefix.shape[0], visual)], 1)
+
+
+def _add_counts(total: dict, model, real) -> None:
+    """Add the last forward's expert counts per sparse layer: over all tokens, real tokens (no text
+    padding) and visual tokens."""
+    import torch
+
+    from mmgen.nn.moe import moe_layers
+
+    P = model.prefix_len
+    for i, m in enumerate(layer for layer in moe_layers(model) if layer.last_choice is not None):
+        choice = m.last_choice.cpu()
+        for name, picked in (("all", choice), ("real", choice[real]), ("visual", choice[:, P:])):
+            c = torch.bincount(picked.flatten(), minlength=m.n_experts)
+            total.setdefault(name, {})[i] = total.get(name, {}).get(i, 0) + c
+
+
+def balance(module, batches) -> dict:
+    """MaxVio (max load / mean load - 1) per sparse layer over every token of ``batches`` (eval,
+    teacher forcing), the DeepSeek way: one global count per layer.  -> {"maxvio_<set>": mean
+    over layers, "maxvio_<set>_max": worst layer, "tokens_<set>": tokens counted}."""
+    import torch
+
     from mmgen.nn.moe import max_violation
 
-    counts = model.routing_counts()
-    if not counts:
-        return float("nan")
-    per_layer = sum(counts.values())
-    return sum(max_violation(c) for c in per_layer) / len(per_layer)
+    was_training = module.training
+    module.eval()
+    total: dict = {}
+    with torch.no_grad():
+        for batch in batches:
+            module._step(batch, train=False)
+            _add_counts(total, module.model, _real_tokens(module, batch))
+    module.train(was_training)
+    out = {}
+    for name, layers in total.items():
+        v = [max_violation(c) for c in layers.values()]
+        k = next(iter(layers.values())).sum().item() // max(1, len(layers))
+        out.update({f"maxvio_{name}": sum(v) / len(v), f"maxvio_{name}_max": max(v), f"tokens_{name}": k})
+    return out
+
+
+def adherence(module, prompts: list[str], seed: int) -> dict:
+    """Sample one video per prompt (KV cache, no CFG, temperature 1) and score it with the analytic
+    MovingShapes benchmark (mmgen.metrics.shapes).  One latent frame decodes to one video frame, so
+    motion is not scored: colour (object of the prompted colour found) and shape."""
+    import torch
+
+    from mmgen.ar.sampling import sample_codes
+    from mmgen.metrics.shapes import expected_from_caption, score_video
+    from mmgen.pipelines.videoar import _video_to_uint8
+
+    model, tok = module.model, module.tokenizer
+    module.eval()
+    with torch.no_grad():
+        codes = sample_codes(model, tok.quantizer, prompts, num_frames=FRAMES,
+                             generator=[torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(prompts))])
+        videos = _video_to_uint8(tok.decode(tok.codes_to_latent(codes)))
+    scores = [score_video(v, expected_from_caption(p)) for v, p in zip(videos, prompts)]
+    return {key: sum(s[key] for s in scores) / len(scores) for key in ("color", "shape")}
 
 
 def save_pipeline(model, out: Path) -> None:
@@ -112,51 +175,146 @@ def save_pipeline(model, out: Path) -> None:
         shutil.copytree(TOKENIZER, tmp / "tokenizer")
 
 
-def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str | None = None) -> dict:
-    import lightning.pytorch as pl
+class BalanceCurve(pl.Callback):
+    """:func:`balance` on a fixed held-out batch at the start and every ``every`` optimiser steps."""
+
+    def __init__(self, batch, every: int):
+        self.batch, self.every, self.points = batch, every, []
+
+    def _point(self, module, step: int) -> None:
+        b = balance(module, [self.batch])
+        self.points.append([step, b["maxvio_all"], b["maxvio_real"], b["maxvio_real_max"]])
+
+    def on_train_start(self, trainer, module):
+        self._point(module, 0)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step % self.every == 0:
+            self._point(module, trainer.global_step)
+
+
+def active_ffn_params(config) -> int:
+    """FFN parameters one token runs, summed over layers (routed top-k + shared + router)."""
+    from mmgen.nn import ffn_hidden
+    from mmgen.nn.moe import active_ffn_macs, sparse_ffn_kwargs
+
+    c = dict(config)
+    hidden = ffn_hidden(c["width"], c.get("mlp_ratio", 4.0))
+    sparse = sparse_ffn_kwargs(c, hidden)
+    per_layer = 3 * c["width"] * hidden if sparse is None else active_ffn_macs(c["width"], dense_hidden=hidden, **sparse)
+    return per_layer * c["depth"]
+
+
+def make_module(variant: str, seed: int, bias_rate: float | None = None, bias_schedule: str | None = None):
+    from mmgen.ar.training import ARModule
+
+    pl.seed_everything(seed, verbose=False)
+    gen = {**BASE, **VARIANTS[variant]}
+    if bias_rate is not None and gen.get("moe_bias_rate", 1) > 0:
+        gen["moe_bias_rate"] = bias_rate
+    if bias_schedule is not None:
+        gen["moe_bias_schedule"] = bias_schedule
+    return ARModule(preset=None, generator=gen, tokenizer=str(TOKENIZER), lr=1e-3, warmup_steps=20,
+                    corruption={"enabled": True, "p_max": 0.25, "delta": 0.01})
+
+
+def loaders(cache: str, batch: int, seed: int):
     import torch
     from torch.utils.data import DataLoader
 
     from mmgen.data.latents import LatentCache
-    from mmgen.ar.flops import forward_flops
-    from mmgen.ar.sampling import sample_codes
-    from mmgen.ar.training import ARModule
 
-    torch.set_num_threads(1)
-    pl.seed_everything(seed, verbose=False)
-    module = ARModule(preset=None, generator={**BASE, **VARIANTS[variant]}, tokenizer=str(TOKENIZER), lr=1e-3,
-                      warmup_steps=20, corruption={"enabled": True, "p_max": 0.25, "delta": 0.01})
     train = DataLoader(FirstFrames(LatentCache(f"{cache}/train"), FRAMES), batch_size=batch, shuffle=True,
                        drop_last=True, generator=torch.Generator().manual_seed(seed))
     val = DataLoader(FirstFrames(LatentCache(f"{cache}/val"), FRAMES), batch_size=32)
+    return train, val
+
+
+def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str | None = None,
+        curve_every: int = 10, prompts: int = 16, bias_rate: float | None = None,
+        bias_schedule: str | None = None) -> dict:
+    """Train one variant (quality run: no timing); held-out loss, balance (final and curve), adherence."""
+    import torch
+
+    from mmgen.ar.flops import forward_flops
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    module = make_module(variant, seed, bias_rate, bias_schedule)
+    train, val = loaders(cache, batch, seed)
+    val_batches = list(val)
+    sparse = module.model.sparse_ffn is not None
+    curve = BalanceCurve(val_batches[0], curve_every) if sparse else None
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0)
-    t0 = time.perf_counter()
+                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+                         callbacks=[curve] if curve else [])
     trainer.fit(module, train)
-    seconds = time.perf_counter() - t0
     model = module.model
-    if save and seed == 0 and model.sparse_ffn is not None:
+    if save and seed == 0 and sparse:
         save_pipeline(model, Path(save) / variant)
     flops = forward_flops(model.config)
     ffn_total = sum(p.numel() for n, p in model.named_parameters() if ".mlp." in n or n.startswith("universal_pool"))
-    out = {"variant": variant, "seed": seed, "steps": steps, "tokens_per_s": steps * batch * flops["tokens"] / seconds,
+    out = {"variant": variant, "seed": seed, "steps": steps, "batch": batch, "tokens": steps * batch * flops["tokens"],
            "params": sum(p.numel() for p in model.parameters()), "ffn_params": ffn_total,
-           "forward_flops_per_token": flops["per_token"]}
+           "active_ffn_params": active_ffn_params(model.config), "forward_flops_per_token": flops["per_token"],
+           "bias_rate": model.config.moe_bias_rate if sparse else None,
+           "bias_schedule": model.config.get("moe_bias_schedule") if sparse else None}
+    if sparse:
+        out.update(balance(module, val_batches))
+        out["curve"] = curve.points
+    captions = [c for b in val_batches for c in b["caption"]][:prompts]
     subs = SUBMODELS if model.elastic is not None else {"full": {}}
     for name, setting in subs.items():
         model.set_submodel(**setting)
         out[f"loss[{name}]"] = _held_out(module, val)
-        if name == "full":
-            out["maxvio"] = _max_vio(model)
-        if model.elastic is not None:
-            q = module.tokenizer.quantizer
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                sample_codes(model, q, ["a small red circle moving left"] * 4, num_frames=FRAMES,
-                             generator=torch.Generator().manual_seed(0))
-                out[f"latency[{name}]"] = time.perf_counter() - t0
+        if prompts:
+            out.update({f"{k}[{name}]": v for k, v in adherence(module, captions, seed).items()})
         model.set_submodel()
     return out
+
+
+def timing(variants: list[str], steps: int, batch: int, cache: str, warmup: int = 5) -> list[dict]:
+    """Train tok/s (steady state: optimiser steps after ``warmup``) of each variant, one after the
+    other in this process (1 thread); elastic: sampling latency of each sub-model (4 videos).
+    Run it alone on the machine (through /work/wt/heavy): these are the wall-time numbers."""
+    import torch
+
+    from mmgen.ar.flops import forward_flops
+    from mmgen.ar.sampling import sample_codes
+
+    torch.set_num_threads(1)
+    rows = []
+    for variant in variants:
+        module = make_module(variant, 0)
+        train, _ = loaders(cache, batch, 0)
+        opt = torch.optim.AdamW(module.model.parameters(), lr=1e-3)
+        module.train()
+        it = iter(train)
+        for i in range(warmup + steps):
+            if i == warmup:
+                t0 = time.perf_counter()
+            loss, _ = module._step(next(it), train=True)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        seconds = time.perf_counter() - t0
+        model = module.model
+        row = {"variant": variant, "timing": True, "tokens_per_s": steps * batch * forward_flops(model.config)["tokens"] / seconds}
+        if model.elastic is not None:
+            model.eval()
+            for name, setting in SUBMODELS.items():
+                model.set_submodel(**setting)
+                with torch.no_grad():
+                    times = []
+                    for r in range(4):
+                        t0 = time.perf_counter()
+                        sample_codes(model, module.tokenizer.quantizer, ["a small red circle moving left"] * 4,
+                                     num_frames=FRAMES, generator=torch.Generator().manual_seed(r))
+                        times.append(time.perf_counter() - t0)
+                row[f"latency[{name}]"] = statistics.median(times[1:])
+                model.set_submodel()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def _fmt(values: list[float], digits: int = 4) -> str:
@@ -196,13 +354,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _append(log: Path, row: dict) -> None:
+    with log.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=("quality", "timing"), default="quality",
+                    help="quality: train and evaluate (no wall times); timing: tok/s and sampling latency")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--curve-every", type=int, default=10, help="MaxVio curve: optimiser steps between points")
+    ap.add_argument("--prompts", type=int, default=16, help="held-out captions sampled for adherence (0 = none)")
+    ap.add_argument("--bias-rate", type=float, help="override moe_bias_rate of the balanced variants")
+    ap.add_argument("--bias-schedule", help="override moe_bias_schedule (constant / cosine)")
     ap.add_argument("--cache", default="runs/moe_bench/cache")
     ap.add_argument("--train-clips", type=int, default=512)
     ap.add_argument("--val-clips", type=int, default=64)
@@ -215,14 +385,17 @@ def main() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         build_cache(Path(args.cache), args.train_clips, args.val_clips)
         log.parent.mkdir(parents=True, exist_ok=True)
-        jobs = [(v, int(s)) for s in args.seeds.split(",") for v in args.variants.split(",")]
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache, args.save) for v, s in jobs]
-            for f in futures:
-                row = f.result()
-                with log.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+        variants = args.variants.split(",")
+        if args.part == "timing":
+            for row in timing(variants, args.steps, args.batch, args.cache):
+                _append(log, row)
+        else:
+            jobs = [(v, int(s)) for s in args.seeds.split(",") for v in variants]
+            with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache, args.save, args.curve_every,
+                                       args.prompts, args.bias_rate, args.bias_schedule) for v, s in jobs]
+                for f in futures:
+                    _append(log, f.result())
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     print(table(rows))
 
