@@ -50,6 +50,7 @@ VARIANTS = {
     "moue": dict(ffn="moue"),
     "mohd": dict(ffn="mohd"),
     "moe-nobias": dict(ffn="moe", moe_bias_rate=0.0),
+    "moe-cosine": dict(ffn="moe", moe_bias_schedule="cosine"),
     "moe-elastic": dict(ffn="moe", elastic=ELASTIC),
 }
 SUBMODELS = {"full": {}, "depth=3": {"depth": 3}, "top_k=1": {"top_k": 1}, "experts=4": {"experts": 4},
@@ -116,8 +117,10 @@ def _add_counts(total: dict, model, real) -> None:
     for i, m in enumerate(layer for layer in moe_layers(model) if layer.last_choice is not None):
         choice = m.last_choice.cpu()
         for name, picked in (("all", choice), ("real", choice[real]), ("visual", choice[:, P:])):
-            c = torch.bincount(picked.flatten(), minlength=m.n_experts)
-            total.setdefault(name, {})[i] = total.get(name, {}).get(i, 0) + c
+            layers = total.setdefault(name, {})
+            layers[i] = layers.get(i, 0) + torch.bincount(picked.flatten(), minlength=m.n_experts)
+            if i == 0:
+                total[f"tokens_{name}"] = total.get(f"tokens_{name}", 0) + picked.numel() // picked.shape[-1]
 
 
 def balance(module, batches) -> dict:
@@ -136,11 +139,11 @@ def balance(module, batches) -> dict:
             module._step(batch, train=False)
             _add_counts(total, module.model, _real_tokens(module, batch))
     module.train(was_training)
-    out = {}
+    out = {k: v for k, v in total.items() if k.startswith("tokens_")}
     for name, layers in total.items():
-        v = [max_violation(c) for c in layers.values()]
-        k = next(iter(layers.values())).sum().item() // max(1, len(layers))
-        out.update({f"maxvio_{name}": sum(v) / len(v), f"maxvio_{name}_max": max(v), f"tokens_{name}": k})
+        if not name.startswith("tokens_"):
+            v = [max_violation(c) for c in layers.values()]
+            out.update({f"maxvio_{name}": sum(v) / len(v), f"maxvio_{name}_max": max(v)})
     return out
 
 
@@ -160,6 +163,7 @@ def adherence(module, prompts: list[str], seed: int) -> dict:
         codes = sample_codes(model, tok.quantizer, prompts, num_frames=FRAMES,
                              generator=[torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(prompts))])
         videos = _video_to_uint8(tok.decode(tok.codes_to_latent(codes)))
+    videos = videos.repeat(1, 2, 1, 1, 1) if videos.shape[1] == 1 else videos  # the scorer's flicker term needs 2 frames
     scores = [score_video(v, expected_from_caption(p)) for v, p in zip(videos, prompts)]
     return {key: sum(s[key] for s in scores) / len(scores) for key in ("color", "shape")}
 
@@ -266,7 +270,7 @@ def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str |
     for name, setting in subs.items():
         model.set_submodel(**setting)
         out[f"loss[{name}]"] = _held_out(module, val)
-        if prompts:
+        if prompts and name == "full":
             out.update({f"{k}[{name}]": v for k, v in adherence(module, captions, seed).items()})
         model.set_submodel()
     return out
@@ -324,33 +328,59 @@ def _fmt(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} +- {sd:.{digits}f}"
 
 
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")
+
+
 def table(rows: list[dict]) -> str:
-    by = {}
+    """Quality rows (mean +- std over seeds), tok/s and latency from the timing rows, MaxVio curves."""
+    by, timed = {}, {}
     for r in rows:
-        by.setdefault(r["variant"], []).append(r)
-    dense_tps = statistics.mean(r["tokens_per_s"] for r in by.get("dense", rows[:1]))
-    lines = ["| variant | seeds | held-out bit loss | train tok/s (x dense) | MaxVio | params (FFN) | fwd MFLOP/token |",
-             "|---|---|---|---|---|---|---|"]
+        (timed if r.get("timing") else by).setdefault(r["variant"], []).append(r)
+    tps = {v: _mean([r["tokens_per_s"] for r in rs]) for v, rs in timed.items()}
+    lines = ["| variant | seeds | held-out bit loss | colour | shape | MaxVio all tokens (worst layer) "
+             "| MaxVio real tokens (worst layer) | train tok/s (x dense) | active FFN / total params | fwd MFLOP/token |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in VARIANTS:
         rs = by.get(v)
         if not rs:
             continue
-        tps = statistics.mean(r["tokens_per_s"] for r in rs)
-        lines.append(f"| {v} | {len(rs)} | {_fmt([r['loss[full]'] for r in rs])} | {tps:.0f} ({tps / dense_tps:.2f}) "
-                     f"| {_fmt([r['maxvio'] for r in rs], 3)} | {rs[0]['params'] / 1e3:.0f}k ({rs[0]['ffn_params'] / 1e3:.0f}k) "
+        vio = lambda key: (f"{_fmt([r[key] for r in rs], 3)} ({_mean([r[key + '_max'] for r in rs]):.3f})"  # noqa: E731
+                           if key in rs[0] else "-")
+        speed = f"{tps[v]:.0f} ({tps[v] / tps['dense']:.2f})" if v in tps and "dense" in tps else "-"
+        lines.append(f"| {v} | {len(rs)} | {_fmt([r['loss[full]'] for r in rs])} | {_fmt([r['color[full]'] for r in rs], 2)} "
+                     f"| {_fmt([r['shape[full]'] for r in rs], 2)} | {vio('maxvio_all')} | {vio('maxvio_real')} | {speed} "
+                     f"| {rs[0]['active_ffn_params'] / 1e3:.1f}k / {rs[0]['params'] / 1e3:.0f}k "
                      f"| {rs[0]['forward_flops_per_token'] / 1e6:.3f} |")
+    if rows and by:
+        r0 = next(iter(by.values()))[0]
+        lines.append(f"\n{r0['steps']} steps x {r0['batch']} clips = {r0['tokens']} training tokens per run; MaxVio over "
+                     f"{r0.get('tokens_all', '-')} held-out tokens per layer ({r0.get('tokens_real', '-')} without text padding)")
+    curves = {v: rs for v, rs in by.items() if rs[0].get("curve")}
+    if curves:
+        names = list(curves)
+        steps = [p[0] for p in curves[names[0]][0]["curve"]]
+        lines += ["", "MaxVio on one held-out batch of 32 clips (real tokens, mean over layers; mean over seeds) vs step",
+                  "| step | " + " | ".join(f"{v} ({len(curves[v])})" for v in names) + " |", "|---" * (len(names) + 1) + "|"]
+        for i, step in enumerate(steps):
+            cells = [_mean([r["curve"][i][2] for r in curves[v] if i < len(r["curve"])]) for v in names]
+            lines.append(f"| {step} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     el = by.get("moe-elastic")
     if el:
-        lines += ["", "| elastic sub-model (trained elastic) | held-out bit loss | vs full | sampling latency s (4 videos) |",
-                  "|---|---|---|---|"]
-        full = statistics.mean(r["loss[full]"] for r in el)
+        lat = timed.get("moe-elastic", [{}])[0]
+        lines += ["", "| elastic sub-model (trained elastic) | held-out bit loss | vs full | colour | shape | sampling latency s (4 videos) |",
+                  "|---|---|---|---|---|---|"]
+        full = _mean([r["loss[full]"] for r in el])
         for name in SUBMODELS:
             losses = [r[f"loss[{name}]"] for r in el]
-            lines.append(f"| {name} | {_fmt(losses)} | {statistics.mean(losses) / full - 1:+.2%} "
-                         f"| {_fmt([r[f'latency[{name}]'] for r in el], 2)} |")
-        if by.get("moe"):
-            base = statistics.mean(r["loss[full]"] for r in by["moe"])
-            lines.append(f"\nelastic full model vs the same MoE trained without elasticity: {full / base - 1:+.2%} held-out loss")
+            latency = f"{lat[f'latency[{name}]']:.3f}" if f"latency[{name}]" in lat else "-"
+            lines.append(f"| {name} | {_fmt(losses)} | {_mean(losses) / full - 1:+.2%} | {_fmt([r[f'color[{name}]'] for r in el], 2)} "
+                         f"| {_fmt([r[f'shape[{name}]'] for r in el], 2)} | {latency} |")
+        base = {r["seed"]: r["loss[full]"] for r in by.get("moe", [])}
+        pairs = [r["loss[full]"] / base[r["seed"]] - 1 for r in el if r["seed"] in base]
+        if pairs:
+            lines.append(f"\nelastic full model vs the same MoE trained without elasticity, same seeds ({len(pairs)}): "
+                         f"{_mean(pairs):+.2%} held-out loss (per seed: {', '.join(f'{x:+.2%}' for x in pairs)})")
     return "\n".join(lines)
 
 

@@ -367,3 +367,8 @@ def test_mllm_training_loop_moves_the_lm_bias_after_each_step():
     bias = moe_layers(module.model)[0].expert_bias
     assert bias.abs().sum() > 0 and bias.abs().max() <= 2 * 0.01 + 1e-7  # two steps of +-rate
     assert "route/maxvio" in trainer.callback_metrics
+
+
+def test_ffn_fields_of_the_wrong_type_name_the_field():
+    with pytest.raises(ValueError, match="moe_top_k='9' must be an integer"):
+        _tiny_moe(moe_top_k="9")

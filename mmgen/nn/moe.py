@@ -174,6 +174,10 @@ def sparse_ffn_kwargs(config, dense_hidden: int, ffns: tuple[str, ...] = FFNS) -
     from .mohd import mohd_kwargs
 
     c = dict(config)
+    for key in ("moe_experts", "moe_top_k", "moe_shared", "moe_dense_layers", "moe_expert_hidden", "mohd_group"):
+        if c.get(key) is not None and (isinstance(c[key], bool) or not isinstance(c[key], int)):
+            raise ValueError(f"{key}={c[key]!r} must be an integer: set it in the config YAML (a dotted "
+                             f"command-line value inside a dict field such as --model.generator.{key} stays a string)")
     ffn = c.get("ffn", "dense")
     if ffn not in ffns:
         raise ValueError(f"ffn={ffn!r} must be one of {ffns}")
