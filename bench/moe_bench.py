@@ -147,6 +147,58 @@ def balance(module, batches) -> dict:
     return out
 
 
+def bias_floor(module, batches, iters: int = 800) -> dict:
+    """The lowest MaxVio an expert bias reaches for this router on these held-out tokens: each
+    sparse layer's affinities (router outputs of a teacher-forced forward) stay fixed and the
+    sign update runs on them alone for ``iters`` rounds, its step decaying 1e-2 -> 1e-4 (later
+    layers' inputs are those of the trained bias).  Near the measured MaxVio: no bias does much
+    better on these tokens; far below: the training run was too short for the bias."""
+    import torch
+
+    from mmgen.nn.moe import SparseMoE, max_violation
+
+    layers = [m for m in module.model.modules() if isinstance(m, SparseMoE)]
+    logits: dict[int, list] = {i: [] for i in range(len(layers))}
+    hooks = [m.router.register_forward_hook(lambda mod, inp, out, i=i: logits[i].append(out.detach().float()))
+             for i, m in enumerate(layers)]
+    module.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                module._step(batch, train=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    floors = []
+    for i, m in enumerate(layers):
+        scores = torch.sigmoid(torch.cat(logits[i]).flatten(0, -2))
+        bias, best = m.expert_bias.detach().clone().float(), float("inf")
+        for t in range(iters):
+            counts = torch.bincount((scores + bias).topk(m.top_k, dim=-1).indices.flatten(), minlength=m.n_experts)
+            best = min(best, max_violation(counts))
+            bias += 1e-2 * 0.01 ** (t / iters) * torch.sign(counts.float().mean() - counts.float())
+        floors.append(best)
+    return {"maxvio_floor": sum(floors) / len(floors), "maxvio_floor_max": max(floors)}
+
+
+def floors(save: str, cache: str) -> list[dict]:
+    """:func:`bias_floor` (and the measured MaxVio) of the saved seed-0 models with SparseMoE layers."""
+    from mmgen.ar import VideoAR
+
+    rows = []
+    for variant in VARIANTS:
+        folder = Path(save) / variant / "transformer"
+        if variant == "moue" or not folder.is_dir():
+            continue
+        module = make_module(variant, 0)
+        module.model.load_state_dict(VideoAR.from_pretrained(str(folder)).state_dict())
+        batches = list(loaders(cache, 6, 0)[1])
+        row = {"variant": variant, "floor": True, **balance(module, batches), **bias_floor(module, batches)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def adherence(module, prompts: list[str], seed: int) -> dict:
     """Sample one video per prompt (KV cache, no CFG, temperature 1) and score it with the analytic
     MovingShapes benchmark (mmgen.metrics.shapes).  One latent frame decodes to one video frame, so
@@ -334,9 +386,9 @@ def _mean(values: list[float]) -> float:
 
 def table(rows: list[dict]) -> str:
     """Quality rows (mean +- std over seeds), tok/s and latency from the timing rows, MaxVio curves."""
-    by, timed = {}, {}
+    by, timed, floor = {}, {}, {}
     for r in rows:
-        (timed if r.get("timing") else by).setdefault(r["variant"], []).append(r)
+        (timed if r.get("timing") else floor if r.get("floor") else by).setdefault(r["variant"], []).append(r)
     tps = {v: _mean([r["tokens_per_s"] for r in rs]) for v, rs in timed.items()}
     lines = ["| variant | seeds | held-out bit loss | colour | shape | MaxVio all tokens (worst layer) "
              "| MaxVio real tokens (worst layer) | train tok/s (x dense) | active FFN / total params | fwd MFLOP/token |",
@@ -352,10 +404,15 @@ def table(rows: list[dict]) -> str:
                      f"| {_fmt([r['shape[full]'] for r in rs], 2)} | {vio('maxvio_all')} | {vio('maxvio_real')} | {speed} "
                      f"| {rs[0]['active_ffn_params'] / 1e3:.1f}k / {rs[0]['params'] / 1e3:.0f}k "
                      f"| {rs[0]['forward_flops_per_token'] / 1e6:.3f} |")
-    if rows and by:
-        r0 = next(iter(by.values()))[0]
+    if any("tokens_all" in r for rs in by.values() for r in rs):
+        r0 = next(r for rs in by.values() for r in rs if "tokens_all" in r)
         lines.append(f"\n{r0['steps']} steps x {r0['batch']} clips = {r0['tokens']} training tokens per run; MaxVio over "
                      f"{r0.get('tokens_all', '-')} held-out tokens per layer ({r0.get('tokens_real', '-')} without text padding)")
+    if floor:
+        lines += ["", "| seed-0 model | MaxVio measured (worst layer) | lowest MaxVio any bias reaches on these affinities (worst layer) |",
+                  "|---|---|---|"]
+        lines += [f"| {v} | {rs[-1]['maxvio_all']:.3f} ({rs[-1]['maxvio_all_max']:.3f}) "
+                  f"| {rs[-1]['maxvio_floor']:.3f} ({rs[-1]['maxvio_floor_max']:.3f}) |" for v, rs in floor.items()]
     curves = {v: rs for v, rs in by.items() if rs[0].get("curve")}
     if curves:
         names = list(curves)
@@ -374,8 +431,8 @@ def table(rows: list[dict]) -> str:
         for name in SUBMODELS:
             losses = [r[f"loss[{name}]"] for r in el]
             latency = f"{lat[f'latency[{name}]']:.3f}" if f"latency[{name}]" in lat else "-"
-            lines.append(f"| {name} | {_fmt(losses)} | {_mean(losses) / full - 1:+.2%} | {_fmt([r[f'color[{name}]'] for r in el], 2)} "
-                         f"| {_fmt([r[f'shape[{name}]'] for r in el], 2)} | {latency} |")
+            lines.append(f"| {name} | {_fmt(losses)} | {_mean(losses) / full - 1:+.2%} | {_fmt([r[f'color[{name}]'] for r in el if f'color[{name}]' in r], 2)} "
+                         f"| {_fmt([r[f'shape[{name}]'] for r in el if f'shape[{name}]' in r], 2)} | {latency} |")
         base = {r["seed"]: r["loss[full]"] for r in by.get("moe", [])}
         pairs = [r["loss[full]"] / base[r["seed"]] - 1 for r in el if r["seed"] in base]
         if pairs:
@@ -392,8 +449,9 @@ def _append(log: Path, row: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("quality", "timing"), default="quality",
-                    help="quality: train and evaluate (no wall times); timing: tok/s and sampling latency")
+    ap.add_argument("--part", choices=("quality", "timing", "floor"), default="quality",
+                    help="quality: train and evaluate (no wall times); timing: tok/s and sampling latency; "
+                         "floor: the lowest MaxVio a bias reaches for the saved seed-0 routers")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--seeds", default="0,1,2")
@@ -418,6 +476,9 @@ def main() -> None:
         variants = args.variants.split(",")
         if args.part == "timing":
             for row in timing(variants, args.steps, args.batch, args.cache):
+                _append(log, row)
+        elif args.part == "floor":
+            for row in floors(args.save, args.cache):
                 _append(log, row)
         else:
             jobs = [(v, int(s)) for s in args.seeds.split(",") for v in variants]
