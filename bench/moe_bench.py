@@ -1,7 +1,9 @@
 """Sparse FFNs on MovingShapes text-to-video: dense vs MoE vs MoUE vs MoHD, loss-free balance, elastic.
 
-    OMP_NUM_THREADS=1 python bench/moe_bench.py --steps 100 --batch 6 --seeds 0,1,2 --workers 2 \
-        --log runs/moe_bench/results.jsonl
+    python bench/moe_bench.py --steps 100 --batch 6 --seeds 0,1,2          # quality (no wall times)
+    /work/wt/heavy python bench/moe_bench.py --part timing --steps 30       # tok/s, sampling latency
+    /work/wt/heavy python bench/moe_bench.py --part floor                   # bias floors of seed-0 models
+    python bench/moe_bench.py --table-only                                  # the tables of --log
 
 Every variant trains the same tiny VideoAR (width 64, 4 layers) with ARModule + Lightning on
 the same latent cache (MovingShapes clips encoded once by the shipped tokenizer,
@@ -12,17 +14,24 @@ enough to matter.  Sparse variants are sized to the dense model's ACTIVE FFN par
 top-2 of 8 experts + 1 shared expert of 88 dims vs a 256-dim SwiGLU; MoHD: 128 shared + 4 of 12
 routed groups of 32 dims).  Reported per variant over seeds (mean +- std):
 
-* held-out bit loss: bitwise BCE (nats per bit) on held-out clips, teacher forcing;
-* train tok/s: sequence tokens per second of the whole fit (1 thread per run; runs share the
-  machine, so ratios are rough);
-* MaxVio: max expert load / mean load - 1 on the last held-out batch (32 clips), mean over
-  sparse layers (MoUE: per layer over its window);
-* active / total parameters (FFN active = what one token runs).
+* held-out bit loss: bitwise BCE (nats per bit) on the 64 held-out clips, teacher forcing;
+* adherence: one video per held-out caption (``--prompts``; KV cache, no CFG, temperature 1)
+  scored by the analytic MovingShapes benchmark (mmgen.metrics.shapes): colour and shape (one
+  latent frame decodes to one frame: no motion);
+* MaxVio (max expert load / mean load - 1) per sparse layer over ALL held-out tokens at once
+  (DeepSeek's global measure), mean over layers and the worst layer; over all tokens, over real
+  tokens (text padding left out) and over visual tokens; a curve on one held-out batch of 32
+  clips every ``--curve-every`` steps;
+* floor (``--part floor``): the lowest MaxVio the sign update alone reaches on a saved router's
+  held-out affinities (is the imbalance the tokens' or the bias's?);
+* train tok/s (``--part timing``): one process, 1 thread, variants one after the other, steady
+  state after 5 warm-up steps; run it through /work/wt/heavy;
+* active FFN / total parameters (FFN active = what one token runs).
 
-The balance row repeats the MoE with the bias rate 0 (no balancing, same run length).
-Elastic rows train the MoE with ERNIE 5.0's elastic sampling (depth 3 of 4, top-1, half of
-the experts, each kept at full 80% of the time) and evaluate the full model and each
-sub-model: held-out loss and sampling latency (4 videos of 1 latent frame, KV cache, 1 thread).
+moe-nobias repeats the MoE with the bias rate 0 and moe-cosine with ``moe_bias_schedule:
+cosine`` (same run length).  moe-elastic trains the MoE with ERNIE 5.0's elastic sampling
+(depth 3 of 4, top-1, half of the experts, each kept at full 80% of the time) and evaluates the
+full model and each sub-model: held-out loss, and (timing part) sampling latency of 4 videos.
 """
 from __future__ import annotations
 
