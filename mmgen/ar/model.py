@@ -63,18 +63,12 @@ def _ffn_shapes(named) -> dict[str, tuple]:
     return shapes
 
 
-def _check_ffn_layout(cls, folder: Path) -> None:
-    """ValueError naming the config fields when the FFN tensors saved in ``folder`` do not match its config."""
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    if not (folder / "config.json").is_file() or not weights.is_file():
-        return  # nothing local to compare (the loader reports what is missing)
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as f:
-        saved = _ffn_shapes((k, f.get_slice(k).get_shape()) for k in f.keys())
-    config = cls.load_config(str(folder))
-    with torch.device("meta"):
-        expected = _ffn_shapes((k, v.shape) for k, v in cls.from_config(config).state_dict().items())
+def _check_ffn_layout(model, state: dict, folder: Path) -> None:
+    """ValueError naming the config fields when the FFN tensors of a saved ``state`` do not match the
+    layout ``model`` was built with from the same folder's config."""
+    saved = _ffn_shapes((k, v.shape) for k, v in state.items())
+    expected = _ffn_shapes((k, v.shape) for k, v in model.state_dict().items())
+    config = model.config
     if saved == expected:
         return
     odd = sorted(set(saved) ^ set(expected))
@@ -257,12 +251,9 @@ class VideoAR(PretrainedModel):
         self._layouts: dict[int, GroupLayout] = {}
         self._init_weights()
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """The folder loader, after checking that the saved FFN weights have the layout the config
-        describes (a shape mismatch alone would name no config field)."""
-        _check_ffn_layout(cls, Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or ""))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def _check_checkpoint(self, state: dict, folder: Path) -> None:
+        # a sparse-FFN shape mismatch alone would name no config field
+        _check_ffn_layout(self, state, folder)
 
     def _universal_ffns(self, ffns: list, grad_checkpointing: bool) -> list:
         """MoUE: one pool (self.universal_pool) and a UniversalMoE per sparse layer."""
