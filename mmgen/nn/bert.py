@@ -17,13 +17,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+class _Linear(nn.Module):
+    """``nn.Linear`` over given weights (nn.Linear would first spend time on a random init)."""
+
+    def __init__(self, state: dict, prefix: str):
+        super().__init__()
+        self.weight, self.bias = _frozen(state[prefix + ".weight"]), _frozen(state[prefix + ".bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class _LayerNorm(_Linear):
+    def __init__(self, state: dict, prefix: str, eps: float):
+        super().__init__(state, prefix)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
 class _Layer(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+    def __init__(self, state: dict, prefix: str, heads: int, eps: float):
         super().__init__()
         self.heads = heads
-        self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
-        self.attn_out, self.attn_norm = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=eps)
-        self.up, self.down, self.out_norm = nn.Linear(dim, hidden), nn.Linear(hidden, dim), nn.LayerNorm(dim, eps=eps)
+        self.query, self.key, self.value, self.attn_out, self.up, self.down = (
+            _Linear(state, prefix + name) for name in ("attention.self.query", "attention.self.key",
+                                                       "attention.self.value", "attention.output.dense",
+                                                       "intermediate.dense", "output.dense"))
+        self.attn_norm = _LayerNorm(state, prefix + "attention.output.LayerNorm", eps)
+        self.out_norm = _LayerNorm(state, prefix + "output.LayerNorm", eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
@@ -34,24 +61,23 @@ class _Layer(nn.Module):
         return self.out_norm(self.down(F.gelu(self.up(x))) + x)
 
 
-# our parameter names -> the checkpoint's (per layer, after "encoder.layer.{i}.")
-_LAYER_KEYS = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-               "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
-               "up": "intermediate.dense", "down": "output.dense", "out_norm": "output.LayerNorm"}
-
-
 class BertEncoder(nn.Module):
-    """Token embeddings -> ``num_hidden_layers`` post-norm blocks; returns the last hidden states."""
+    """Token embeddings -> ``num_hidden_layers`` post-norm blocks, over the tensors of a
+    transformers-named BERT state dict (with or without the ``bert.`` prefix)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, state: dict[str, torch.Tensor]):
         super().__init__()
-        dim, eps = config["hidden_size"], config.get("layer_norm_eps", 1e-12)
-        self.word = nn.Embedding(config["vocab_size"], dim)
-        self.position = nn.Embedding(config["max_position_embeddings"], dim)
-        self.token_type = nn.Embedding(config.get("type_vocab_size", 2), dim)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.layers = nn.ModuleList(_Layer(dim, config["num_attention_heads"], config["intermediate_size"], eps)
-                                    for _ in range(config["num_hidden_layers"]))
+        state = {k.removeprefix("bert."): v for k, v in state.items()}
+        eps = config.get("layer_norm_eps", 1e-12)
+        try:
+            self.word = _frozen(state["embeddings.word_embeddings.weight"])
+            self.position = _frozen(state["embeddings.position_embeddings.weight"])
+            self.token_type = _frozen(state["embeddings.token_type_embeddings.weight"])
+            self.norm = _LayerNorm(state, "embeddings.LayerNorm", eps)
+            self.layers = nn.ModuleList(_Layer(state, f"encoder.layer.{i}.", config["num_attention_heads"], eps)
+                                        for i in range(config["num_hidden_layers"]))
+        except KeyError as e:
+            raise ValueError(f"not a BERT checkpoint: no tensor {e}") from None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states [B, L, dim]; right padding (``attention_mask`` 0) is cut before the
@@ -59,28 +85,12 @@ class BertEncoder(nn.Module):
         the values of the padded computation up to float rounding)."""
         L, n = input_ids.shape[1], max(int(attention_mask.sum(1).max()), 1)
         input_ids, attention_mask = input_ids[:, :n], attention_mask[:, :n]
-        x = self.word(input_ids) + self.token_type.weight[0]  # one segment: token type 0 everywhere
-        x = self.norm(x + self.position.weight[:n])
+        x = F.embedding(input_ids, self.word) + self.token_type[0]  # one segment: token type 0 everywhere
+        x = self.norm(x + self.position[:n])
         mask = attention_mask.bool()[:, None, None, :]  # padding keys are never attended to
         for layer in self.layers:
             x = layer(x, mask)
         return F.pad(x * attention_mask[..., None], (0, 0, 0, L - n))
-
-    def load_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a transformers-named BERT state dict (with or without the ``bert.`` prefix)."""
-        state = {k.removeprefix("bert."): v for k, v in state.items()}
-        ours = {"word.weight": "embeddings.word_embeddings.weight",
-                "position.weight": "embeddings.position_embeddings.weight",
-                "token_type.weight": "embeddings.token_type_embeddings.weight",
-                "norm.weight": "embeddings.LayerNorm.weight", "norm.bias": "embeddings.LayerNorm.bias"}
-        for i in range(len(self.layers)):
-            for name, theirs in _LAYER_KEYS.items():
-                for p in ("weight", "bias"):
-                    ours[f"layers.{i}.{name}.{p}"] = f"encoder.layer.{i}.{theirs}.{p}"
-        missing = sorted(v for v in ours.values() if v not in state)
-        if missing:
-            raise ValueError(f"not a BERT checkpoint: missing {missing[:3]}")
-        self.load_state_dict({k: state[v] for k, v in ours.items()})
 
 
 class BertTokenizer:
@@ -120,6 +130,4 @@ def is_bert(folder: Path, config: dict) -> bool:
 def load_bert(folder: Path, config: dict) -> BertEncoder:
     from safetensors.torch import load_file
 
-    model = BertEncoder(config)
-    model.load_checkpoint(load_file(str(folder / "model.safetensors")))
-    return model.eval().requires_grad_(False)
+    return BertEncoder(config, load_file(str(folder / "model.safetensors"))).eval()
