@@ -28,7 +28,8 @@ without appended tokens, ``split_batches``) so no sample pays for slots it canno
 Blink only decides and edits; the decoder is reached through :class:`BlinkDecoder`.  Our
 :class:`~mmgen.mllm.model.TinyLlava` implements it directly; :class:`mmgen.mllm.hf.LlavaDecoder`
 implements it for a Hugging Face ``LlavaForConditionalGeneration`` by driving its language model's
-decoder layers itself (the fused attention kernel stays on).
+decoder layers itself (the fused attention kernel stays on), and :class:`mmgen.mllm.hf.Qwen2VLDecoder` for
+``Qwen2VLForConditionalGeneration`` (the same loop with M-RoPE 3-D positions).
 """
 from __future__ import annotations
 

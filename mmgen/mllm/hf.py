@@ -1,4 +1,5 @@
-"""Blink on a Hugging Face ``LlavaForConditionalGeneration`` (LLaVA-1.5 layout), without forking it.
+"""Blink on a Hugging Face ``LlavaForConditionalGeneration`` (LLaVA-1.5 layout) or
+``Qwen2VLForConditionalGeneration`` (:class:`Qwen2VLDecoder`: the same loop, M-RoPE positions), without forking them.
 
 :class:`LlavaDecoder` implements :class:`~mmgen.mllm.blink.BlinkDecoder` by driving the language
 model's own decoder layers one by one: we build the input embeddings (the image features put in
