@@ -8,8 +8,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace  # noqa: E402
-from mmgen.mllm.hf import Qwen2VLDecoder, tokensr_loss, vicrop  # noqa: E402
-from mmgen.mllm.tokensr import TokenSRBank  # noqa: E402
+from mmgen.mllm.hf import Qwen2VLDecoder, vicrop  # noqa: E402
+from test_blink_hf import expand_everyone, tokensr_step_lowers_its_loss  # noqa: E402  shared with LLaVA's
 
 IMAGE, START, END = 150, 152, 153  # image pad / vision start / vision end ids of the tiny config
 GRID = (4, 4)  # merged token grid of a 32 x 32 image: 8 x 8 patches of 4 px, merged 2 x 2
@@ -96,15 +96,11 @@ def test_blink_off_generates_what_hf_generates(qwen):
 def test_appended_tokens_sit_at_their_cells(qwen):
     """SR tokens go between the visual block and the question, each at the 3-D position (P, P + r, P + c)
     of the cell (r, c) it subdivides; the question keeps its positions; dropping restores the sequence."""
-    dec = Qwen2VLDecoder(qwen, GRID)
     ids, mask, pixels = prompts()
-    blink = Blink(BlinkConfig(layers=(1, 3), mode="interp", region=2, factor=2), None)
-    with torch.no_grad():
-        state = dec.prepare(ids, pixels, mask)
-        B = len(ids)
-        everyone = torch.ones(B, dtype=torch.bool)
-        top = torch.tensor([0, 1, 3])  # tiles of the 2 x 2 tiling of the 4 x 4 grid
-        grown = blink._edit(dec, 1, state, everyone, everyone, top)
+    top = torch.tensor([0, 1, 3])  # tiles of the 2 x 2 tiling of the 4 x 4 grid
+    dec = Qwen2VLDecoder(qwen, GRID)
+    blink, state, grown = expand_everyone(dec, ids, mask, pixels, top)
+    B, everyone = len(ids), torch.ones(len(ids), dtype=torch.bool)
     P, nv = 3, 16
     assert grown.n_extra == 16 and grown.h.shape[1] == ids.shape[1] + 16
     assert torch.equal(grown.h[:, :P + nv], state.h[:, :P + nv])
@@ -153,19 +149,8 @@ def test_blink_expands_and_drops_per_sample(qwen):
 
 
 def test_tokensr_training_step_lowers_its_loss(qwen):
-    dec = Qwen2VLDecoder(qwen, GRID)
     ids, mask, pixels = prompts()
-    bank = TokenSRBank(layers=(1,), dim=64, hidden=16, factor=2)
-    opt = torch.optim.Adam(bank.parameters(), lr=1e-3)
-    tiles = torch.tensor([0, 2, 3])
-    before = tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles)
-    for _ in range(5):
-        opt.zero_grad()
-        tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles).backward()
-        opt.step()
-    after = tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles)
-    assert float(after.detach()) < float(before.detach())
-    assert all(p.grad is None for p in qwen.parameters())  # the MLLM stays frozen
+    tokensr_step_lowers_its_loss(Qwen2VLDecoder(qwen, GRID), qwen, ids, mask, pixels, torch.tensor([0, 2, 3]))
 
 
 def test_zoom_works_on_the_processors_patches(qwen):
