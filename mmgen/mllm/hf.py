@@ -397,6 +397,8 @@ class Qwen2VLDecoder(LlavaDecoder):
 
     def __init__(self, model, grid: tuple[int, int]):
         super().__init__(model, grid)
+        if "sliding_attention" in getattr(self.text_config, "layer_types", ()):
+            raise ValueError("Qwen2VLDecoder drives full-attention layers only (this config has sliding-window layers)")
         vc = model.config.vision_config
         self.spatial_merge, self.patch, self.temporal = vc.spatial_merge_size, vc.patch_size, vc.temporal_patch_size
 
