@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 
 from mmgen.cli_utils import UserError, run_batch
-from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace
 from mmgen.io.destination import check_model_destination
+from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace
 from mmgen.mllm.cli import HF_REGION, _device, load_tokensr, save_atomic
 from mmgen.mllm.evaluate import sign_test
 from mmgen.mllm.hf import default_layers, encode_prompts, load_llava, tokensr_loss, vicrop
