@@ -200,12 +200,9 @@ class VideoAR(PretrainedModel):
         self._layouts: dict[int, GroupLayout] = {}
         self._init_weights()
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """The folder loader, after checking that the saved FFN weights have the layout the config
-        describes (a shape mismatch alone would name no config field)."""
-        check_ffn_layout(cls, Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or ""))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def _check_checkpoint(self, state: dict, folder: Path) -> None:
+        # a sparse-FFN shape mismatch alone would name no config field
+        check_ffn_layout(self, state, folder)
 
     def _universal_ffns(self, ffns: list, grad_checkpointing: bool) -> list:
         """MoUE: one pool (self.universal_pool) and a UniversalMoE per sparse layer."""

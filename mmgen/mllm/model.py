@@ -147,10 +147,8 @@ class TinyLlava(PretrainedModel):
         self.norm = RMSNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        check_ffn_layout(cls, Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or ""))  # names the field
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def _check_checkpoint(self, state: dict, folder: Path) -> None:
+        check_ffn_layout(self, state, folder)  # an LM expert-layout mismatch names the config field
 
     # ------------------------------------------------------------------ geometry
     @property

@@ -207,20 +207,12 @@ def _ffn_shapes(named) -> dict[str, tuple]:
     return shapes
 
 
-def check_ffn_layout(cls, folder: Path) -> None:
-    """ValueError naming the config fields when the FFN tensors saved in the model folder ``folder``
-    (config.json + one .safetensors) do not match what its config builds.  Called before loading:
-    a loader that fills a mismatch with fresh weights would name no config field."""
-    weights = sorted(Path(folder).glob("*.safetensors"))
-    if not (Path(folder) / "config.json").is_file() or len(weights) != 1:
-        return  # nothing local to compare (the loader reports what is missing)
-    from safetensors import safe_open
-
-    with safe_open(str(weights[0]), "pt") as f:
-        saved = _ffn_shapes((k, f.get_slice(k).get_shape()) for k in f.keys())
-    config = cls.load_config(str(folder))
-    with torch.device("meta"):
-        expected = _ffn_shapes((k, v.shape) for k, v in cls.from_config(config).state_dict().items())
+def check_ffn_layout(model: nn.Module, state: dict, folder: Path) -> None:
+    """ValueError naming the config fields when the FFN tensors of a saved ``state`` (read from
+    ``folder``) do not match the layout ``model`` was built with from the same folder's config."""
+    saved = _ffn_shapes((k, v.shape) for k, v in state.items())
+    expected = _ffn_shapes((k, v.shape) for k, v in model.state_dict().items())
+    config = model.config
     if saved == expected:
         return
     odd = sorted(set(saved) ^ set(expected))
