@@ -409,8 +409,9 @@ def table(rows: list[dict]) -> str:
         vio = lambda key: (f"{_fmt([r[key] for r in rs], 3)} ({_mean([r[key + '_max'] for r in rs]):.3f})"  # noqa: E731
                            if key in rs[0] else "-")
         speed = f"{tps[v]:.0f} ({tps[v] / tps['dense']:.2f})" if v in tps and "dense" in tps else "-"
-        lines.append(f"| {v} | {len(rs)} | {_fmt([r['loss[full]'] for r in rs])} | {_fmt([r['color[full]'] for r in rs], 2)} "
-                     f"| {_fmt([r['shape[full]'] for r in rs], 2)} | {vio('maxvio_all')} | {vio('maxvio_real')} | {speed} "
+        adh = lambda key: _fmt([r[key] for r in rs], 2) if key in rs[0] else "-"  # noqa: E731 (--prompts 0: none)
+        lines.append(f"| {v} | {len(rs)} | {_fmt([r['loss[full]'] for r in rs])} | {adh('color[full]')} "
+                     f"| {adh('shape[full]')} | {vio('maxvio_all')} | {vio('maxvio_real')} | {speed} "
                      f"| {rs[0]['active_ffn_params'] / 1e3:.1f}k / {rs[0]['params'] / 1e3:.0f}k "
                      f"| {rs[0]['forward_flops_per_token'] / 1e6:.3f} |")
     if any("tokens_all" in r for rs in by.values() for r in rs):
