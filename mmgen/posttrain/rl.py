@@ -180,7 +180,8 @@ class GRPOTrainer:
         rewards = torch.tensor([reward(v, self.expected[i])[0]
                                 for v, i in zip(videos, np.repeat(chosen, c.group_size))])
         groups = rewards.view(-1, c.group_size)
-        adv = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).view(-1)
+        spread = groups.std(1, keepdim=True)
+        adv = ((groups - groups.mean(1, keepdim=True)) / (spread + 1e-4)).view(-1)
 
         tokens = policy.condition_tokens(prompts)
         inputs = self.q.next_scale_inputs(codes)
@@ -226,8 +227,10 @@ class GRPOTrainer:
         policy.eval()
         div = float(np.mean([pixel_diversity(videos[g * c.group_size:(g + 1) * c.group_size])
                              for g in range(len(chosen))]))
+        # a group whose rewards are all equal has zero advantage: no policy-gradient signal from it
         return {"step": step, "reward": float(rewards.mean()), "kl": kl.mean().item(), "loss": loss.item(),
-                "diversity": div, **stats}
+                "diversity": div, "flat_groups": float((spread == 0).float().mean()),
+                "group_std": float(spread.mean()), **stats}
 
     def run(self) -> list[dict]:
         torch.manual_seed(self.cfg.seed)
@@ -236,5 +239,6 @@ class GRPOTrainer:
             h = self.step(step)
             history.append(h)
             self.log(f"step {step + 1}/{self.cfg.steps} reward {h['reward']:.3f} kl {h['kl']:.4f} "
+                     f"flat groups {h['flat_groups']:.2f} "
                      f"diversity {h['diversity']:.4f} ({time.time() - t0:.0f} s)")
         return history
