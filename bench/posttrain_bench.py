@@ -18,8 +18,9 @@ and shape accuracy alone) and 8 of the old circle prompts (forgetting = base sco
 fine-tuned score); plus the teacher-forced bit loss on 16 encoded held-out and 16 old clips.
 
 The tokenizer bounds what any fine-tuning can reach: ``--part ceiling`` scores encoded-then-
-decoded real clips of each shape. (The default tokenizer turns squares into circles, so the
-square cannot be learned through it; diamonds survive the round trip.)
+decoded real clips of each shape. (With the default tokenizer no square clip reads as a square
+after the round trip, so the codes a generator learns to imitate for "square" do not decode to
+squares; most diamond clips still read as diamonds.)
 
 RL (``--part rl``): the under-trained model is the base LoRA-fine-tuned for only
 ``--under-steps`` steps on the concept (a fresh generator trained from scratch for 200 steps
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
 from pathlib import Path
@@ -152,19 +154,25 @@ def part_ft(args) -> dict:
             print(f"seed {seed} {method:8s} lr {lrs[method]:g} loss {row['final_loss']:.4f} held-out loss "
                   f"{new['loss']:.4f} old loss {old['loss']:.4f} new reward {new['reward']:.3f} "
                   f"shape {new['shape']:.3f} old reward {old['reward']:.3f} ({train_s:.0f} s train)", flush=True)
-    print(f"\nFine-tuning on {args.concept}s: {args.steps} steps x batch {args.batch}, {args.clips} clips, "
-          f"seeds {args.seeds}, {args.eval_n} videos per prompt")
+    result = {"base": {"new": base_new, "old": base_old}, "rows": rows, "args": vars(args)}
+    table_ft(result)
+    return result
+
+
+def table_ft(result: dict) -> None:
+    args, rows, base_new, base_old = result["args"], result["rows"], result["base"]["new"], result["base"]["old"]
+    seeds = sorted({x["seed"] for r in rows.values() for x in r})
+    print(f"\nFine-tuning on {args['concept']}s: {args['steps']} steps x batch {args['batch']}, {args['clips']} clips, "
+          f"seeds {seeds}, {args['eval_n']} videos per prompt")
     print(f"base (no fine-tuning): held-out reward {base_new['reward']:.3f}, shape {base_new['shape']:.3f}, "
           f"loss {base_new['loss']:.4f}; old reward {base_old['reward']:.3f}, loss {base_old['loss']:.4f}")
-    print(f"| method | lr | trainable params | held-out {args.concept} reward | held-out shape acc "
+    print(f"| method | lr | trainable params | held-out {args['concept']} reward | held-out shape acc "
           "| old-prompt reward drop (forgetting) | held-out loss | old-circle loss increase |")
     print("|---|---|---|---|---|---|---|---|")
-    for m in args.methods:
-        r = rows[m]
-        print(f"| {m} | {lrs[m]:g} | {r[0]['trainable']} | {fmt([x['new_reward'] for x in r])} "
+    for m, r in rows.items():
+        print(f"| {m} | {r[0]['lr']:g} | {r[0]['trainable']} | {fmt([x['new_reward'] for x in r])} "
               f"| {fmt([x['new_shape'] for x in r])} | {fmt([x['forgetting'] for x in r])} "
               f"| {fmt([x['new_loss'] for x in r])} | +{fmt([x['old_loss'] - base_old['loss'] for x in r])} |")
-    return {"base": {"new": base_new, "old": base_old}, "rows": rows, "args": vars(args)}
 
 
 def under_trained(args):
@@ -219,24 +227,38 @@ def part_rl(args) -> dict:
                   f"{res['diversity']:.4f} train reward {res['train_reward_first_last'][0]:.3f} -> "
                   f"{res['train_reward_first_last'][1]:.3f} flat groups {res['flat_groups']:.2f} "
                   f"({res['train_s']:.0f} s)", flush=True)
+    result = {"start": start, "rows": rows, "args": vars(args)}
+    table_rl(result)
+    return result
+
+
+def table_rl(result: dict) -> None:
+    args, rows, start = argparse.Namespace(**result["args"]), result["rows"], result["start"]
+    args.seeds = sorted({x["seed"] for r in rows.values() for x in r})
     print(f"\nRL on an under-trained model ({args.under_steps} LoRA steps on {args.concept}s), sampled without CFG at "
           f"temperature {args.temperature}: {args.rl_steps} GRPO steps x {args.prompts_per_step} prompts x group "
           f"{args.group}, lr {args.rl_lr}, KL {args.kl_coef}, eta {args.eta}; trained on the 24 training captions, "
           f"scored on the 8 held-out ones, {args.eval_n} videos each; seeds {args.seeds}")
-    print("| model | held-out reward | gain | motion | colour | all correct | diversity (pixel) | flat groups |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| under-trained start | {start['reward']:.3f} | | {start['motion']:.3f} | {start['color']:.3f} "
+    print("| model | held-out reward | gain | shape | motion | colour | all correct | diversity (pixel) | flat groups |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| under-trained start | {start['reward']:.3f} | | {start['shape']:.3f} | {start['motion']:.3f} | {start['color']:.3f} "
           f"| {start['all_correct']:.3f} | {start['diversity']:.4f} | |")
     for name, r in rows.items():
         print(f"| {name} | {fmt([x['reward'] for x in r])} | {fmt([x['reward'] - start['reward'] for x in r])} "
-              f"| {fmt([x['motion'] for x in r])} | {fmt([x['color'] for x in r])} "
+              f"| {fmt([x['shape'] for x in r])} | {fmt([x['motion'] for x in r])} | {fmt([x['color'] for x in r])} "
               f"| {fmt([x['all_correct'] for x in r])} | {fmt([x['diversity'] for x in r])} "
               f"| {fmt([x['flat_groups'] for x in r])} |")
     plain, cur = rows["GRPO"], rows["GRPO + curiosity"]
     rel = [c["diversity"] / p["diversity"] - 1 for p, c in zip(plain, cur)]
     gap = [c["reward"] - p["reward"] for p, c in zip(plain, cur)]
     print(f"curiosity vs plain, paired by seed: diversity {fmt(rel)} relative, reward {fmt(gap)} absolute")
-    return {"start": start, "rows": rows, "args": vars(args)}
+
+
+def merge(part: str, files: list[str]) -> None:
+    """One table from runs of the same settings, e.g. one seed each (base / start taken from the first)."""
+    results = [json.loads(Path(f).read_text()) for f in files]
+    merged = dict(results[0], rows={k: [x for r in results for x in r["rows"][k]] for k in results[0]["rows"]})
+    {"ft": table_ft, "rl": table_rl}[part](merged)
 
 
 def main() -> None:
@@ -260,7 +282,12 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="RL rollout and evaluation temperature")
     p.add_argument("--eta", type=float, default=0.06, help="RL curiosity scale")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="print the --part table of these --json results (e.g. one seed per file) and exit")
     args = p.parse_args()
+    if args.merge:
+        merge(args.part, args.merge)
+        return
     torch.set_num_threads(1)
     result = {"ft": part_ft, "rl": part_rl, "ceiling": part_ceiling}[args.part](args)
     if args.json:
