@@ -153,7 +153,7 @@ class GRPOTrainer:
         if not self.prompts:
             raise ValueError("no prompts to train on")
         self.expected = parse_prompts(self.prompts)
-        self.policy = pipe.transformer
+        self.policy = pipe.transformer.requires_grad_(True)  # e.g. a merged LoRA model arrives frozen
         self.ref = reference if reference is not None else copy.deepcopy(self.policy)
         check_same_architecture(self.policy, self.ref)
         self.ref.requires_grad_(False).eval()
