@@ -26,7 +26,8 @@ RL (``--part rl``): the under-trained model is the base LoRA-fine-tuned for only
 ``--under-steps`` steps on the concept (a fresh generator trained from scratch for 200 steps
 scores 0.08 at temperature 1: nothing to amplify), cached in ``--under-dir``. GRPO on the
 concept's 24 training captions, plain and with CD-RLHF curiosity, same steps and seed; scored
-on its 8 held-out captions at the rollout settings (no CFG, the rollout temperature): reward, motion and colour adherence, diversity (mean pairwise pixel distance of
+on its 8 held-out captions at the rollout settings (no CFG, the rollout temperature): reward,
+motion and colour adherence, diversity (mean pairwise pixel distance of
 the videos of one prompt). One row per RL seed, then mean +- std.
 """
 from __future__ import annotations
@@ -216,7 +217,8 @@ def part_rl(args) -> dict:
                            lr=args.rl_lr, kl_coef=args.kl_coef, temperature=args.temperature,
                            curiosity=curiosity, eta=args.eta, seed=seed)
             t0 = time.time()
-            hist = GRPOTrainer(pipe, train_captions(args.concept), cfg, log=lambda s: print(f"  {name} seed {seed}: {s}", flush=True)).run()
+            hist = GRPOTrainer(pipe, train_captions(args.concept), cfg,
+                               log=lambda s, tag=f"{name} seed {seed}": print(f"  {tag}: {s}", flush=True)).run()
             res = evaluate(pipe)
             res.update(seed=seed, train_s=time.time() - t0, history=hist,
                        flat_groups=float(np.mean([h["flat_groups"] for h in hist])),
@@ -239,10 +241,11 @@ def table_rl(result: dict) -> None:
           f"temperature {args.temperature}: {args.rl_steps} GRPO steps x {args.prompts_per_step} prompts x group "
           f"{args.group}, lr {args.rl_lr}, KL {args.kl_coef}, eta {args.eta}; trained on the 24 training captions, "
           f"scored on the 8 held-out ones, {args.eval_n} videos each; seeds {args.seeds}")
-    print("| model | held-out reward | gain | shape | motion | colour | all correct | diversity (pixel) | flat groups |")
+    print("| model | held-out reward | gain | shape | motion | colour | all correct | diversity (pixel) "
+          "| flat groups |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| under-trained start | {start['reward']:.3f} | | {start['shape']:.3f} | {start['motion']:.3f} | {start['color']:.3f} "
-          f"| {start['all_correct']:.3f} | {start['diversity']:.4f} | |")
+    print(f"| under-trained start | {start['reward']:.3f} | | {start['shape']:.3f} | {start['motion']:.3f} "
+          f"| {start['color']:.3f} | {start['all_correct']:.3f} | {start['diversity']:.4f} | |")
     for name, r in rows.items():
         print(f"| {name} | {fmt([x['reward'] for x in r])} | {fmt([x['reward'] - start['reward'] for x in r])} "
               f"| {fmt([x['shape'] for x in r])} | {fmt([x['motion'] for x in r])} | {fmt([x['color'] for x in r])} "
