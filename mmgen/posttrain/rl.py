@@ -38,9 +38,9 @@ from torch import nn
 
 from .rewards import decode_videos, parse_prompts, pixel_diversity, reward
 
-# Fields of the generator config that may differ between policy and reference.
-_NON_ARCH = {"_name_or_path", "_diffusers_version", "_class_name", "attn_backend", "grad_checkpointing",
-             "_use_default_values"}
+# Fields of the generator config that may differ between policy and reference (besides the private
+# "_..." bookkeeping keys a loader adds: source folder, library version).
+_NON_ARCH = {"attn_backend", "grad_checkpointing"}
 
 
 @dataclass
@@ -67,8 +67,8 @@ class RLConfig:
 
 
 def check_same_architecture(policy, reference) -> None:
-    a = {k: v for k, v in dict(policy.config).items() if k not in _NON_ARCH}
-    b = {k: v for k, v in dict(reference.config).items() if k not in _NON_ARCH}
+    a = {k: v for k, v in dict(policy.config).items() if k not in _NON_ARCH and not k.startswith("_")}
+    b = {k: v for k, v in dict(reference.config).items() if k not in _NON_ARCH and not k.startswith("_")}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff or type(policy) is not type(reference):
         k = diff[0] if diff else "class"
