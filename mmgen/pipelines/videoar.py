@@ -26,13 +26,13 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmgen import __version__
 from mmgen.ar.model import VideoAR
 from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_codes
 from mmgen.io import atomic_path, resize_video
@@ -88,7 +88,7 @@ class VideoARPipeline:
         """Write each component's ``save_pretrained`` folder and ``model_index.json`` (diffusers' layout)."""
         root = Path(save_directory)
         root.mkdir(parents=True, exist_ok=True)
-        index = {"_class_name": type(self).__name__, "_diffusers_version": version("diffusers"),
+        index = {"_class_name": type(self).__name__, "_mmgen_version": __version__,
                  "fps": self.config.fps, "sampling": self.config.sampling}
         for name, cls in self.COMPONENTS.items():
             getattr(self, name).save_pretrained(root / name)
@@ -99,7 +99,7 @@ class VideoARPipeline:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "VideoARPipeline":
         """Load a folder written by :meth:`save_pretrained`; ``kwargs`` go to each component's
-        ``from_pretrained`` (e.g. ``low_cpu_mem_usage``). Only the expected component classes
+        ``from_pretrained`` (e.g. ``torch_dtype``). Only the expected component classes
         are loaded, whatever the index names."""
         root = Path(pretrained_model_name_or_path)
         index_file = root / cls.INDEX
@@ -273,16 +273,14 @@ class VideoARPipeline:
                                   use_cache=use_cache)
         latent_frames = self.num_latent_frames(num_frames)
         generators = self._generators(len(cond), generator, seed)
-        decoder = _StreamDecoder(self, callback_on_frames) if callback_on_frames is not None else None
+        # Frames are decoded as each latent frame completes and kept as uint8: memory holds neither
+        # every frame's codes nor a float copy of the whole video (flat but for the uint8 frames).
+        decoder = _StreamDecoder(self, callback_on_frames) if output_type != "latent" else None
         K = len(self.transformer.scales)
         with self._autocast(), self._progress(forward_steps(latent_frames, K), progress) as update:
             codes = sample_codes(self.transformer, self.tokenizer.quantizer, cond, latent_frames, settings,
-                                 generators, on_frame=decoder, progress=update)
-        if output_type == "latent":
-            frames = codes
-        else:
-            video = torch.cat(decoder.chunks, dim=1) if decoder is not None else _video_to_uint8(self._decode(codes))
-            frames = self._format(video, output_type)
+                                 generators, on_frame=decoder, progress=update, keep_codes=decoder is None)
+        frames = codes if decoder is None else self._format(torch.cat(decoder.chunks, dim=1), output_type)
         if not return_dict:
             return (frames,)
         return VideoARPipelineOutput(frames=frames)
@@ -394,4 +392,5 @@ class _StreamDecoder:
         self.frames_out += frames.shape[1]
         if self.keep:
             self.chunks.append(frames)
-        self.callback(frames.numpy())
+        if self.callback is not None:
+            self.callback(frames.numpy())
