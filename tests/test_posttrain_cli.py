@@ -104,6 +104,36 @@ def test_grpo_step_updates_policy_only(curiosity):
         assert 0 < hist[0]["not_greedy"] < 1
 
 
+def test_grpo_trains_a_policy_that_arrives_frozen(monkeypatch):
+    """A model fine-tuned with LoRA and merged has requires_grad off; RL must still train all of it."""
+    import itertools
+
+    import mmgen.posttrain.rl as rl
+
+    rewards = itertools.count()
+    monkeypatch.setattr(rl, "reward", lambda video, expected: (float(next(rewards)), {}))  # never a flat group
+    pipe = tiny_text_pipeline()
+    pipe.transformer.requires_grad_(False)
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    GRPOTrainer(pipe, ["a large red square moving right"], RLConfig(steps=1, group_size=2, lr=1e-3, num_frames=9),
+                log=lambda s: None).run()
+    assert any(not torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())
+
+
+def test_equal_rewards_in_a_group_give_no_policy_gradient(monkeypatch):
+    """GRPO's advantage is relative to the group: a group whose rewards are all equal carries no
+    signal (at the first step the KL term is zero too, so the policy must not move)."""
+    import mmgen.posttrain.rl as rl
+
+    monkeypatch.setattr(rl, "reward", lambda video, expected: (0.5, {}))
+    pipe = tiny_text_pipeline()
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    hist = GRPOTrainer(pipe, ["a large red square moving right"],
+                       RLConfig(steps=1, group_size=3, lr=1e-2, num_frames=9), log=lambda s: None).run()
+    assert hist[0]["flat_groups"] == 1.0 and hist[0]["group_std"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())
+
+
 def test_next_state_index_and_weights():
     m = tiny_text_pipeline().transformer
     layout = m.layout(2)

@@ -38,9 +38,9 @@ from torch import nn
 
 from .rewards import decode_videos, parse_prompts, pixel_diversity, reward
 
-# Fields of the generator config that may differ between policy and reference.
-_NON_ARCH = {"_name_or_path", "_diffusers_version", "_class_name", "attn_backend", "grad_checkpointing",
-             "_use_default_values"}
+# Fields of the generator config that may differ between policy and reference (besides the private
+# "_..." bookkeeping keys a loader adds: source folder, library version).
+_NON_ARCH = {"attn_backend", "grad_checkpointing"}
 
 
 @dataclass
@@ -67,8 +67,8 @@ class RLConfig:
 
 
 def check_same_architecture(policy, reference) -> None:
-    a = {k: v for k, v in dict(policy.config).items() if k not in _NON_ARCH}
-    b = {k: v for k, v in dict(reference.config).items() if k not in _NON_ARCH}
+    a = {k: v for k, v in dict(policy.config).items() if k not in _NON_ARCH and not k.startswith("_")}
+    b = {k: v for k, v in dict(reference.config).items() if k not in _NON_ARCH and not k.startswith("_")}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff or type(policy) is not type(reference):
         k = diff[0] if diff else "class"
@@ -153,7 +153,7 @@ class GRPOTrainer:
         if not self.prompts:
             raise ValueError("no prompts to train on")
         self.expected = parse_prompts(self.prompts)
-        self.policy = pipe.transformer
+        self.policy = pipe.transformer.requires_grad_(True)  # e.g. a merged LoRA model arrives frozen
         self.ref = reference if reference is not None else copy.deepcopy(self.policy)
         check_same_architecture(self.policy, self.ref)
         self.ref.requires_grad_(False).eval()
@@ -180,7 +180,8 @@ class GRPOTrainer:
         rewards = torch.tensor([reward(v, self.expected[i])[0]
                                 for v, i in zip(videos, np.repeat(chosen, c.group_size))])
         groups = rewards.view(-1, c.group_size)
-        adv = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).view(-1)
+        spread = groups.std(1, keepdim=True)
+        adv = ((groups - groups.mean(1, keepdim=True)) / (spread + 1e-4)).view(-1)
 
         tokens = policy.condition_tokens(prompts)
         inputs = self.q.next_scale_inputs(codes)
@@ -226,8 +227,10 @@ class GRPOTrainer:
         policy.eval()
         div = float(np.mean([pixel_diversity(videos[g * c.group_size:(g + 1) * c.group_size])
                              for g in range(len(chosen))]))
+        # a group whose rewards are all equal has zero advantage: no policy-gradient signal from it
         return {"step": step, "reward": float(rewards.mean()), "kl": kl.mean().item(), "loss": loss.item(),
-                "diversity": div, **stats}
+                "diversity": div, "flat_groups": float((spread == 0).float().mean()),
+                "group_std": float(spread.mean()), **stats}
 
     def run(self) -> list[dict]:
         torch.manual_seed(self.cfg.seed)
@@ -236,5 +239,6 @@ class GRPOTrainer:
             h = self.step(step)
             history.append(h)
             self.log(f"step {step + 1}/{self.cfg.steps} reward {h['reward']:.3f} kl {h['kl']:.4f} "
+                     f"flat groups {h['flat_groups']:.2f} "
                      f"diversity {h['diversity']:.4f} ({time.time() - t0:.0f} s)")
         return history
