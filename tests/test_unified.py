@@ -120,3 +120,38 @@ def test_questions_cover_every_field():
     v = WordVocab(grammar_words())
     for q, a in qa.items():
         v.encode(q), v.encode(a)
+
+
+TOKENIZER = dict(base_channels=8, channel_mult=(1, 1, 1), temporal_downsample=(True, True), patch_size=1,
+                 norm_groups=4, latent_dim=8, scales=(1, 2, 4), sample_size=16, num_frames=5)
+
+
+def test_mixed_training_step_and_dataset(tmp_path):
+    from mmgen.ar.training import load_tokenizer
+    from mmgen.ar.unified_training import UnifiedModule
+    from mmgen.data.latents import tokenize_dataset
+    from mmgen.data.moving_shapes import MovingShapes
+    from mmgen.data.unified import UnifiedLatents
+
+    torch.manual_seed(0)
+    tokenize_dataset(MovingShapes(6, size=16, num_frames=5, seed=3), load_tokenizer(config=TOKENIZER), tmp_path)
+    data = UnifiedLatents(str(tmp_path), understand_ratio=0.5, question_ratio=0.5, seed=0)
+    items = [data[i % len(data)] for i in range(24)]
+    kinds = {("gen" if not it["answer"] else "caption" if not it["query"] else "question") for it in items}
+    assert kinds == {"gen", "caption", "question"}
+    assert all(it["caption"] == " and ".join(it["caption"].split(" and ")) for it in items)
+    with pytest.raises(ValueError, match="understand_ratio"):
+        UnifiedLatents(str(tmp_path), understand_ratio=1.5)
+
+    module = UnifiedModule(preset=None, generator={**BASE, "max_text_len": 16, "text_vocab": grammar_words(), "text_len": 20,
+                                                    "mtp_heads": 2}, tokenizer_config=TOKENIZER, scale_alpha=0.5)
+    batch = {k: [it[k] for it in items[:4]] for k in ("caption", "query", "answer")}
+    batch["latent"] = torch.stack([it["latent"] for it in items[:4]])
+    batch["answer"][0], batch["answer"][1] = "", data.captions[0]  # one row of each direction at least
+    loss, _ = module._step(batch, train=True)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert module.model.out_proj.weight.grad.abs().sum() > 0  # the generation row's visual loss
+    assert all(h.weight.grad.abs().sum() > 0 for h in module.model.text_head.heads)  # text + both MTP heads
+    with pytest.raises(ValueError, match="text_vocab"):
+        UnifiedModule(preset=None, generator=BASE, tokenizer_config=TOKENIZER)
