@@ -120,7 +120,8 @@ def train_part(args) -> list[dict]:
     cmd = [sys.executable, "-m", "mmgen.cli", "ar", "fit-unified", "--config", "configs/generator/unified.yaml",
            "--seed_everything", str(args.seed), "--data.train.init_args.path", args.cache,
            "--data.train.init_args.understand_ratio", str(ratio), "--data.train.init_args.seed", str(args.seed),
-           "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--model.warmup_steps", "20",
+           "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--model.warmup_steps", "10",
+           "--data.batch_size", str(args.batch),
            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -128,7 +129,7 @@ def train_part(args) -> list[dict]:
     ckpt = sorted(out.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1]
     subprocess.run([sys.executable, "-m", "mmgen.cli", "ar", "export", str(ckpt), str(out / "export"),
                     "--sampling", "configs/sample/unified.yaml", "--overwrite"], check=True, cwd=ROOT)
-    return [{"part": "train", "variant": args.variant, "seed": args.seed, "steps": steps,
+    return [{"part": "train", "variant": args.variant, "seed": args.seed, "steps": steps, "batch": args.batch,
              "seconds": round(seconds, 1), "model": str(out / "export")}]
 
 
@@ -155,7 +156,21 @@ def adherence_part(args) -> list[dict]:
     for key in (*FIELDS, "all_correct"):
         values = [s[key] for s in scores if s[key] is not None]
         row[key] = sum(values) / len(values)
+    row["bit_loss"] = _held_out_bit_loss(pipe, [s for n in (1, 2) for s in clips[n]], prompts)
     return [row]
+
+
+def _held_out_bit_loss(pipe, samples, prompts) -> float:
+    """Teacher-forced bitwise BCE of the held-out clips given their captions (generation rows)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.stack([s.frames for s in samples]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    codes = pipe.tokenizer.tokenize(x)
+    model = pipe.transformer
+    logits = model(prompts, pipe.tokenizer.quantizer.next_scale_inputs(codes))
+    target = model.layout(codes[0].shape[1]).flatten_visual(codes)
+    return float(F.binary_cross_entropy_with_logits(logits, (target > 0).float()))
 
 
 def _ms(values: list[float]) -> str:
@@ -176,13 +191,15 @@ def table(rows: list[dict]) -> str:
                          ", ".join(f"{k} {r[k]:.3f}" for k in ("count", "color", "shape", "size", "motion")))
     adh = [r for r in rows if r["part"] == "adherence"]
     if adh:
-        lines.append("| variant | seeds | " + " | ".join(("colour", "shape", "size", "motion", "all correct")) + " |")
-        lines.append("|---|---|" + "---|" * 5)
+        lines.append("| variant | seeds | " + " | ".join(("colour", "shape", "size", "motion", "all correct",
+                                                           "held-out bit loss")) + " |")
+        lines.append("|---|---|" + "---|" * 6)
         for variant in ("genonly", "unified"):
             rs = [r for r in adh if r["variant"] == variant]
             if rs:
                 lines.append(f"| {variant} | {len(rs)} | " +
-                             " | ".join(_ms([r[k] for r in rs]) for k in (*FIELDS, "all_correct")) + " |")
+                             " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
+                             + " |")
     return "\n".join(lines)
 
 
@@ -192,7 +209,7 @@ def main() -> None:
     p.add_argument("--model", help="pipeline folder (caption: default mmgen/assets/unified)")
     p.add_argument("--clips", type=int, default=64, help="held-out clips per object count (caption)")
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts per object count (adherence)")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="clips per step (train) or per sampling batch")
     p.add_argument("--variant", choices=("unified", "genonly"), default="unified")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=300, help="unified steps (genonly runs half)")
