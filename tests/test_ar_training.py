@@ -79,6 +79,24 @@ def test_cli_fit_resume_export(tmp_path):
     assert torch.equal(gen.state_dict()["out_proj.weight"], state["ema.out_proj.weight"])
 
 
+def test_checkpoint_holds_the_ema_of_its_own_step(tmp_path):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from mmgen.data import MovingShapes
+
+    # decay ~0: the EMA copy is the model itself, so any lag shows as a difference
+    module = ARModule(preset=None, generator=GEN, tokenizer_config=TOK, warmup_steps=1, ema_decay=1e-12)
+    every = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[every], default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(MovingShapes(8, size=32, num_frames=5, seed=0), batch_size=4))
+    state = torch.load(next(tmp_path.glob("*step=2.ckpt")), weights_only=True)["state_dict"]
+    for key, value in state.items():
+        if key.startswith("model."):
+            torch.testing.assert_close(state["ema." + key[len("model."):]], value, rtol=0, atol=1e-9, msg=key)
+
+
 def test_nan_loss_stops_with_message_and_keeps_no_bad_checkpoint(tmp_path):
     import lightning.pytorch as pl
 

@@ -31,15 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, ffn_hidden, upgrade_state_dict
+from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, ffn_hidden
 from mmgen.nn.elastic import ElasticConfig
 from mmgen.nn.mohd import mohd_kwargs
 from mmgen.nn.moe import default_expert_hidden, moe_layers, set_submodel
 from mmgen.nn.moue import UniversalMoE, UniversalPool
+from mmgen.nn.pretrained import PretrainedModel, register_to_config
 from mmgen.nn.sgt import SGTLoop, SGTScheduler
 
 from . import text as text_tokens
@@ -70,7 +69,7 @@ def _check_ffn_layout(cls, folder: Path) -> None:
     """ValueError naming the config fields when the FFN tensors saved in ``folder`` do not match its config."""
     weights = folder / "diffusion_pytorch_model.safetensors"
     if not (folder / "config.json").is_file() or not weights.is_file():
-        return  # nothing local to compare (diffusers reports what is missing)
+        return  # nothing local to compare (the loader reports what is missing)
     from safetensors import safe_open
 
     with safe_open(str(weights), "pt") as f:
@@ -140,7 +139,7 @@ class ARCache:
         self.frames_cached -= 1
 
 
-class VideoAR(ModelMixin, ConfigMixin):
+class VideoAR(PretrainedModel):
     """Next-frame & next-scale video generator.
 
     Config (all JSON-serialisable, saved by ``save_pretrained``):
@@ -273,19 +272,9 @@ class VideoAR(ModelMixin, ConfigMixin):
         self._init_weights()
 
     @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        # configs saved before the runtime choices left the config still hold them: drop them quietly
-        config_dict = {k: v for k, v in config_dict.items() if k not in cls.ignore_for_config}
-        return super().extract_init_dict(config_dict, **kwargs)
-
-    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
-        super()._fix_state_dict_keys_on_load(state_dict)
-        upgrade_state_dict(self, state_dict)  # checkpoints from before the fused SwiGLU projection
-
-    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' loader, after checking that the saved FFN weights have the layout the config
-        describes (diffusers would fill a mismatch with random weights or name no config field)."""
+        """The folder loader, after checking that the saved FFN weights have the layout the config
+        describes (a shape mismatch alone would name no config field)."""
         _check_ffn_layout(cls, Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or ""))
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 

@@ -241,6 +241,19 @@ class ARModule(pl.LightningModule):
         counts = moe.update_routing_bias(self.model)  # this step's counts, all-reduced over processes
         if counts and sum(c.sum() for c in counts) > 0:
             self.log("route/maxvio", sum(map(moe.max_violation, counts)) / len(counts), prog_bar=True)
+        # Here, not in on_train_batch_end: Lightning's checkpoint callback runs before that hook,
+        # so a checkpoint would hold EMA weights one step behind the model it was saved with.
+        self._update_ema()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        decay = self.hparams.ema_decay
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach().to(e.dtype), 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)  # copied, not averaged: the routing bias, SGT's loops and kept heads
 
     def validation_step(self, batch, batch_idx):
         loss, acc = self._step(batch, train=False)
@@ -269,15 +282,6 @@ class ARModule(pl.LightningModule):
             with atomic_path(run / "sgt_trace.json") as tmp:
                 Path(tmp).write_text(json.dumps(trace, indent=1))
             plot_trace(trace, len(self.model.blocks), self.global_step, run / "sgt_trace.png")
-
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.ema is not None:
-            decay = self.hparams.ema_decay
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p.detach().to(e.dtype), 1 - decay)
-            for e, b in zip(self.ema.buffers(), self.model.buffers()):
-                e.copy_(b)  # copied, not averaged: the routing bias, SGT's loops and kept heads
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -38,11 +38,10 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from mmgen.nn import Block, RMSNorm, Rope3D, apply_rope, upgrade_state_dict
+from mmgen.nn import Block, RMSNorm, Rope3D, apply_rope
+from mmgen.nn.pretrained import PretrainedModel, register_to_config
 
 from .text import VOCAB
 
@@ -111,7 +110,7 @@ def patch_stem(kind: str, patch: int, dim: int) -> nn.Module:
     return nn.Sequential(*layers, nn.Conv2d(c_in, dim, kernel_size=2, stride=2))
 
 
-class TinyLlava(ModelMixin, ConfigMixin):
+class TinyLlava(PretrainedModel):
     """ViT (patch tokens on a gh x gw grid, 2-D RoPE; a linear or convolutional patch stem) + 2-layer
     MLP projector + causal LM built from :class:`mmgen.nn.Block` over the word vocabulary of
     :mod:`mmgen.mllm.text`."""
@@ -139,10 +138,6 @@ class TinyLlava(ModelMixin, ConfigMixin):
         self.layers = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = RMSNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
-
-    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
-        super()._fix_state_dict_keys_on_load(state_dict)
-        upgrade_state_dict(self, state_dict)  # checkpoints from before the fused SwiGLU projection
 
     # ------------------------------------------------------------------ geometry
     @property

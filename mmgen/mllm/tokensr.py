@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from mmgen.nn.pretrained import PretrainedModel, register_to_config
 
 
 def interpolate_region(region: torch.Tensor, factor: int) -> torch.Tensor:
@@ -41,8 +41,8 @@ class TokenSR(nn.Module):
         return (interpolate_region(region.float(), self.factor) + self.conv3(x)).to(region.dtype)
 
 
-class TokenSRBank(ModelMixin, ConfigMixin):
-    """The TokenSR modules of all Blink layers, saved/loaded as one diffusers model.
+class TokenSRBank(PretrainedModel):
+    """The TokenSR modules of all Blink layers, saved/loaded as one model folder.
     ``bank[layer]`` -> the TokenSR of that decoder layer."""
 
     @register_to_config

@@ -47,14 +47,6 @@ def _fuse_gate_up(state_dict, prefix, *args) -> None:
         state_dict[prefix + "gate_up_proj.weight"] = torch.cat([state_dict.pop(gate), state_dict.pop(up)])
 
 
-def upgrade_state_dict(model: nn.Module, state_dict: dict) -> None:
-    """Rename an older checkpoint's keys in place for ``model`` (what the load hooks do, for
-    loaders that bypass ``load_state_dict``, such as diffusers' ``from_pretrained``)."""
-    for name, module in model.named_modules():
-        if isinstance(module, SwiGLU):
-            _fuse_gate_up(state_dict, f"{name}." if name else "")
-
-
 class KVCache:
     """Pre-allocated keys/values of one attention layer: k, v [B, H, max_len, D] plus a fill length.
 

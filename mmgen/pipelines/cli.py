@@ -131,8 +131,7 @@ def _load_pipeline(args: argparse.Namespace):
 
     model_dir = resolve_model_dir(args.model)
     try:
-        # without `accelerate` diffusers would warn on every load that it falls back to this
-        pipe = VideoARPipeline.from_pretrained(str(model_dir), low_cpu_mem_usage=_has_accelerate())
+        pipe = VideoARPipeline.from_pretrained(str(model_dir))
     except Exception as exc:  # corrupt or foreign weight files: one line, not a traceback
         message = error_message(exc)
         if message is None:
@@ -140,12 +139,6 @@ def _load_pipeline(args: argparse.Namespace):
         raise UserError(f"cannot load the model from {model_dir}: {message}") from None
     pipe.transformer.set_attention_backend(args.attn_backend)
     return pipe.to(args.device), model_dir
-
-
-def _has_accelerate() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("accelerate") is not None
 
 
 def _model_name(args: argparse.Namespace, model_dir: Path) -> str:

@@ -26,13 +26,13 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmgen import __version__
 from mmgen.ar.model import VideoAR
 from mmgen.ar.sampling import SamplerSettings, forward_steps, sample_codes
 from mmgen.io import atomic_path, resize_video
@@ -88,7 +88,7 @@ class VideoARPipeline:
         """Write each component's ``save_pretrained`` folder and ``model_index.json`` (diffusers' layout)."""
         root = Path(save_directory)
         root.mkdir(parents=True, exist_ok=True)
-        index = {"_class_name": type(self).__name__, "_diffusers_version": version("diffusers"),
+        index = {"_class_name": type(self).__name__, "_mmgen_version": __version__,
                  "fps": self.config.fps, "sampling": self.config.sampling}
         for name, cls in self.COMPONENTS.items():
             getattr(self, name).save_pretrained(root / name)
@@ -99,7 +99,7 @@ class VideoARPipeline:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "VideoARPipeline":
         """Load a folder written by :meth:`save_pretrained`; ``kwargs`` go to each component's
-        ``from_pretrained`` (e.g. ``low_cpu_mem_usage``). Only the expected component classes
+        ``from_pretrained`` (e.g. ``torch_dtype``). Only the expected component classes
         are loaded, whatever the index names."""
         root = Path(pretrained_model_name_or_path)
         index_file = root / cls.INDEX

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor
 
+from mmgen.nn.pretrained import PretrainedModel, register_to_config
 from mmgen.tokenizer.autoencoder import Decoder3d, Encoder3d
 from mmgen.tokenizer.layers import Norm, StreamState
 from mmgen.tokenizer.quantizer import (
@@ -30,7 +29,7 @@ from mmgen.tokenizer.quantizer import (
 QUANTIZERS = ("bitwise", "index")
 
 
-class VideoTokenizer(ModelMixin, ConfigMixin):
+class VideoTokenizer(PretrainedModel):
     """Encode ``x [B, 3, 1 + s_t*k, H, W]`` in ``[-1, 1]`` to ``z [B, d, 1 + k, H/s, W/s]`` and back.
 
     Args (the saved config):
@@ -247,7 +246,7 @@ def resolved_config(overrides: dict | None) -> dict:
     import inspect
 
     params = inspect.signature(VideoTokenizer.__init__).parameters
-    unknown = sorted(set(overrides or {}) - set(params) - {"_class_name", "_diffusers_version"})
+    unknown = sorted(k for k in overrides or {} if k not in params and not k.startswith("_"))
     if unknown:
         raise ValueError(f"unknown VideoTokenizer config fields: {unknown}")
     config = {k: p.default for k, p in params.items() if k != "self"}
