@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from mmgen.cli_utils import run_batch
+from mmgen.cli_utils import UserError, run_batch
+from mmgen.io.destination import check_model_destination
 from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace
 from mmgen.mllm.cli import HF_REGION, _device, load_tokensr, save_atomic
 from mmgen.mllm.evaluate import sign_test
@@ -224,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = _device(args.device)
     try:
+        if args.fit_tokensr:  # a folder it may not write is named before the training, not after it
+            check_model_destination(args.fit_tokensr)
         decoder, processor = load_llava(args.model, device)
         items = pope_items(args.pope, args.image_root) if args.pope else mme_items(args.mme)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, UserError) as e:
         print(f"blink_llava: error: {e}", file=sys.stderr)
         return 2
     items = items[:args.limit]

@@ -1,7 +1,9 @@
 """Sparse FFNs on MovingShapes text-to-video: dense vs MoE vs MoUE vs MoHD, loss-free balance, elastic.
 
-    OMP_NUM_THREADS=1 python bench/moe_bench.py --steps 100 --batch 6 --seeds 0,1,2 --workers 2 \
-        --log runs/moe_bench/results.jsonl
+    python bench/moe_bench.py --steps 100 --batch 6 --seeds 0,1,2          # quality (no wall times)
+    /work/wt/heavy python bench/moe_bench.py --part timing --steps 30       # tok/s, sampling latency
+    /work/wt/heavy python bench/moe_bench.py --part floor                   # bias floors of seed-0 models
+    python bench/moe_bench.py --table-only                                  # the tables of --log
 
 Every variant trains the same tiny VideoAR (width 64, 4 layers) with ARModule + Lightning on
 the same latent cache (MovingShapes clips encoded once by the shipped tokenizer,
@@ -12,17 +14,24 @@ enough to matter.  Sparse variants are sized to the dense model's ACTIVE FFN par
 top-2 of 8 experts + 1 shared expert of 88 dims vs a 256-dim SwiGLU; MoHD: 128 shared + 4 of 12
 routed groups of 32 dims).  Reported per variant over seeds (mean +- std):
 
-* held-out bit loss: bitwise BCE (nats per bit) on held-out clips, teacher forcing;
-* train tok/s: sequence tokens per second of the whole fit (1 thread per run; runs share the
-  machine, so ratios are rough);
-* MaxVio: max expert load / mean load - 1 on the last held-out batch (32 clips), mean over
-  sparse layers (MoUE: per layer over its window);
-* active / total parameters (FFN active = what one token runs).
+* held-out bit loss: bitwise BCE (nats per bit) on the 64 held-out clips, teacher forcing;
+* adherence: one video per held-out caption (``--prompts``; KV cache, no CFG, temperature 1)
+  scored by the analytic MovingShapes benchmark (mmgen.metrics.shapes): colour and shape (one
+  latent frame decodes to one frame: no motion);
+* MaxVio (max expert load / mean load - 1) per sparse layer over ALL held-out tokens at once
+  (DeepSeek's global measure), mean over layers and the worst layer; over all tokens, over real
+  tokens (text padding left out) and over visual tokens; a curve on one held-out batch of 32
+  clips every ``--curve-every`` steps;
+* floor (``--part floor``): the lowest MaxVio the sign update alone reaches on a saved router's
+  held-out affinities (is the imbalance the tokens' or the bias's?);
+* train tok/s (``--part timing``): one process, 1 thread, variants one after the other, steady
+  state after 5 warm-up steps; run it through /work/wt/heavy;
+* active FFN / total parameters (FFN active = what one token runs).
 
-The balance row repeats the MoE with the bias rate 0 (no balancing, same run length).
-Elastic rows train the MoE with ERNIE 5.0's elastic sampling (depth 3 of 4, top-1, half of
-the experts, each kept at full 80% of the time) and evaluate the full model and each
-sub-model: held-out loss and sampling latency (4 videos of 1 latent frame, KV cache, 1 thread).
+moe-nobias repeats the MoE with the bias rate 0 and moe-cosine with ``moe_bias_schedule:
+cosine`` (same run length).  moe-elastic trains the MoE with ERNIE 5.0's elastic sampling
+(depth 3 of 4, top-1, half of the experts, each kept at full 80% of the time) and evaluates the
+full model and each sub-model: held-out loss, and (timing part) sampling latency of 4 videos.
 """
 from __future__ import annotations
 
@@ -36,6 +45,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import lightning.pytorch as pl
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "mmgen/assets/default/tokenizer"
 FRAMES = 1
@@ -48,6 +59,7 @@ VARIANTS = {
     "moue": dict(ffn="moue"),
     "mohd": dict(ffn="mohd"),
     "moe-nobias": dict(ffn="moe", moe_bias_rate=0.0),
+    "moe-cosine": dict(ffn="moe", moe_bias_schedule="cosine"),
     "moe-elastic": dict(ffn="moe", elastic=ELASTIC),
 }
 SUBMODELS = {"full": {}, "depth=3": {"depth": 3}, "top_k=1": {"top_k": 1}, "experts=4": {"experts": 4},
@@ -91,14 +103,130 @@ def _held_out(module, loader) -> float:
     return sum(losses) / len(losses)
 
 
-def _max_vio(model) -> float:
+def _real_tokens(module, batch) -> "torch.Tensor":
+    """bool [B, L]: the tokens of the sequence that are not text padding (all visual tokens)."""
+    import torch
+
+    from mmgen.ar.text import PAD_ID
+
+    model = module.model
+    prefix = module.condition(batch, 0.0).ne(PAD_ID)
+    visual = model.layout(FRAMES).num_visual
+    return torch.cat([prefix, prefix.new_ones(prefix.shape[0], visual)], 1)
+
+
+def _add_counts(total: dict, model, real) -> None:
+    """Add the last forward's expert counts per sparse layer: over all tokens, real tokens (no text
+    padding) and visual tokens."""
+    import torch
+
+    from mmgen.nn.moe import moe_layers
+
+    P = model.prefix_len
+    for i, m in enumerate(layer for layer in moe_layers(model) if layer.last_choice is not None):
+        choice = m.last_choice.cpu()
+        for name, picked in (("all", choice), ("real", choice[real]), ("visual", choice[:, P:])):
+            layers = total.setdefault(name, {})
+            layers[i] = layers.get(i, 0) + torch.bincount(picked.flatten(), minlength=m.n_experts)
+            if i == 0:
+                total[f"tokens_{name}"] = total.get(f"tokens_{name}", 0) + picked.numel() // picked.shape[-1]
+
+
+def balance(module, batches) -> dict:
+    """MaxVio (max load / mean load - 1) per sparse layer over every token of ``batches`` (eval,
+    teacher forcing), the DeepSeek way: one global count per layer.  -> {"maxvio_<set>": mean
+    over layers, "maxvio_<set>_max": worst layer, "tokens_<set>": tokens counted}."""
+    import torch
+
     from mmgen.nn.moe import max_violation
 
-    counts = model.routing_counts()
-    if not counts:
-        return float("nan")
-    per_layer = sum(counts.values())
-    return sum(max_violation(c) for c in per_layer) / len(per_layer)
+    was_training = module.training
+    module.eval()
+    total: dict = {}
+    with torch.no_grad():
+        for batch in batches:
+            module._step(batch, train=False)
+            _add_counts(total, module.model, _real_tokens(module, batch))
+    module.train(was_training)
+    out = {k: v for k, v in total.items() if k.startswith("tokens_")}
+    for name, layers in total.items():
+        if not name.startswith("tokens_"):
+            v = [max_violation(c) for c in layers.values()]
+            out.update({f"maxvio_{name}": sum(v) / len(v), f"maxvio_{name}_max": max(v)})
+    return out
+
+
+def bias_floor(module, batches, iters: int = 800) -> dict:
+    """The lowest MaxVio an expert bias reaches for this router on these held-out tokens: each
+    sparse layer's affinities (router outputs of a teacher-forced forward) stay fixed and the
+    sign update runs on them alone for ``iters`` rounds, its step decaying 1e-2 -> 1e-4 (later
+    layers' inputs are those of the trained bias).  Near the measured MaxVio: no bias does much
+    better on these tokens; far below: the training run was too short for the bias."""
+    import torch
+
+    from mmgen.nn.moe import SparseMoE, max_violation
+
+    layers = [m for m in module.model.modules() if isinstance(m, SparseMoE)]
+    logits: dict[int, list] = {i: [] for i in range(len(layers))}
+    hooks = [m.router.register_forward_hook(lambda mod, inp, out, i=i: logits[i].append(out.detach().float()))
+             for i, m in enumerate(layers)]
+    module.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                module._step(batch, train=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    floors = []
+    for i, m in enumerate(layers):
+        scores = torch.sigmoid(torch.cat(logits[i]).flatten(0, -2))
+        bias, best = m.expert_bias.detach().clone().float(), float("inf")
+        for t in range(iters):
+            counts = torch.bincount((scores + bias).topk(m.top_k, dim=-1).indices.flatten(), minlength=m.n_experts)
+            best = min(best, max_violation(counts))
+            bias += 1e-2 * 0.01 ** (t / iters) * torch.sign(counts.float().mean() - counts.float())
+        floors.append(best)
+    return {"maxvio_floor": sum(floors) / len(floors), "maxvio_floor_max": max(floors)}
+
+
+def floors(save: str, cache: str) -> list[dict]:
+    """:func:`bias_floor` (and the measured MaxVio) of the saved seed-0 models with SparseMoE layers."""
+    from mmgen.ar import VideoAR
+
+    rows = []
+    for variant in VARIANTS:
+        folder = Path(save) / variant / "transformer"
+        if variant == "moue" or not folder.is_dir():
+            continue
+        module = make_module(variant, 0)
+        module.model.load_state_dict(VideoAR.from_pretrained(str(folder)).state_dict())
+        batches = list(loaders(cache, 6, 0)[1])
+        row = {"variant": variant, "floor": True, **balance(module, batches), **bias_floor(module, batches)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def adherence(module, prompts: list[str], seed: int) -> dict:
+    """Sample one video per prompt (KV cache, no CFG, temperature 1) and score it with the analytic
+    MovingShapes benchmark (mmgen.metrics.shapes).  One latent frame decodes to one video frame, so
+    motion is not scored: colour (object of the prompted colour found) and shape."""
+    import torch
+
+    from mmgen.ar.sampling import sample_codes
+    from mmgen.metrics.shapes import expected_from_caption, score_video
+    from mmgen.pipelines.videoar import _video_to_uint8
+
+    model, tok = module.model, module.tokenizer
+    module.eval()
+    with torch.no_grad():
+        codes = sample_codes(model, tok.quantizer, prompts, num_frames=FRAMES,
+                             generator=[torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(prompts))])
+        videos = _video_to_uint8(tok.decode(tok.codes_to_latent(codes)))
+    videos = videos.repeat(1, 2, 1, 1, 1) if videos.shape[1] == 1 else videos  # the scorer's flicker term needs 2 frames
+    scores = [score_video(v, expected_from_caption(p)) for v, p in zip(videos, prompts)]
+    return {key: sum(s[key] for s in scores) / len(scores) for key in ("color", "shape")}
 
 
 def save_pipeline(model, out: Path) -> None:
@@ -112,51 +240,146 @@ def save_pipeline(model, out: Path) -> None:
         shutil.copytree(TOKENIZER, tmp / "tokenizer")
 
 
-def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str | None = None) -> dict:
-    import lightning.pytorch as pl
+class BalanceCurve(pl.Callback):
+    """:func:`balance` on a fixed held-out batch at the start and every ``every`` optimiser steps."""
+
+    def __init__(self, batch, every: int):
+        self.batch, self.every, self.points = batch, every, []
+
+    def _point(self, module, step: int) -> None:
+        b = balance(module, [self.batch])
+        self.points.append([step, b["maxvio_all"], b["maxvio_real"], b["maxvio_real_max"]])
+
+    def on_train_start(self, trainer, module):
+        self._point(module, 0)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step % self.every == 0:
+            self._point(module, trainer.global_step)
+
+
+def active_ffn_params(config) -> int:
+    """FFN parameters one token runs, summed over layers (routed top-k + shared + router)."""
+    from mmgen.nn import ffn_hidden
+    from mmgen.nn.moe import active_ffn_macs, sparse_ffn_kwargs
+
+    c = dict(config)
+    hidden = ffn_hidden(c["width"], c.get("mlp_ratio", 4.0))
+    sparse = sparse_ffn_kwargs(c, hidden)
+    per_layer = 3 * c["width"] * hidden if sparse is None else active_ffn_macs(c["width"], dense_hidden=hidden, **sparse)
+    return per_layer * c["depth"]
+
+
+def make_module(variant: str, seed: int, bias_rate: float | None = None, bias_schedule: str | None = None):
+    from mmgen.ar.training import ARModule
+
+    pl.seed_everything(seed, verbose=False)
+    gen = {**BASE, **VARIANTS[variant]}
+    if bias_rate is not None and gen.get("moe_bias_rate", 1) > 0:
+        gen["moe_bias_rate"] = bias_rate
+    if bias_schedule is not None:
+        gen["moe_bias_schedule"] = bias_schedule
+    return ARModule(preset=None, generator=gen, tokenizer=str(TOKENIZER), lr=1e-3, warmup_steps=20,
+                    corruption={"enabled": True, "p_max": 0.25, "delta": 0.01})
+
+
+def loaders(cache: str, batch: int, seed: int):
     import torch
     from torch.utils.data import DataLoader
 
     from mmgen.data.latents import LatentCache
-    from mmgen.ar.flops import forward_flops
-    from mmgen.ar.sampling import sample_codes
-    from mmgen.ar.training import ARModule
 
-    torch.set_num_threads(1)
-    pl.seed_everything(seed, verbose=False)
-    module = ARModule(preset=None, generator={**BASE, **VARIANTS[variant]}, tokenizer=str(TOKENIZER), lr=1e-3,
-                      warmup_steps=20, corruption={"enabled": True, "p_max": 0.25, "delta": 0.01})
     train = DataLoader(FirstFrames(LatentCache(f"{cache}/train"), FRAMES), batch_size=batch, shuffle=True,
                        drop_last=True, generator=torch.Generator().manual_seed(seed))
     val = DataLoader(FirstFrames(LatentCache(f"{cache}/val"), FRAMES), batch_size=32)
+    return train, val
+
+
+def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str | None = None,
+        curve_every: int = 10, prompts: int = 16, bias_rate: float | None = None,
+        bias_schedule: str | None = None) -> dict:
+    """Train one variant (quality run: no timing); held-out loss, balance (final and curve), adherence."""
+    import torch
+
+    from mmgen.ar.flops import forward_flops
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    module = make_module(variant, seed, bias_rate, bias_schedule)
+    train, val = loaders(cache, batch, seed)
+    val_batches = list(val)
+    sparse = module.model.sparse_ffn is not None
+    curve = BalanceCurve(val_batches[0], curve_every) if sparse else None
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0)
-    t0 = time.perf_counter()
+                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+                         callbacks=[curve] if curve else [])
     trainer.fit(module, train)
-    seconds = time.perf_counter() - t0
     model = module.model
-    if save and seed == 0 and model.sparse_ffn is not None:
+    if save and seed == 0 and sparse:
         save_pipeline(model, Path(save) / variant)
     flops = forward_flops(model.config)
     ffn_total = sum(p.numel() for n, p in model.named_parameters() if ".mlp." in n or n.startswith("universal_pool"))
-    out = {"variant": variant, "seed": seed, "steps": steps, "tokens_per_s": steps * batch * flops["tokens"] / seconds,
+    out = {"variant": variant, "seed": seed, "steps": steps, "batch": batch, "tokens": steps * batch * flops["tokens"],
            "params": sum(p.numel() for p in model.parameters()), "ffn_params": ffn_total,
-           "forward_flops_per_token": flops["per_token"]}
+           "active_ffn_params": active_ffn_params(model.config), "forward_flops_per_token": flops["per_token"],
+           "bias_rate": model.config.moe_bias_rate if sparse else None,
+           "bias_schedule": model.config.get("moe_bias_schedule") if sparse else None}
+    if sparse:
+        out.update(balance(module, val_batches))
+        out["curve"] = curve.points
+    captions = [c for b in val_batches for c in b["caption"]][:prompts]
     subs = SUBMODELS if model.elastic is not None else {"full": {}}
     for name, setting in subs.items():
         model.set_submodel(**setting)
         out[f"loss[{name}]"] = _held_out(module, val)
-        if name == "full":
-            out["maxvio"] = _max_vio(model)
-        if model.elastic is not None:
-            q = module.tokenizer.quantizer
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                sample_codes(model, q, ["a small red circle moving left"] * 4, num_frames=FRAMES,
-                             generator=torch.Generator().manual_seed(0))
-                out[f"latency[{name}]"] = time.perf_counter() - t0
+        if prompts and name == "full":
+            out.update({f"{k}[{name}]": v for k, v in adherence(module, captions, seed).items()})
         model.set_submodel()
     return out
+
+
+def timing(variants: list[str], steps: int, batch: int, cache: str, warmup: int = 5) -> list[dict]:
+    """Train tok/s (steady state: optimiser steps after ``warmup``) of each variant, one after the
+    other in this process (1 thread); elastic: sampling latency of each sub-model (4 videos).
+    Run it alone on the machine (through /work/wt/heavy): these are the wall-time numbers."""
+    import torch
+
+    from mmgen.ar.flops import forward_flops
+    from mmgen.ar.sampling import sample_codes
+
+    torch.set_num_threads(1)
+    rows = []
+    for variant in variants:
+        module = make_module(variant, 0)
+        train, _ = loaders(cache, batch, 0)
+        opt = torch.optim.AdamW(module.model.parameters(), lr=1e-3)
+        module.train()
+        it = iter(train)
+        for i in range(warmup + steps):
+            if i == warmup:
+                t0 = time.perf_counter()
+            loss, _ = module._step(next(it), train=True)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        seconds = time.perf_counter() - t0
+        model = module.model
+        row = {"variant": variant, "timing": True, "tokens_per_s": steps * batch * forward_flops(model.config)["tokens"] / seconds}
+        if model.elastic is not None:
+            model.eval()
+            for name, setting in SUBMODELS.items():
+                model.set_submodel(**setting)
+                with torch.no_grad():
+                    times = []
+                    for r in range(4):
+                        t0 = time.perf_counter()
+                        sample_codes(model, module.tokenizer.quantizer, ["a small red circle moving left"] * 4,
+                                     num_frames=FRAMES, generator=torch.Generator().manual_seed(r))
+                        times.append(time.perf_counter() - t0)
+                row[f"latency[{name}]"] = statistics.median(times[1:])
+                model.set_submodel()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def _fmt(values: list[float], digits: int = 4) -> str:
@@ -166,43 +389,87 @@ def _fmt(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} +- {sd:.{digits}f}"
 
 
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")
+
+
 def table(rows: list[dict]) -> str:
-    by = {}
+    """Quality rows (mean +- std over seeds), tok/s and latency from the timing rows, MaxVio curves."""
+    by, timed, floor = {}, {}, {}
     for r in rows:
-        by.setdefault(r["variant"], []).append(r)
-    dense_tps = statistics.mean(r["tokens_per_s"] for r in by.get("dense", rows[:1]))
-    lines = ["| variant | seeds | held-out bit loss | train tok/s (x dense) | MaxVio | params (FFN) | fwd MFLOP/token |",
-             "|---|---|---|---|---|---|---|"]
+        (timed if r.get("timing") else floor if r.get("floor") else by).setdefault(r["variant"], []).append(r)
+    tps = {v: _mean([r["tokens_per_s"] for r in rs]) for v, rs in timed.items()}
+    lines = ["| variant | seeds | held-out bit loss | colour | shape | MaxVio all tokens (worst layer) "
+             "| MaxVio real tokens (worst layer) | train tok/s (x dense) | active FFN / total params | fwd MFLOP/token |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in VARIANTS:
         rs = by.get(v)
         if not rs:
             continue
-        tps = statistics.mean(r["tokens_per_s"] for r in rs)
-        lines.append(f"| {v} | {len(rs)} | {_fmt([r['loss[full]'] for r in rs])} | {tps:.0f} ({tps / dense_tps:.2f}) "
-                     f"| {_fmt([r['maxvio'] for r in rs], 3)} | {rs[0]['params'] / 1e3:.0f}k ({rs[0]['ffn_params'] / 1e3:.0f}k) "
+        vio = lambda key: (f"{_fmt([r[key] for r in rs], 3)} ({_mean([r[key + '_max'] for r in rs]):.3f})"  # noqa: E731
+                           if key in rs[0] else "-")
+        speed = f"{tps[v]:.0f} ({tps[v] / tps['dense']:.2f})" if v in tps and "dense" in tps else "-"
+        lines.append(f"| {v} | {len(rs)} | {_fmt([r['loss[full]'] for r in rs])} | {_fmt([r['color[full]'] for r in rs], 2)} "
+                     f"| {_fmt([r['shape[full]'] for r in rs], 2)} | {vio('maxvio_all')} | {vio('maxvio_real')} | {speed} "
+                     f"| {rs[0]['active_ffn_params'] / 1e3:.1f}k / {rs[0]['params'] / 1e3:.0f}k "
                      f"| {rs[0]['forward_flops_per_token'] / 1e6:.3f} |")
+    if any("tokens_all" in r for rs in by.values() for r in rs):
+        r0 = next(r for rs in by.values() for r in rs if "tokens_all" in r)
+        lines.append(f"\n{r0['steps']} steps x {r0['batch']} clips = {r0['tokens']} training tokens per run; MaxVio over "
+                     f"{r0.get('tokens_all', '-')} held-out tokens per layer ({r0.get('tokens_real', '-')} without text padding)")
+    if floor:
+        lines += ["", "| seed-0 model | MaxVio measured (worst layer) | lowest MaxVio any bias reaches on these affinities (worst layer) |",
+                  "|---|---|---|"]
+        lines += [f"| {v} | {rs[-1]['maxvio_all']:.3f} ({rs[-1]['maxvio_all_max']:.3f}) "
+                  f"| {rs[-1]['maxvio_floor']:.3f} ({rs[-1]['maxvio_floor_max']:.3f}) |" for v, rs in floor.items()]
+    curves = {v: rs for v, rs in by.items() if rs[0].get("curve")}
+    if curves:
+        names = list(curves)
+        steps = [p[0] for p in curves[names[0]][0]["curve"]]
+        lines += ["", "MaxVio on one held-out batch of 32 clips (real tokens, mean over layers; mean over seeds) vs step",
+                  "| step | " + " | ".join(f"{v} ({len(curves[v])})" for v in names) + " |", "|---" * (len(names) + 1) + "|"]
+        for i, step in enumerate(steps):
+            cells = [_mean([r["curve"][i][2] for r in curves[v] if i < len(r["curve"])]) for v in names]
+            lines.append(f"| {step} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     el = by.get("moe-elastic")
     if el:
-        lines += ["", "| elastic sub-model (trained elastic) | held-out bit loss | vs full | sampling latency s (4 videos) |",
-                  "|---|---|---|---|"]
-        full = statistics.mean(r["loss[full]"] for r in el)
+        lat = timed.get("moe-elastic", [{}])[0]
+        lines += ["", "| elastic sub-model (trained elastic) | held-out bit loss | vs full | colour | shape | sampling latency s (4 videos) |",
+                  "|---|---|---|---|---|---|"]
+        full = _mean([r["loss[full]"] for r in el])
         for name in SUBMODELS:
             losses = [r[f"loss[{name}]"] for r in el]
-            lines.append(f"| {name} | {_fmt(losses)} | {statistics.mean(losses) / full - 1:+.2%} "
-                         f"| {_fmt([r[f'latency[{name}]'] for r in el], 2)} |")
-        if by.get("moe"):
-            base = statistics.mean(r["loss[full]"] for r in by["moe"])
-            lines.append(f"\nelastic full model vs the same MoE trained without elasticity: {full / base - 1:+.2%} held-out loss")
+            latency = f"{lat[f'latency[{name}]']:.3f}" if f"latency[{name}]" in lat else "-"
+            lines.append(f"| {name} | {_fmt(losses)} | {_mean(losses) / full - 1:+.2%} | {_fmt([r[f'color[{name}]'] for r in el if f'color[{name}]' in r], 2)} "
+                         f"| {_fmt([r[f'shape[{name}]'] for r in el if f'shape[{name}]' in r], 2)} | {latency} |")
+        base = {r["seed"]: r["loss[full]"] for r in by.get("moe", [])}
+        pairs = [r["loss[full]"] / base[r["seed"]] - 1 for r in el if r["seed"] in base]
+        if pairs:
+            lines.append(f"\nelastic full model vs the same MoE trained without elasticity, same seeds ({len(pairs)}): "
+                         f"{_mean(pairs):+.2%} held-out loss (per seed: {', '.join(f'{x:+.2%}' for x in pairs)})")
     return "\n".join(lines)
+
+
+def _append(log: Path, row: dict) -> None:
+    with log.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=("quality", "timing", "floor"), default="quality",
+                    help="quality: train and evaluate (no wall times); timing: tok/s and sampling latency; "
+                         "floor: the lowest MaxVio a bias reaches for the saved seed-0 routers")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--curve-every", type=int, default=10, help="MaxVio curve: optimiser steps between points")
+    ap.add_argument("--prompts", type=int, default=16, help="held-out captions sampled for adherence (0 = none)")
+    ap.add_argument("--bias-rate", type=float, help="override moe_bias_rate of the balanced variants")
+    ap.add_argument("--bias-schedule", help="override moe_bias_schedule (constant / cosine)")
     ap.add_argument("--cache", default="runs/moe_bench/cache")
     ap.add_argument("--train-clips", type=int, default=512)
     ap.add_argument("--val-clips", type=int, default=64)
@@ -215,14 +482,20 @@ def main() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         build_cache(Path(args.cache), args.train_clips, args.val_clips)
         log.parent.mkdir(parents=True, exist_ok=True)
-        jobs = [(v, int(s)) for s in args.seeds.split(",") for v in args.variants.split(",")]
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache, args.save) for v, s in jobs]
-            for f in futures:
-                row = f.result()
-                with log.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+        variants = args.variants.split(",")
+        if args.part == "timing":
+            for row in timing(variants, args.steps, args.batch, args.cache):
+                _append(log, row)
+        elif args.part == "floor":
+            for row in floors(args.save, args.cache):
+                _append(log, row)
+        else:
+            jobs = [(v, int(s)) for s in args.seeds.split(",") for v in variants]
+            with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache, args.save, args.curve_every,
+                                       args.prompts, args.bias_rate, args.bias_schedule) for v, s in jobs]
+                for f in futures:
+                    _append(log, f.result())
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     print(table(rows))
 

@@ -76,18 +76,24 @@ def test_blink_off_generates_what_hf_generates(llava):
     assert torch.equal(dec.generate(ids, pixels, 6), ref)
 
 
+def expand_everyone(dec, ids, mask, pixels, top):
+    """Blink-interp's edit at layer 1 expanding tiles ``top`` [B] (2 x 2 tokens to 4 x 4) for every
+    sample -> (the Blink, the prepared state, the state with SR tokens)."""
+    blink = Blink(BlinkConfig(layers=(1, 3), mode="interp", region=2, factor=2), None)
+    everyone = torch.ones(len(ids), dtype=torch.bool)
+    with torch.no_grad():
+        state = dec.prepare(ids, pixels, mask)
+        return blink, state, blink._edit(dec, 1, state, everyone, everyone, top)
+
+
 def test_appended_tokens_sit_at_their_cells(llava):
     """SR tokens go between the visual block and the question, each at the position of the cell it
     subdivides; the question keeps its positions; dropping restores the sequence exactly."""
-    dec = LlavaDecoder(llava)
     ids, mask, pixels = prompts()
-    blink = Blink(BlinkConfig(layers=(1, 3), mode="interp", region=2, factor=2), None)
-    with torch.no_grad():
-        state = dec.prepare(ids, pixels, mask)
-        B = len(ids)
-        everyone = torch.ones(B, dtype=torch.bool)
-        top = torch.tensor([0, 5, 15])  # tiles of the 4 x 4 tiling of the 8 x 8 grid
-        grown = blink._edit(dec, 1, state, everyone, everyone, top)
+    top = torch.tensor([0, 5, 15])  # tiles of the 4 x 4 tiling of the 8 x 8 grid
+    dec = LlavaDecoder(llava)
+    blink, state, grown = expand_everyone(dec, ids, mask, pixels, top)
+    B, everyone = len(ids), torch.ones(len(ids), dtype=torch.bool)
     assert grown.n_extra == 16 and grown.h.shape[1] == ids.shape[1] + 16
     prefix, nv = 3, 64
     assert torch.equal(grown.h[:, :prefix + nv], state.h[:, :prefix + nv])
@@ -147,21 +153,25 @@ def test_generate_with_blink_uses_the_expanded_prompt(llava):
     assert tokens.shape == (1, 4) and int(tokens[0, 0]) == int(logits.argmax())
 
 
-def test_tokensr_training_step_lowers_its_loss(llava):
-    dec = LlavaDecoder(llava)
-    ids, mask, pixels = prompts()
+def tokensr_step_lowers_its_loss(dec, model, ids, mask, pixels, tiles):
+    """Five Adam steps on TokenSR's loss against the frozen model's zoomed-crop hidden states lower it;
+    the model gets no gradient."""
     bank = TokenSRBank(layers=(1,), dim=64, hidden=16, factor=2)
     opt = torch.optim.Adam(bank.parameters(), lr=1e-3)
-    tiles = torch.tensor([0, 6, 9])
     before = tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles)
-    assert before.requires_grad and not any(p.requires_grad and p.grad is not None for p in llava.parameters())
+    assert before.requires_grad and not any(p.requires_grad and p.grad is not None for p in model.parameters())
     for _ in range(5):
         opt.zero_grad()
         tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles).backward()
         opt.step()
     after = tokensr_loss(dec, bank, 1, ids, pixels, 2, 2, mask, tiles)
     assert float(after.detach()) < float(before.detach())
-    assert all(p.grad is None for p in llava.parameters())  # the MLLM stays frozen
+    assert all(p.grad is None for p in model.parameters())  # the MLLM stays frozen
+
+
+def test_tokensr_training_step_lowers_its_loss(llava):
+    ids, mask, pixels = prompts()
+    tokensr_step_lowers_its_loss(LlavaDecoder(llava), llava, ids, mask, pixels, torch.tensor([0, 6, 9]))
 
 
 def test_vicrop_appends_the_zoomed_crop(llava):

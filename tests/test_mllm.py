@@ -327,6 +327,25 @@ def saved(tmp_path_factory, model):
     return root, img
 
 
+def test_save_atomic_writes_a_whole_model_folder_and_replaces_only_its_own(tmp_path, model, capsys):
+    from mmgen.cli_utils import UserError
+
+    out = tmp_path / "m"
+    cli.save_atomic(model, out)
+    assert cli.load_model(str(out)).config.dim == model.config.dim
+    with pytest.raises(UserError, match="--overwrite"):
+        cli.save_atomic(model, out)
+    cli.save_atomic(model, out, overwrite=True)
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an mmgen model folder"):
+        cli.save_atomic(model, mine, overwrite=True)
+    assert (mine / "todo.txt").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["m", "notes"]
+    assert cli.main(["fit-tokensr", "--model", str(out), "--out", str(mine), "--steps", "1"]) == 2  # checked first
+    assert "not an mmgen model folder" in capsys.readouterr().err
+
+
 def test_save_load_roundtrip(saved, model):
     root, _ = saved
     loaded = cli.load_model(str(root / "model"))
@@ -430,5 +449,8 @@ def test_fit_starts_from_the_yaml_config_like_the_other_trainers(tmp_path):
     assert cli.main(["fit", *small]) == 0
     model = cli.load_model(str(out))
     assert model.config.dim == 16 and model.config.stem == "conv" and model.config.visual_pos_embed
-    assert (out / "ckpt" / "last.ckpt").is_file()
-    assert cli.main(["fit", *small[:-1], "3", "--ckpt_path", str(out / "ckpt" / "last.ckpt")]) == 0
+    last = tmp_path / "run-run" / "ckpt" / "last.ckpt"  # the run's files sit beside the model folder
+    assert last.is_file() and sorted(p.name for p in out.iterdir()) == ["config.json",
+                                                                       "diffusion_pytorch_model.safetensors"]
+    assert cli.main(["fit", *small[:-1], "3", "--ckpt_path", str(last)]) == 2  # a model is there: --overwrite
+    assert cli.main(["fit", *small[:-1], "3", "--ckpt_path", str(last), "--overwrite"]) == 0

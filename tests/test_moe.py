@@ -300,3 +300,75 @@ def test_loading_a_checkpoint_whose_expert_layout_differs_from_its_config_names_
     cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **change}))
     with pytest.raises(ValueError, match=f"expert layout differs.*{field}"):
         VideoAR.from_pretrained(str(tmp_path / "m"))
+
+
+def test_cosine_bias_schedule_decays_the_step_to_zero_and_is_validated():
+    from mmgen.nn.moe import balance_step, bias_rate_scale
+
+    assert bias_rate_scale("constant", 90, 100) == 1.0
+    assert bias_rate_scale("cosine", 0, 100) == 1.0 and bias_rate_scale("cosine", 50, 100) == pytest.approx(0.5)
+    assert bias_rate_scale("cosine", 100, 100) == pytest.approx(0.0, abs=1e-12)
+    m = _tiny_moe(moe_bias_rate=0.1, moe_bias_schedule="cosine")
+    layer = moe_layers(m)[0]
+    for step, expected in ((50, 0.05), (100, 0.0)):
+        layer.expert_bias.zero_()
+        layer.step_counts.copy_(torch.tensor([5.0, 1.0, 1.0, 1.0]))
+        assert balance_step(m, step, 100) == pytest.approx(5 / 2 - 1)
+        assert layer.expert_bias[0].item() == pytest.approx(-expected, abs=1e-7)
+    with pytest.raises(ValueError, match="moe_bias_schedule"):
+        _tiny_moe(moe_bias_schedule="linear")
+
+
+MLLM_MOE = dict(image_size=32, patch=8, vit_dim=32, vit_depth=1, vit_heads=1, dim=32, depth=3, heads=1,
+                mlp_ratio=2.0, ffn="moe", moe_experts=4, moe_top_k=2, moe_dense_layers=1, moe_bias_rate=0.01,
+                moe_aux_alpha=1e-3)
+
+
+def test_mllm_lm_with_moe_saves_loads_and_checks_its_layout(tmp_path):
+    """The MLLM's LM takes VideoAR's FFN options (mmgen.nn.moe): sparse LM layers, dense ViT."""
+    import json
+
+    from mmgen.mllm.model import TinyLlava
+
+    torch.manual_seed(0)
+    model = TinyLlava(**MLLM_MOE)
+    lm = moe_layers(model)
+    assert len(lm) == 2 and not moe_layers(model.vit)  # LM layers 1, 2 sparse; the ViT stays dense
+    lm[0].expert_bias.copy_(torch.arange(4.0))
+    model.save_pretrained(tmp_path / "m")
+    back = TinyLlava.from_pretrained(str(tmp_path / "m"))
+    assert torch.equal(moe_layers(back)[0].expert_bias, torch.arange(4.0))
+    images, ids = torch.rand(2, 3, 32, 32), torch.randint(1, 10, (2, 5))
+    model.eval(), back.eval()
+    torch.testing.assert_close(back(images, ids), model(images, ids), rtol=0, atol=0)
+    cfg_file = tmp_path / "m" / "config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "moe_experts": 6}))
+    with pytest.raises(ValueError, match="expert layout differs.*moe_experts"):
+        TinyLlava.from_pretrained(str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="ffn='moue'"):
+        TinyLlava(**{**MLLM_MOE, "ffn": "moue"})
+    with pytest.raises(ValueError, match="moe_top_k=5"):
+        TinyLlava(**{**MLLM_MOE, "moe_top_k": 5})
+
+
+@pytest.mark.slow
+def test_mllm_training_loop_moves_the_lm_bias_after_each_step():
+    import lightning.pytorch as pl
+
+    from mmgen.mllm.data import VQADataset
+    from mmgen.mllm.lightning import MLLMModule
+
+    torch.manual_seed(0)
+    module = MLLMModule(model_config=MLLM_MOE, warmup_steps=1, total_steps=2, zoom_prob=0.0)
+    data = torch.utils.data.DataLoader(VQADataset(4, "train", size=32, hires=64), batch_size=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, data)
+    bias = moe_layers(module.model)[0].expert_bias
+    assert bias.abs().sum() > 0 and bias.abs().max() <= 2 * 0.01 + 1e-7  # two steps of +-rate
+    assert "route/maxvio" in trainer.callback_metrics
+
+
+def test_ffn_fields_of_the_wrong_type_name_the_field():
+    with pytest.raises(ValueError, match="moe_top_k='9' must be an integer"):
+        _tiny_moe(moe_top_k="9")

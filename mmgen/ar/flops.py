@@ -24,10 +24,9 @@ from collections.abc import Sequence
 import torch
 
 from mmgen.nn import ffn_hidden
-from mmgen.nn.moe import active_ffn_macs
+from mmgen.nn.moe import active_ffn_macs, sparse_ffn_kwargs
 
 from .layout import GroupLayout
-from .model import sparse_ffn_kwargs
 
 
 def forward_flops(config: dict, num_frames: int | None = None, loop_heads: Sequence[int] = (),
@@ -45,7 +44,7 @@ def forward_flops(config: dict, num_frames: int | None = None, loop_heads: Seque
     out_dim = c["bits"] if c.get("head", "bits") == "bits" else c["codebook_size"]
     hidden = ffn_hidden(C, c.get("mlp_ratio", 4.0))
     ffn = [3 * C * hidden] * depth
-    sparse = sparse_ffn_kwargs(c)
+    sparse = sparse_ffn_kwargs(c, hidden)
     if sparse is not None:  # active experts only, plus the router
         first = c.get("moe_dense_layers", 0)
         ffn[first:] = [active_ffn_macs(C, dense_hidden=hidden, **sparse)] * (depth - first)

@@ -35,8 +35,7 @@ from torch import nn
 
 from mmgen.nn import Block, KVCache, RMSNorm, Rope3D, ffn_hidden
 from mmgen.nn.elastic import ElasticConfig
-from mmgen.nn.mohd import mohd_kwargs
-from mmgen.nn.moe import default_expert_hidden, moe_layers, set_submodel
+from mmgen.nn.moe import check_ffn_layout, default_expert_hidden, moe_layers, set_submodel, sparse_ffn_kwargs
 from mmgen.nn.moue import UniversalMoE, UniversalPool
 from mmgen.nn.pretrained import PretrainedModel, register_to_config
 from mmgen.nn.sgt import SGTLoop, SGTScheduler
@@ -51,63 +50,6 @@ CONDITIONS = ("class", "text")
 TEXT_NULLS = ("empty", "learned")
 SIMILARITY_TOKENS = 64  # prompt length read when a byte-level model measures similarity with MiniLM
 HEADS = ("bits", "index")
-FFNS = ("dense", "moe", "mohd", "moue")
-
-
-def _ffn_shapes(named) -> dict[str, tuple]:
-    shapes = {k: tuple(shape) for k, shape in named if ".mlp." in k or k.startswith("universal_pool.")}
-    # checkpoints from before the fused SwiGLU projection hold gate/up separately (upgraded on load)
-    for gate in [k for k in shapes if k.endswith("gate_proj.weight")]:
-        up = gate.replace("gate_proj.weight", "up_proj.weight")
-        if up in shapes:
-            g, u = shapes.pop(gate), shapes.pop(up)
-            shapes[gate.replace("gate_proj.weight", "gate_up_proj.weight")] = (g[0] + u[0], *g[1:])
-    return shapes
-
-
-def _check_ffn_layout(cls, folder: Path) -> None:
-    """ValueError naming the config fields when the FFN tensors saved in ``folder`` do not match its config."""
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    if not (folder / "config.json").is_file() or not weights.is_file():
-        return  # nothing local to compare (the loader reports what is missing)
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as f:
-        saved = _ffn_shapes((k, f.get_slice(k).get_shape()) for k in f.keys())
-    config = cls.load_config(str(folder))
-    with torch.device("meta"):
-        expected = _ffn_shapes((k, v.shape) for k, v in cls.from_config(config).state_dict().items())
-    if saved == expected:
-        return
-    odd = sorted(set(saved) ^ set(expected))
-    if odd:
-        key = odd[0]
-        fields = "ffn / moe_dense_layers / moe_shared (dense vs sparse layers, shared experts)"
-    else:
-        key = next(k for k in saved if saved[k] != expected[k])
-        fields = "moe_experts / moue_pool (expert count) or moe_expert_hidden / mohd_* (expert size)"
-    raise ValueError(f"{folder}: the checkpoint's expert layout differs from its config at {key} (saved "
-                     f"{list(saved.get(key, []))}, config {config.get('ffn', 'dense')!r} expects "
-                     f"{list(expected.get(key, []))}); fix the config fields {fields}")
-
-
-def sparse_ffn_kwargs(config) -> dict | None:
-    """Keyword arguments of the sparse FFN (mmgen.nn.moe.SparseMoE, without dim and dense_hidden)
-    that ``config``'s ``ffn`` asks for; None for a dense FFN."""
-    c = dict(config)
-    ffn = c.get("ffn", "dense")
-    if ffn not in FFNS:
-        raise ValueError(f"VideoAR: ffn={ffn!r} must be one of {FFNS}")
-    if ffn == "dense":
-        return None
-    if ffn == "mohd":
-        shape = mohd_kwargs(ffn_hidden(c["width"], c.get("mlp_ratio", 4.0)), c.get("mohd_expansion", 2.0),
-                            c.get("mohd_shared_fraction", 0.5), c.get("mohd_group", 32))
-    else:
-        shape = dict(n_experts=c.get("moe_experts", 8), top_k=c.get("moe_top_k", 2), n_shared=c.get("moe_shared", 1),
-                     expert_hidden=c.get("moe_expert_hidden"))
-    return dict(shape, bias_rate=c.get("moe_bias_rate", 1e-3), aux_alpha=c.get("moe_aux_alpha", 0.0),
-                kernel=c.get("moe_kernel", "auto"))
 
 
 class ARCache:
@@ -163,7 +105,8 @@ class VideoAR(PretrainedModel):
       moe_experts, moe_top_k, moe_shared, moe_expert_hidden: routed experts, chosen per token,
         always-on shared experts, expert hidden size (None = active FFN size of the dense model)
       moe_dense_layers: the first layers keep a dense FFN
-      moe_bias_rate: loss-free balancing step; moe_aux_alpha: sequence-wise aux loss (0 = off)
+      moe_bias_rate: loss-free balancing step; moe_bias_schedule: "constant" or "cosine" (the step
+        decays to 0 over the training run); moe_aux_alpha: sequence-wise aux loss (0 = off)
       moe_kernel: "auto" (grouped GEMM where it runs), "grouped" or "loop"
       ffn="mohd" (mmgen.nn.mohd): mohd_expansion x the dense hidden dims, mohd_shared_fraction of
         the dense hidden always on, routed groups of mohd_group dims (bias/aux/kernel as moe_*)
@@ -204,9 +147,9 @@ class VideoAR(PretrainedModel):
                  attn_backend: str = "auto", grad_checkpointing: bool = False, ffn: str = "dense",
                  moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1,
                  moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
-                 moe_aux_alpha: float = 0.0, moe_kernel: str = "auto", mohd_expansion: float = 2.0,
-                 mohd_shared_fraction: float = 0.5, mohd_group: int = 32, moue_pool: int | None = None,
-                 moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None,
+                 moe_bias_schedule: str = "constant", moe_aux_alpha: float = 0.0, moe_kernel: str = "auto",
+                 mohd_expansion: float = 2.0, mohd_shared_fraction: float = 0.5, mohd_group: int = 32,
+                 moue_pool: int | None = None, moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None,
                  text_encoder: str | None = None, text_encoder_sha256: str | None = None,
                  text_null: str = "empty", train_captions: Sequence[str] | None = None, sgt: bool = False,
                  sgt_warmup: float = 0.1, sgt_window: float = 0.1, sgt_top_k: int = 3,
@@ -251,7 +194,7 @@ class VideoAR(PretrainedModel):
         self.scale_embed = nn.Embedding(len(self.scales), width)
         self.sos = nn.Parameter(torch.zeros(width))
         self.rope = Rope3D(width // heads, rope_axes, rope_base)
-        self.sparse_ffn = moe = sparse_ffn_kwargs(self.config)
+        self.sparse_ffn = moe = sparse_ffn_kwargs(self.config, ffn_hidden(width, mlp_ratio))
         ffns = [None if i < moe_dense_layers else moe for i in range(depth)]
         if ffn == "moue":
             ffns = self._universal_ffns(ffns, grad_checkpointing)
@@ -271,12 +214,9 @@ class VideoAR(PretrainedModel):
         self._layouts: dict[tuple[int, int], GroupLayout] = {}
         self._init_weights()
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """The folder loader, after checking that the saved FFN weights have the layout the config
-        describes (a shape mismatch alone would name no config field)."""
-        _check_ffn_layout(cls, Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or ""))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    def _check_checkpoint(self, state: dict, folder: Path) -> None:
+        # a sparse-FFN shape mismatch alone would name no config field
+        check_ffn_layout(self, state, folder)
 
     def _universal_ffns(self, ffns: list, grad_checkpointing: bool) -> list:
         """MoUE: one pool (self.universal_pool) and a UniversalMoE per sparse layer."""

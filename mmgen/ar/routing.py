@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mmgen.io import atomic_path
+from mmgen.io import save_figure
 
 from .corruption import CorruptionConfig, corrupted_history
 
@@ -48,7 +48,8 @@ def plot_routing(counts: dict[str, torch.Tensor], out: str | Path, title: str = 
     import matplotlib.pyplot as plt
 
     names = list(counts)
-    fig, axes = plt.subplots(1, len(names), figsize=(2.4 * len(names) + 1.5, 3), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.4 * len(names) + 1.5, 3.4), squeeze=False, sharey=True)
+    fig.subplots_adjust(top=0.8, bottom=0.18)  # room for the title above and the axis labels below
     shares = {name: c.float() / c.float().sum(1, keepdim=True).clamp_min(1) for name, c in counts.items()}
     top = max(float(v.max()) for v in shares.values())  # one colour scale for every panel
     for ax, name in zip(axes[0], names):
@@ -63,11 +64,8 @@ def plot_routing(counts: dict[str, torch.Tensor], out: str | Path, title: str = 
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of tokens")
     if title:
         fig.suptitle(title, fontsize=9)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return out
+    save_figure(fig, out, dpi=120)
+    return Path(out)
 
 
 def routing_main(model_dir: str, out: str, num_clips: int = 16) -> Path:

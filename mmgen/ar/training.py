@@ -238,9 +238,10 @@ class ARModule(pl.LightningModule):
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
-        counts = moe.update_routing_bias(self.model)  # this step's counts, all-reduced over processes
-        if counts and sum(c.sum() for c in counts) > 0:
-            self.log("route/maxvio", sum(map(moe.max_violation, counts)) / len(counts), prog_bar=True)
+        total = self.trainer.estimated_stepping_batches
+        maxvio = moe.balance_step(self.model, self.global_step, int(total) if math.isfinite(total) else None)
+        if maxvio is not None:
+            self.log("route/maxvio", maxvio, prog_bar=True)
         # Here, not in on_train_batch_end: Lightning's checkpoint callback runs before that hook,
         # so a checkpoint would hold EMA weights one step behind the model it was saved with.
         self._update_ema()

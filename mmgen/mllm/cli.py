@@ -2,9 +2,12 @@
 
   mmgen vqa --image IMG --question "what color is the circle ?" [--model DIR] [--blink|--blink-interp]
             [--tokensr DIR] [--show-saliency OUT.png]
-  mmgen vqa fit --config configs/mllm/vqa.yaml --out DIR [--ckpt_path CKPT] [--model.lr ...]
+  mmgen vqa fit --config configs/mllm/vqa.yaml --out DIR [--run-dir RUN] [--overwrite] [--ckpt_path CKPT]
                                                        train the MLLM from scratch (LightningCLI)
-  mmgen vqa fit-tokensr --model DIR --out DIR [...]    train TokenSR with the MLLM frozen
+  mmgen vqa fit-tokensr --model DIR --out DIR [--run-dir RUN] [--overwrite] [...]
+                                                       train TokenSR with the MLLM frozen
+--out receives the model folder whole (written beside it, then renamed; a model folder of ours is replaced
+only with --overwrite); the training logs and checkpoints go to --run-dir (default: OUT-run beside it).
   mmgen vqa eval [--model DIR] [--split val finegrained] [--table]   accuracy per question type;
             --table adds the Blink comparison (vanilla, Blink-interp, Blink, random-region, no-drop)
 
@@ -14,9 +17,7 @@ it is reproduced by ``bash mmgen/mllm/assets/REPRODUCE.sh``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
@@ -61,7 +62,9 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"mmgen vqa {name}")
     if name == "fit-tokensr":
         p.add_argument("--model", default=None, help="frozen MLLM dir (default: packaged)")
-        p.add_argument("--out", required=True, help="output dir for the TokenSR bank")
+        p.add_argument("--out", required=True, help="model folder for the TokenSR bank")
+        p.add_argument("--overwrite", action="store_true", help="replace a TokenSR folder of ours at --out")
+        p.add_argument("--run-dir", default=None, help="logs and checkpoints (default: OUT-run beside --out)")
         p.add_argument("--steps", type=int, default=1500)
         p.add_argument("--batch-size", type=int, default=24)
         p.add_argument("--lr", type=float, default=2e-3)
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # tracebacks instead of one-line errors
     argv = [a for a in argv if a != "--debug"]
+    from mmgen.cli_utils import UserError
+
     try:
         if argv and argv[0] == "fit":
             return _fit(argv[1:])
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser_sub(argv[0]).parse_args(argv[1:])
             return {"fit-tokensr": _fit_tokensr, "eval": _eval}[argv[0]](args)
         return _ask(_parser_ask().parse_args(argv))
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, UserError) as e:
         if debug:
             raise
         print(f"mmgen vqa: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
@@ -147,14 +152,18 @@ def load_tokensr(path: str | None, model_path: str | None, device=None):
     return TokenSRBank.from_pretrained(path, low_cpu_mem_usage=False).to(device or "cpu").eval()
 
 
-def save_atomic(module, out: str | Path) -> None:
-    """save_pretrained into a temp dir inside ``out``, then move the files in place."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+def save_atomic(module, out: str | Path, overwrite: bool = False, inputs=()) -> None:
+    """``save_pretrained`` as one model folder ``out`` (:func:`mmgen.io.atomic_dir`: a reader sees the old
+    folder or the new one; only a model folder of ours is replaced, and only with ``overwrite``)."""
+    from mmgen.io import atomic_dir
+
+    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         module.save_pretrained(tmp, safe_serialization=True)
-        for name in os.listdir(tmp):
-            os.replace(Path(tmp) / name, out / name)
+
+
+def run_dir(out: str | Path, run: str | None) -> Path:
+    """Where a training command's logs and checkpoints go: ``--run-dir`` or OUT-run beside the model folder."""
+    return Path(run) if run else Path(out).with_name(Path(out).name + "-run")
 
 
 def blink_config(args, mode: str, layers: tuple[int, int] | None = None, region: int | None = None, **overrides):
@@ -187,8 +196,11 @@ def _trainer(args, out: Path, steps: int, val_every: int | None):
 # --------------------------------------------------------------------------- subcommands
 def _fit(argv: list[str]) -> int:
     """LightningCLI over MLLMModule + VQADataModule (every constructor argument is a YAML key, see
-    configs/mllm/vqa.yaml); ``--out`` receives the trained model (save_pretrained)."""
+    configs/mllm/vqa.yaml); ``--out`` receives the trained model (a model folder, see :func:`save_atomic`),
+    ``--run-dir`` the logs and checkpoints."""
     import warnings
+
+    from mmgen.io.destination import check_model_destination
 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
@@ -199,19 +211,25 @@ def _fit(argv: list[str]) -> int:
 
     class _CLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
-            parser.add_argument("--out", type=str, required=True, help="where the trained MLLM is saved")
+            parser.add_argument("--out", type=str, required=True, help="model folder the trained MLLM is saved as")
+            parser.add_argument("--overwrite", action="store_true", help="replace a model folder of ours at --out")
+            parser.add_argument("--run-dir", type=str | None, default=None,
+                                help="logs and checkpoints (default: OUT-run beside --out)")
             parser.add_argument("--ckpt_path", type=str | None, default=None,
-                                help="resume from this Lightning checkpoint (e.g. OUT/ckpt/last.ckpt)")
+                                help="resume from this Lightning checkpoint (e.g. RUN/ckpt/last.ckpt)")
 
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # our argv, on purpose
     out = _option(argv, "--out")
-    defaults = {"default_root_dir": out, "enable_progress_bar": sys.stderr.isatty(),
-                "callbacks": [ModelCheckpoint(dirpath=str(Path(out or ".") / "ckpt"), save_last=True,
+    run = run_dir(out or ".", _option(argv, "--run-dir"))
+    if out:  # before training, not after it
+        check_model_destination(out, "--overwrite" in argv)
+    defaults = {"default_root_dir": str(run), "enable_progress_bar": sys.stderr.isatty(),
+                "callbacks": [ModelCheckpoint(dirpath=str(run / "ckpt"), save_last=True,
                                               every_n_train_steps=250), ProgressLog(every_n_steps=50)]}
     cli = _CLI(MLLMModule, VQADataModule, run=False, args=argv, trainer_defaults=defaults,
                save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mmgen vqa fit"})
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
-    save_atomic(cli.model.model, cli.config.out)
+    save_atomic(cli.model.model, cli.config.out, cli.config.overwrite)
     print(f"saved MLLM to {cli.config.out}")
     return 0
 
@@ -232,18 +250,21 @@ def _fit_tokensr(args) -> int:
     from .data import SIZES
     from .lightning import TokenSRModule, VQADataModule
 
+    from mmgen.io.destination import check_model_destination
+
     L.seed_everything(args.seed, workers=True)
-    out = Path(args.out)
+    inputs = [args.model] if args.model else []
+    check_model_destination(args.out, args.overwrite, inputs)  # before training, not after it
     model = load_model(args.model)
     module = TokenSRModule(model, tuple(args.layers), args.region, hidden=args.hidden, lr=args.lr, total_steps=args.steps,
                            mse_weight=args.mse_weight, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
                            target_prob=args.target_prob)
     dm = VQADataModule(batch_size=args.batch_size, seed=args.seed + 1, image_size=model.config.image_size,
                        sizes=tuple(SIZES))  # TokenSR learns from images of every object size, tiny ones included
-    trainer = _trainer(args, out, args.steps, max(args.steps // 3, 1))
+    trainer = _trainer(args, run_dir(args.out, args.run_dir), args.steps, max(args.steps // 3, 1))
     trainer.fit(module, dm)
-    save_atomic(module.bank, out)
-    print(f"saved TokenSR to {out}")
+    save_atomic(module.bank, args.out, args.overwrite, inputs)
+    print(f"saved TokenSR to {args.out}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Blink on a Hugging Face ``LlavaForConditionalGeneration`` (LLaVA-1.5 layout), without forking it.
+"""Blink on a Hugging Face ``LlavaForConditionalGeneration`` (LLaVA-1.5 layout) or
+``Qwen2VLForConditionalGeneration`` (:class:`Qwen2VLDecoder`: the same loop, M-RoPE positions), without forking them.
 
 :class:`LlavaDecoder` implements :class:`~mmgen.mllm.blink.BlinkDecoder` by driving the language
 model's own decoder layers one by one: we build the input embeddings (the image features put in
@@ -142,7 +143,8 @@ class LlavaState:
 class LlavaDecoder:
     """A :class:`~mmgen.mllm.blink.BlinkDecoder` over a (frozen) ``LlavaForConditionalGeneration``."""
 
-    def __init__(self, model):
+    def __init__(self, model, grid: tuple[int, int] | None = None):
+        """grid: the visual token grid (gh, gw); default: the vision tower's image_size / patch_size."""
         self.model = model
         lm = model.model.language_model
         self.lm, self.layers, self.head = lm, lm.layers, model.lm_head
@@ -157,7 +159,7 @@ class LlavaDecoder:
         # sdpa / flash apply causality themselves when given no mask; eager needs it spelled out
         self._needs_mask = self.text_config._attn_implementation not in ("sdpa", "flash_attention_2")
         vc = model.config.vision_config
-        self.grid = (vc.image_size // vc.patch_size,) * 2
+        self.grid = tuple(grid) if grid is not None else (vc.image_size // vc.patch_size,) * 2
 
     @property
     def dtype(self) -> torch.dtype:
@@ -209,12 +211,7 @@ class LlavaDecoder:
         """Position ids, rotary table and mask for the current sequence."""
         B, L = state.h.shape[:2]
         device = state.h.device
-        base = torch.arange(state.prefix + state.n_visual, device=device)
-        text = state.prefix + state.n_visual + torch.arange(L - state.text_start, device=device)
-        parts = [base.expand(B, -1)]
-        if state.n_extra:
-            parts.append(state.prefix + state.cells)
-        pos = torch.cat([*parts, text.expand(B, -1)], 1)
+        pos = self._position_ids(state)
         hidden = None
         if state.extra_active is not None and not bool(state.extra_active.all()):
             slot = torch.zeros(L, dtype=torch.bool, device=device)
@@ -228,6 +225,18 @@ class LlavaDecoder:
             mask = torch.zeros(B, 1, L, L, dtype=state.h.dtype, device=device)
             mask.masked_fill_(~allowed[:, None], torch.finfo(state.h.dtype).min)
         return replace(state, pos=pos, rope=self.lm.rotary_emb(state.h, pos), mask=mask)
+
+    def _position_ids(self, state: LlavaState) -> torch.Tensor:
+        """LLaVA's 1-D position ids [B, L]: token t of the prompt without appended tokens at t; an appended
+        token at its cell's position."""
+        B, L = state.h.shape[:2]
+        device = state.h.device
+        base = torch.arange(state.prefix + state.n_visual, device=device)
+        text = state.prefix + state.n_visual + torch.arange(L - state.text_start, device=device)
+        parts = [base.expand(B, -1)]
+        if state.n_extra:
+            parts.append(state.prefix + state.cells)
+        return torch.cat([*parts, text.expand(B, -1)], 1)
 
     # ------------------------------------------------------------------ BlinkDecoder
     def set_extra(self, state: LlavaState, extra: torch.Tensor | None, extra_pos: torch.Tensor | None,
@@ -257,9 +266,13 @@ class LlavaDecoder:
 
     def run_layer(self, i: int, state: LlavaState) -> LlavaState:
         kw = {self._cache_kw: state.cache, "use_cache": True} if state.cache is not None else {}
-        out = self.layers[i](state.h, attention_mask=state.mask, position_ids=state.pos,
+        out = self.layers[i](state.h, attention_mask=state.mask, position_ids=self._layer_positions(state.pos),
                              position_embeddings=state.rope, **kw)
         return replace(state, h=out[0] if isinstance(out, tuple) else out)
+
+    def _layer_positions(self, pos: torch.Tensor) -> torch.Tensor | None:
+        """The ``position_ids`` a decoder layer is called with (the rotary table is passed separately)."""
+        return pos
 
     def query_keys(self, i: int, state: LlavaState, with_rope: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """-> q [B, H, D] of the last question token, k [B, H, Nv, D] of the visual tokens (layer i's input)."""
@@ -320,7 +333,7 @@ class LlavaDecoder:
         cache = DynamicCache(config=self.text_config)
         state = self.prepare(input_ids, pixel_values, cache=cache)
         logits = self.run(state, blink, trace)
-        next_pos = input_ids.shape[1]  # question positions do not depend on appended tokens
+        next_pos = int(state.pos[..., -1].max()) + 1  # question positions do not depend on appended tokens
         out = []
         for step in range(max_new_tokens):
             token = logits.argmax(-1, keepdim=True)  # [1, 1]
@@ -331,7 +344,7 @@ class LlavaDecoder:
             pos = torch.full((1, 1), next_pos + step, device=h.device)
             rope = self.lm.rotary_emb(h, pos)
             for layer in self.layers:  # one query row attends to everything its layer cached: no mask
-                h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=rope,
+                h = layer(h, attention_mask=None, position_ids=self._layer_positions(pos), position_embeddings=rope,
                           **{self._cache_kw: cache, "use_cache": True})
                 h = h[0] if isinstance(h, tuple) else h
             logits = self.head(self.lm.norm(h[:, -1])).float()
@@ -362,6 +375,89 @@ class LlavaDecoder:
         for i in range(layer):
             state = self.run_layer(i, state)
         return state
+
+
+class Qwen2VLDecoder(LlavaDecoder):
+    """A :class:`~mmgen.mllm.blink.BlinkDecoder` over a (frozen) ``Qwen2VLForConditionalGeneration``.
+
+    The same loop as :class:`LlavaDecoder` (Qwen2-VL's decoder layers take the same arguments); what
+    differs is the input and the positions.  Qwen2-VL reads images at their own resolution, but Blink
+    tiles one grid per batch, so the decoder is made for one merged token grid ``grid`` (gh, gw):
+    the processor must resize every image to (gh * m * patch) x (gw * m * patch) pixels (m = the
+    vision tower's spatial merge, e.g. ``min_pixels = max_pixels`` = that area), and ``prepare``
+    refuses another size.  ``pixel_values`` are the processor's flattened patches
+    [B * (gh m) * (gw m), C * T * patch^2].
+
+    Positions are M-RoPE's 3-D ids [3, B, L] (temporal, height, width), as ``get_rope_index`` builds
+    them: prefix token t at (t, t, t); visual cell (r, c) at (P, P + r, P + c) with P = the prefix
+    length; the question from P + max(gh, gw) on.  An appended SR token takes the 3-D position of the
+    cell it subdivides, like :class:`LlavaDecoder`'s (integer ids, so it interleaves with nothing; the
+    question's positions stay those of the prompt without appended tokens).
+    """
+
+    def __init__(self, model, grid: tuple[int, int]):
+        super().__init__(model, grid)
+        if "sliding_attention" in getattr(self.text_config, "layer_types", ()):
+            raise ValueError("Qwen2VLDecoder drives full-attention layers only (this config has sliding-window layers)")
+        vc = model.config.vision_config
+        self.spatial_merge, self.patch, self.temporal = vc.spatial_merge_size, vc.patch_size, vc.temporal_patch_size
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Flattened patches of B images of the decoder's size -> merged visual tokens [B, gh*gw, C]."""
+        per_image = self.grid[0] * self.grid[1] * self.spatial_merge ** 2
+        if pixel_values.ndim != 2 or pixel_values.shape[0] % per_image:
+            raise ValueError(f"pixel_values {tuple(pixel_values.shape)} are not the patches of images giving the "
+                             f"decoder's {self.grid[0]}x{self.grid[1]} token grid (resize the images to "
+                             f"{self._pixels()} pixels)")
+        thw = torch.tensor([[1, self.grid[0] * self.spatial_merge, self.grid[1] * self.spatial_merge]],
+                           device=pixel_values.device).repeat(pixel_values.shape[0] // per_image, 1)
+        out = self.model.model.get_image_features(pixel_values=pixel_values, image_grid_thw=thw, return_dict=True)
+        return torch.stack(list(out.pooler_output))
+
+    def _pixels(self) -> str:
+        side = self.spatial_merge * self.patch
+        return f"{self.grid[0] * side}x{self.grid[1] * side}"
+
+    def _position_ids(self, state: LlavaState) -> torch.Tensor:
+        B, L = state.h.shape[:2]
+        device = state.h.device
+        gh, gw = state.grid
+        P = state.prefix
+        prefix = torch.arange(P, device=device)[None].expand(3, -1)
+        cells = torch.arange(gh * gw, device=device)
+
+        def at(c: torch.Tensor) -> torch.Tensor:  # grid cells [..., n] -> 3-D ids [3, ..., n]
+            return torch.stack([torch.full_like(c, P), P + c // gw, P + c % gw])
+
+        text = (P + max(gh, gw) + torch.arange(L - state.text_start, device=device))[None].expand(3, -1)
+        parts = [prefix[:, None].expand(3, B, -1), at(cells)[:, None].expand(3, B, -1)]
+        if state.n_extra:
+            parts.append(at(state.cells))
+        return torch.cat([*parts, text[:, None].expand(3, B, -1)], 2)
+
+    def _layer_positions(self, pos: torch.Tensor) -> None:
+        return None  # Qwen2-VL's layers take 1-D text positions only for flash-attention's packing
+
+    # ------------------------------------------------------------------ zoomed views
+    def _unpatchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The processor's flattened patches -> images [B, C, H, W] (the first of the T repeated frames)."""
+        m, p, T = self.spatial_merge, self.patch, self.temporal
+        gh, gw = self.grid[0] * m, self.grid[1] * m
+        x = pixel_values.reshape(-1, gh // m, gw // m, m, m, pixel_values.shape[1] // (T * p * p), T, p, p)
+        # [B, h/m, w/m, m, m, C, T, p, p] -> [B, C, h/m, m, p, w/m, m, p] (frame 0)
+        x = x[:, :, :, :, :, :, 0].permute(0, 5, 1, 3, 6, 2, 4, 7)
+        return x.reshape(x.shape[0], x.shape[1], gh * p, gw * p)
+
+    def _patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`_unpatchify` (the image repeated over the T frames, as the processor does)."""
+        m, p, T = self.spatial_merge, self.patch, self.temporal
+        B, C, H, W = images.shape
+        x = images.reshape(B, C, H // (m * p), m, p, W // (m * p), m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
+        x = x[:, :, :, :, :, :, None].expand(-1, -1, -1, -1, -1, -1, T, -1, -1)
+        return x.reshape(-1, C * T * p * p)
+
+    def zoom_pixels(self, pixel_values: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor, size: int) -> torch.Tensor:
+        return self._patchify(super().zoom_pixels(self._unpatchify(pixel_values), r0, c0, size))
 
 
 def _pool_grid(tokens: torch.Tensor, grid: tuple[int, int], n: int) -> torch.Tensor:

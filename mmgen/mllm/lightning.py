@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from mmgen.nn.moe import aux_loss, balance_step
 from mmgen.nn.schedule import warmup_cosine_schedule
 
 from .blink import concentration, gather_region, region_scores, saliency, super_resolve, tokens_to_grid
@@ -188,7 +189,14 @@ class MLLMModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, acc = self._step(batch, zoom=True)
         self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True, batch_size=len(batch["answer"]))
-        return loss
+        balance = aux_loss(self.model)  # an MoE LM's optional sequence-wise balance loss
+        return loss if balance is None else loss + balance
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        maxvio = balance_step(self.model, self.global_step, self.hparams.total_steps)  # MoE LM: loss-free bias
+        if maxvio is not None:
+            self.log("route/maxvio", maxvio)
 
     def validation_step(self, batch, batch_idx):
         loss, acc = self._step(batch, zoom=False)

@@ -35,12 +35,14 @@ never expands.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmgen.nn import Block, RMSNorm, Rope3D, apply_rope
+from mmgen.nn import Block, RMSNorm, Rope3D, apply_rope, ffn_hidden
+from mmgen.nn.moe import check_ffn_layout, sparse_ffn_kwargs
 from mmgen.nn.pretrained import PretrainedModel, register_to_config
 
 from .text import VOCAB
@@ -119,7 +121,10 @@ class TinyLlava(PretrainedModel):
     def __init__(self, image_size: int = 64, patch: int = 8, vit_dim: int = 64, vit_depth: int = 2,
                  vit_heads: int = 2, dim: int = 64, depth: int = 4, heads: int = 2,
                  mlp_ratio: float = 3.0, vocab_size: int = len(VOCAB), max_text_len: int = 16,
-                 pos_stride: int = 2, visual_pos_embed: bool = False, stem: str = "patch"):
+                 pos_stride: int = 2, visual_pos_embed: bool = False, stem: str = "patch", ffn: str = "dense",
+                 moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1, moe_expert_hidden: int | None = None,
+                 moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3, moe_bias_schedule: str = "constant",
+                 moe_aux_alpha: float = 0.0, moe_kernel: str = "auto"):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
@@ -135,9 +140,15 @@ class TinyLlava(PretrainedModel):
             nn.init.normal_(self.col_embed.weight, std=0.1)
         self.embed = nn.Embedding(vocab_size, dim)
         self.rope = Rope3D(dim // heads)
-        self.layers = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        # the LM's FFN options are VideoAR's (mmgen.nn.moe); MoUE's cross-layer pool is VideoAR's only
+        moe = sparse_ffn_kwargs(self.config, ffn_hidden(dim, mlp_ratio), ("dense", "moe", "mohd"))
+        self.layers = nn.ModuleList([Block(dim, heads, mlp_ratio, moe=None if i < moe_dense_layers else moe)
+                                     for i in range(depth)])
         self.norm = RMSNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
+
+    def _check_checkpoint(self, state: dict, folder: Path) -> None:
+        check_ffn_layout(self, state, folder)  # an LM expert-layout mismatch names the config field
 
     # ------------------------------------------------------------------ geometry
     @property

@@ -114,10 +114,22 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(dim, dim, bias=False)
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else None
+        self._fused_qkv: tuple | None = None  # (weights' identity and versions, [q; k; v] weight)
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [B, L, h*D] -> [B, h, L, D]
-        B, L, _ = t.shape
-        return t.view(B, L, -1, self.head_dim).transpose(1, 2)
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:  # [B, L, h*D] -> [B, L, h, D]
+        return t.view(*t.shape[:2], -1, self.head_dim)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v projections; without autograd (decoding) one matmul over the concatenated weight,
+        rebuilt whenever a projection's weight changes (in-place updates bump ``_version``).
+        Wrapped projections (LoRA, APEX) and training keep the three modules."""
+        linears = (self.q_proj, self.k_proj, self.v_proj)
+        if torch.is_grad_enabled() or any(type(p) is not nn.Linear for p in linears):
+            return tuple(p(x) for p in linears)
+        key = tuple((p.weight.data_ptr(), p.weight._version) for p in linears)
+        if self._fused_qkv is None or self._fused_qkv[0] != key:
+            self._fused_qkv = key, torch.cat([p.weight for p in linears])
+        return F.linear(x, self._fused_qkv[1]).split([p.out_features for p in linears], dim=-1)
 
     def _rows(self, heads: torch.Tensor) -> torch.Tensor:  # weight rows of the given heads
         return (heads[:, None] * self.head_dim + torch.arange(self.head_dim, device=heads.device)).flatten()
@@ -126,13 +138,14 @@ class SelfAttention(nn.Module):
         """q, k, v [B, h, L, D] after QK-norm and rotary; ``heads`` (Long indices) computes only
         those heads, from row slices of the projection weights."""
         if heads is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = self._qkv(x)
         else:
             rows = self._rows(heads)
             q, k, v = (F.linear(x, p.weight[rows]) for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        if self.q_norm is not None:
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        if self.q_norm is not None:  # per head vector: before the transpose, on rows in memory order
             q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v

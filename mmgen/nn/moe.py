@@ -15,12 +15,15 @@ Elastic sub-models (ERNIE 5.0) set ``active_top_k`` / ``active_experts`` on the 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 KERNELS = ("auto", "grouped", "loop")
+FFNS = ("dense", "moe", "mohd", "moue")
+BIAS_SCHEDULES = ("constant", "cosine")
 _GROUPED_OK: dict[tuple, bool] = {}
 
 
@@ -164,6 +167,66 @@ class SparseMoE(nn.Module):
         return self.aux_alpha * (f * p).sum(-1).mean()
 
 
+def sparse_ffn_kwargs(config, dense_hidden: int, ffns: tuple[str, ...] = FFNS) -> dict | None:
+    """Keyword arguments of the sparse FFN (:class:`SparseMoE`, without dim and dense_hidden) that a
+    model config's ``ffn`` / ``moe_*`` / ``mohd_*`` fields ask for; None for a dense FFN.  One home
+    for VideoAR and the MLLM's LM; ``ffns`` = the choices the model supports."""
+    from .mohd import mohd_kwargs
+
+    c = dict(config)
+    for key in ("moe_experts", "moe_top_k", "moe_shared", "moe_dense_layers", "moe_expert_hidden", "mohd_group"):
+        if c.get(key) is not None and (isinstance(c[key], bool) or not isinstance(c[key], int)):
+            raise ValueError(f"{key}={c[key]!r} must be an integer: set it in the config YAML (a dotted "
+                             f"command-line value inside a dict field such as --model.generator.{key} stays a string)")
+    ffn = c.get("ffn", "dense")
+    if ffn not in ffns:
+        raise ValueError(f"ffn={ffn!r} must be one of {ffns}")
+    schedule = c.get("moe_bias_schedule", "constant")
+    if schedule not in BIAS_SCHEDULES:
+        raise ValueError(f"moe_bias_schedule={schedule!r} must be one of {BIAS_SCHEDULES}")
+    if ffn == "dense":
+        return None
+    if ffn == "mohd":
+        shape = mohd_kwargs(dense_hidden, c.get("mohd_expansion", 2.0), c.get("mohd_shared_fraction", 0.5),
+                            c.get("mohd_group", 32))
+    else:
+        shape = dict(n_experts=c.get("moe_experts", 8), top_k=c.get("moe_top_k", 2), n_shared=c.get("moe_shared", 1),
+                     expert_hidden=c.get("moe_expert_hidden"))
+    return dict(shape, bias_rate=c.get("moe_bias_rate", 1e-3), aux_alpha=c.get("moe_aux_alpha", 0.0),
+                kernel=c.get("moe_kernel", "auto"))
+
+
+def _ffn_shapes(named) -> dict[str, tuple]:
+    shapes = {k: tuple(shape) for k, shape in named if ".mlp." in k or k.startswith("universal_pool.")}
+    # checkpoints from before the fused SwiGLU projection hold gate/up separately (upgraded on load)
+    for gate in [k for k in shapes if k.endswith("gate_proj.weight")]:
+        up = gate.replace("gate_proj.weight", "up_proj.weight")
+        if up in shapes:
+            g, u = shapes.pop(gate), shapes.pop(up)
+            shapes[gate.replace("gate_proj.weight", "gate_up_proj.weight")] = (g[0] + u[0], *g[1:])
+    return shapes
+
+
+def check_ffn_layout(model: nn.Module, state: dict, folder: Path) -> None:
+    """ValueError naming the config fields when the FFN tensors of a saved ``state`` (read from
+    ``folder``) do not match the layout ``model`` was built with from the same folder's config."""
+    saved = _ffn_shapes((k, v.shape) for k, v in state.items())
+    expected = _ffn_shapes((k, v.shape) for k, v in model.state_dict().items())
+    config = model.config
+    if saved == expected:
+        return
+    odd = sorted(set(saved) ^ set(expected))
+    if odd:
+        key = odd[0]
+        fields = "ffn / moe_dense_layers / moe_shared (dense vs sparse layers, shared experts)"
+    else:
+        key = next(k for k in saved if saved[k] != expected[k])
+        fields = "moe_experts / moue_pool (expert count) or moe_expert_hidden / mohd_* (expert size)"
+    raise ValueError(f"{folder}: the checkpoint's expert layout differs from its config at {key} (saved "
+                     f"{list(saved.get(key, []))}, config {config.get('ffn', 'dense')!r} expects "
+                     f"{list(expected.get(key, []))}); fix the config fields {fields}")
+
+
 def active_ffn_macs(dim: int, n_experts: int, top_k: int, dense_hidden: int, n_shared: int = 1,
                     expert_hidden: int | None = None, shared_hidden: int | None = None, **_) -> int:
     """Multiply-adds per token of a SparseMoE built with these arguments: active experts, shared
@@ -178,10 +241,10 @@ def moe_layers(module: nn.Module) -> list[SparseMoE]:
 
 
 @torch.no_grad()
-def update_routing_bias(module: nn.Module) -> list[torch.Tensor] | None:
+def update_routing_bias(module: nn.Module, rate_scale: float = 1.0) -> list[torch.Tensor] | None:
     """After an optimiser step: all-reduce each layer's counts of that step over processes, move
-    the bias by ``bias_rate * sign(mean load - load)``, clear the counts.  Returns the step's
-    counts per bias owner (an MoE layer or a MoUE pool); None without sparse FFNs."""
+    the bias by ``rate_scale * bias_rate * sign(mean load - load)``, clear the counts.  Returns the
+    step's counts per bias owner (an MoE layer or a MoUE pool); None without sparse FFNs."""
     # owners of a balancing bias: each SparseMoE, or one universal pool (MoUE) for all its layers
     layers = [m for m in module.modules() if "step_counts" in m._buffers]
     if not layers:
@@ -193,9 +256,27 @@ def update_routing_bias(module: nn.Module) -> list[torch.Tensor] | None:
     for m, c in zip(layers, counts):
         load = c / m.exposure if hasattr(m, "exposure") else c  # MoUE: per layer that can reach the expert
         if c.sum() > 0:
-            m.expert_bias += m.bias_rate * torch.sign(load.mean() - load)
+            m.expert_bias += rate_scale * m.bias_rate * torch.sign(load.mean() - load)
         m.step_counts.zero_()
     return list(counts)
+
+
+def bias_rate_scale(schedule: str, step: int, total_steps: int | None) -> float:
+    """Factor on ``bias_rate`` at optimiser step ``step`` of ``total_steps``: "constant" 1; "cosine"
+    decays from 1 to 0 over the run (large steps while the router moves fast, then small ones so
+    the sign updates stop shaking the choice of tokens near a tie)."""
+    if schedule == "cosine" and total_steps:
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return 1.0
+
+
+def balance_step(model: nn.Module, step: int, total_steps: int | None = None) -> float | None:
+    """What a training loop calls after every optimiser step (VideoAR's and the MLLM's): the
+    loss-free bias update at the rate of the model config's ``moe_bias_schedule``.  Returns the
+    step's MaxVio (mean over the bias owners that routed tokens), None when none did."""
+    schedule = dict(getattr(model, "config", {})).get("moe_bias_schedule", "constant")
+    counts = [c for c in update_routing_bias(model, bias_rate_scale(schedule, step, total_steps)) or () if c.sum() > 0]
+    return sum(map(max_violation, counts)) / len(counts) if counts else None
 
 
 def aux_loss(module: nn.Module) -> torch.Tensor | None:

@@ -129,6 +129,17 @@ class PretrainedModel(nn.Module):
             model.register_to_config(**kept)
         return model
 
+    def to_json_string(self) -> str:
+        """The config.json text: the config plus ``_class_name`` and the writing version."""
+        from mmgen import __version__
+
+        config = {**self.config, "_class_name": type(self).__name__, "_mmgen_version": __version__}
+        return json.dumps(config, indent=2, sort_keys=True, default=_json_value) + "\n"
+
+    def _check_checkpoint(self, state: dict[str, torch.Tensor], folder: Path) -> None:
+        """Called by :meth:`from_pretrained` before ``state`` loads: a model that can name the config
+        field behind a mismatch raises ValueError here (default: the generic checks only)."""
+
     # ------------------------------------------------------------------ folders
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True) -> None:
         """Write config.json and the safetensors state dict into ``save_directory`` (created if
@@ -139,10 +150,7 @@ class PretrainedModel(nn.Module):
             raise ValueError("save_pretrained writes safetensors only (safe_serialization=False is not supported)")
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        from mmgen import __version__
-
-        config = {**self.config, "_class_name": type(self).__name__, "_mmgen_version": __version__}
-        text = json.dumps(config, indent=2, sort_keys=True, default=_json_value) + "\n"
+        text = self.to_json_string()
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -164,8 +172,10 @@ class PretrainedModel(nn.Module):
             raise FileNotFoundError(f"{weights} not found: a {cls.__name__} folder holds config.json and "
                                     f"{WEIGHTS_NAME} (write one with save_pretrained)")
         model = cls.from_config({**config, "_name_or_path": str(pretrained_model_name_or_path)}, **overrides)
+        state = load_file(str(weights))
+        model._check_checkpoint(state, folder)
         try:
-            missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+            missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatches, one per line: name the first
             lines = [line.strip() for line in str(e).splitlines()[1:]] or [str(e)]
             more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""

@@ -273,16 +273,14 @@ class VideoARPipeline:
                                   use_cache=use_cache)
         latent_frames = self.num_latent_frames(num_frames)
         generators = self._generators(len(cond), generator, seed)
-        decoder = _StreamDecoder(self, callback_on_frames) if callback_on_frames is not None else None
+        # Frames are decoded as each latent frame completes and kept as uint8: memory holds neither
+        # every frame's codes nor a float copy of the whole video (flat but for the uint8 frames).
+        decoder = _StreamDecoder(self, callback_on_frames) if output_type != "latent" else None
         K = len(self.transformer.scales)
         with self._autocast(), self._progress(forward_steps(latent_frames, K), progress) as update:
             codes = sample_codes(self.transformer, self.tokenizer.quantizer, cond, latent_frames, settings,
-                                 generators, on_frame=decoder, progress=update)
-        if output_type == "latent":
-            frames = codes
-        else:
-            video = torch.cat(decoder.chunks, dim=1) if decoder is not None else _video_to_uint8(self._decode(codes))
-            frames = self._format(video, output_type)
+                                 generators, on_frame=decoder, progress=update, keep_codes=decoder is None)
+        frames = codes if decoder is None else self._format(torch.cat(decoder.chunks, dim=1), output_type)
         if not return_dict:
             return (frames,)
         return VideoARPipelineOutput(frames=frames)
@@ -394,4 +392,5 @@ class _StreamDecoder:
         self.frames_out += frames.shape[1]
         if self.keep:
             self.chunks.append(frames)
-        self.callback(frames.numpy())
+        if self.callback is not None:
+            self.callback(frames.numpy())

@@ -59,8 +59,6 @@ class VideoTokenizer(PretrainedModel):
         sample_size, num_frames: the clip size the model was configured/trained for.
     """
 
-    config_name = "config.json"
-
     @register_to_config
     def __init__(
         self,

@@ -16,8 +16,8 @@ WORK="${1:-/tmp/mmgen-vqa-build}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 REPO="$(cd "$HERE/../../.." && pwd)"
 mmgen vqa fit --config "$REPO/configs/mllm/vqa.yaml" --out "$WORK/vqa" --trainer.max_time 00:00:40:00
-mmgen vqa fit-tokensr --model "$WORK/vqa" --out "$WORK/vqa/tokensr" --seed 0 --steps 1500 --hidden 64 --kd-weight 1 \
-  --max-minutes 30
+mmgen vqa fit-tokensr --model "$WORK/vqa" --out "$WORK/vqa/tokensr" --run-dir "$WORK/tokensr-run" --seed 0 --steps 1500 \
+  --hidden 64 --kd-weight 1 --max-minutes 30
 for part in vqa vqa/tokensr; do
   dest="$HERE/${part#vqa/}"
   mkdir -p "$dest"
