@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "extend": ("mmgen.pipelines.cli:extend_main", "continue a video (image-to-video, continuation)"),
     "eval": ("mmgen.metrics.cli:main", "FVD, VBench dimensions, MovingShapes benchmark"),
     "vqa": ("mmgen.mllm.cli:main", "visual question answering with Blink"),
+    "caption": ("mmgen.ar.caption_cli:main", "caption a video or answer a question with a unified model"),
 }
 
 

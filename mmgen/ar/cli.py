@@ -1,6 +1,7 @@
 """`mmgen ar fit | export | tokenize` (and `finetune | rl`, in :mod:`mmgen.posttrain.cli`).
 
   mmgen ar fit --config configs/generator/tiny.yaml [--ckpt_path RUN/checkpoints/last.ckpt] [--trainer.strategy fsdp ...]
+  mmgen ar fit-unified --config configs/generator/unified.yaml  -> one model that generates and captions
   mmgen ar export CKPT OUTDIR [--no-ema] [--sampling YAML]  -> pipeline folder for `mmgen sample --model OUTDIR`
   mmgen ar tokenize --tokenizer DIR --out CACHE [--dataset mmgen.data.MovingShapes --dataset-args '{...}']
   mmgen ar routing --model DIR --out routing.png  -> expert use by layer per modality (sparse FFN models)
@@ -25,7 +26,7 @@ from mmgen.cli_utils import UserError
 CHECKPOINT_EVERY = 200
 
 
-def _fit(argv: list[str]) -> int:
+def _fit(argv: list[str], module=None) -> int:
     from lightning.pytorch.cli import LightningCLI
 
     from mmgen.data.latents import ARDataModule
@@ -42,7 +43,7 @@ def _fit(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     defaults = {"callbacks": [RunCheckpoint(save_last=True, every_n_train_steps=CHECKPOINT_EVERY),
                               LossCurve(every_n_steps=50), ProgressLog(every_n_steps=50)]}
-    cli = _CLI(ARModule, ARDataModule, run=False, args=argv, trainer_defaults=defaults,
+    cli = _CLI(module or ARModule, ARDataModule, run=False, args=argv, trainer_defaults=defaults,
                save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "mmgen ar fit"})
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True)
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "fit":
         return _fit(argv[1:])
+    if argv and argv[0] == "fit-unified":
+        from .unified_training import fit_main
+
+        return fit_main(argv[1:])
     if argv and argv[0] in ("finetune", "rl"):
         from mmgen.posttrain.cli import main as posttrain_main
 
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fit", help="train (LightningCLI): mmgen ar fit --config configs/generator/tiny.yaml [--ckpt_path CKPT]",
                    add_help=False)
+    sub.add_parser("fit-unified", help="train a unified text+video model (mmgen.ar.unified_training): "
+                   "mmgen ar fit-unified --config configs/generator/unified.yaml", add_help=False)
     sub.add_parser("finetune", help="adapt a trained model to new clips (full | lora | beamlora | apex)", add_help=False)
     sub.add_parser("rl", help="GRPO with MovingShapes rewards (+ CD-RLHF curiosity)", add_help=False)
     ex = sub.add_parser("export", help="checkpoint -> pipeline folder for `mmgen sample --model OUT_DIR`")

@@ -13,6 +13,10 @@ visual tokens row-major inside a group.  For every token the layout stores
   learned scale embedding).  With ``pos_mode="finest_grid"`` the coarse scales' (h, w) are
   mapped centre-aligned onto the finest grid, ``(h + 0.5) * H / h_k - 0.5`` (Infinity/ERNIE style).
 
+With ``text_len > 0`` (the unified model, :mod:`mmgen.ar.unified`) ``text_len`` text tokens follow
+the video, one group each, seeing everything before them; uni-RoPE places text token j at
+``s + j`` on all three axes, ``s = P + max(F, H, W)`` (just past every visual coordinate).
+
 The attention mask, Random Frame Mask, RoPE and the KV cache all derive from these tensors.
 """
 from __future__ import annotations
@@ -36,7 +40,7 @@ class GroupLayout:
     """
 
     def __init__(self, prefix_len: int, num_frames: int, scales: Sequence, pos_mode: str = "own_grid",
-                 window: int | None = None):
+                 window: int | None = None, text_len: int = 0):
         if prefix_len < 1:
             raise ValueError(f"GroupLayout: prefix_len must be >= 1 (class token or text), got {prefix_len}")
         if num_frames < 1:
@@ -46,12 +50,13 @@ class GroupLayout:
         if window is not None and window < 1:
             raise ValueError(f"GroupLayout: window must be >= 1 or None, got {window}")
         self.prefix_len, self.num_frames, self.pos_mode, self.window = prefix_len, num_frames, pos_mode, window
+        self.text_len = text_len
         self.scales = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in scales]
         self.num_scales = len(self.scales)
         self.tokens_per_frame = sum(h * w for h, w in self.scales)
         self.num_visual = num_frames * self.tokens_per_frame
-        self.length = prefix_len + self.num_visual
-        self.num_groups = prefix_len + num_frames * self.num_scales
+        self.length = prefix_len + self.num_visual + text_len
+        self.num_groups = prefix_len + num_frames * self.num_scales + text_len
         self._build()
         self._mask: GroupMask | None = None
 
@@ -74,6 +79,14 @@ class GroupLayout:
                 pos.append(torch.stack([torch.full((n,), float(t)), hh.flatten(), ww.flatten()], -1) + P)
                 group_frame.append(t)
                 group_scale.append(k)
+        if self.text_len:
+            S, start = self.text_len, P + max(self.num_frames, H, W)
+            group.append(P + self.num_frames * self.num_scales + torch.arange(S))
+            frame.append(torch.full((S,), -1))
+            scale.append(torch.full((S,), -1))
+            pos.append((start + torch.arange(S, dtype=torch.float32))[:, None].expand(S, 3))
+            group_frame += [-1] * S
+            group_scale += [-1] * S
         self.group_id = torch.cat(group)
         self.frame_id = torch.cat(frame)
         self.scale_id = torch.cat(scale)

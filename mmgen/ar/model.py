@@ -43,6 +43,8 @@ from mmgen.nn.sgt import SGTLoop, SGTScheduler
 from . import text as text_tokens
 from .layout import GroupLayout
 from .text_encoder import MINILM, load_text_encoder
+from .unified import TextHead
+from .words import WordVocab, split_words
 
 CONDITIONS = ("class", "text")
 TEXT_NULLS = ("empty", "learned")
@@ -121,6 +123,12 @@ class VideoAR(PretrainedModel):
         itt_frac (top fraction of every group's tokens routed to each extra step)
       loop_layers: layers run twice as a whole block (static block looping, a baseline)
 
+      Unified model (mmgen.ar.unified; off by default = the plain generator):
+      text_vocab: word vocabulary (mmgen.ar.words) of the prompts AND of a text output head, so
+        the same transformer also writes captions/answers after a video; None = byte prompts, no
+        text head. text_len: text tokens after the video in a [video -> text] sequence;
+        mtp_heads: extra multi-token-prediction heads (token t+2, t+3, ...) trained alongside
+
     Runtime choices, arguments but not saved config (old configs that hold them still load):
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU);
         see :meth:`set_attention_backend`; every backend computes the same function
@@ -147,7 +155,8 @@ class VideoAR(PretrainedModel):
                  sgt_warmup: float = 0.1, sgt_window: float = 0.1, sgt_top_k: int = 3,
                  sgt_max_layers: int = 3, sgt_keep_heads: int = 2, sgt_ema: float = 0.5,
                  itt_layers: Sequence[int] | None = None, itt_steps: int = 2, itt_frac: float = 0.5,
-                 loop_layers: Sequence[int] | None = None):
+                 loop_layers: Sequence[int] | None = None, text_vocab: Sequence[str] | None = None,
+                 text_len: int = 24, mtp_heads: int = 0):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -159,6 +168,9 @@ class VideoAR(PretrainedModel):
         if (sgt and (itt or loops)) or itt & loops or not itt | loops <= set(range(depth)):
             raise ValueError(f"VideoAR: depth options need distinct layers in 0..{depth - 1} and SGT "
                              f"alone (sgt={sgt}, itt_layers={itt_layers}, loop_layers={loop_layers})")
+        if text_vocab is not None and (cond != "text" or text_encoder is not None):
+            raise ValueError("VideoAR: text_vocab (the unified model) needs cond='text' without a text_encoder")
+        self.words = WordVocab(text_vocab) if text_vocab is not None else None
         self.scales = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in scales]
         self.prefix_len = 1 if cond == "class" else max_text_len
         self.out_dim = bits if head == "bits" else int(codebook_size)
@@ -167,7 +179,7 @@ class VideoAR(PretrainedModel):
         if cond == "class":
             self.cond_embed = nn.Embedding(num_classes + 1, width)  # last row = null class (CFG)
         elif text_encoder is None:
-            self.cond_embed = nn.Embedding(text_tokens.VOCAB_SIZE, width)
+            self.cond_embed = nn.Embedding((self.words or text_tokens).VOCAB_SIZE, width)
         else:
             if text_null not in TEXT_NULLS:
                 raise ValueError(f"VideoAR: text_null={text_null!r} must be one of {TEXT_NULLS}")
@@ -197,7 +209,9 @@ class VideoAR(PretrainedModel):
         self.active_depth: int | None = None  # elastic depth sub-model
         self.norm = RMSNorm(width)
         self.out_proj = nn.Linear(width, self.out_dim, bias=False)
-        self._layouts: dict[int, GroupLayout] = {}
+        if self.words is not None:
+            self.text_head = TextHead(width, self.words.VOCAB_SIZE, mtp_heads)
+        self._layouts: dict[tuple[int, int], GroupLayout] = {}
         self._init_weights()
 
     def _check_checkpoint(self, state: dict, folder: Path) -> None:
@@ -305,13 +319,14 @@ class VideoAR(PretrainedModel):
                 for name, idx in groups.items()}
 
     # ------------------------------------------------------------------ layout & condition
-    def layout(self, num_frames: int | None = None) -> GroupLayout:
-        """The (cached) GroupLayout for ``num_frames`` latent frames (default: config.num_frames)."""
-        n = int(num_frames or self.config.num_frames)
-        if n not in self._layouts:
-            self._layouts[n] = GroupLayout(self.prefix_len, n, self.scales, self.config.pos_mode,
-                                           self.config.frame_window)
-        return self._layouts[n]
+    def layout(self, num_frames: int | None = None, text_len: int = 0) -> GroupLayout:
+        """The (cached) GroupLayout for ``num_frames`` latent frames (default: config.num_frames),
+        followed by ``text_len`` text tokens (a [video -> text] sequence of the unified model)."""
+        key = int(num_frames or self.config.num_frames), int(text_len)
+        if key not in self._layouts:
+            self._layouts[key] = GroupLayout(self.prefix_len, key[0], self.scales, self.config.pos_mode,
+                                             self.config.frame_window, text_len=key[1])
+        return self._layouts[key]
 
     def condition_tokens(self, cond) -> torch.Tensor:
         """Validate a condition and return its prefix tokens [B, prefix_len(, dim)] on the model's device.
@@ -337,7 +352,7 @@ class VideoAR(PretrainedModel):
         if not all(isinstance(c, str) for c in cond):
             raise TypeError("this VideoAR model is text-conditional; pass prompt strings, not class ids")
         if self.text_encoder is None:
-            return text_tokens.encode_batch(list(cond), cfg.max_text_len).to(self.device)
+            return (self.words or text_tokens).encode_batch(list(cond), cfg.max_text_len).to(self.device)
         self.text_encoder.model.to(self.device)
         return self.text_encoder.encode(list(cond), cfg.max_text_len).to(self.device)
 
@@ -358,7 +373,7 @@ class VideoAR(PretrainedModel):
             if self.config.text_null == "empty":
                 return self.condition_tokens([""] * batch_size)
             return torch.zeros(batch_size, self.prefix_len, self.text_encoder.dim, device=self.device)
-        fill = self.config.num_classes if self.config.cond == "class" else text_tokens.PAD_ID
+        fill = self.config.num_classes if self.config.cond == "class" else (self.words or text_tokens).PAD_ID
         return torch.full((batch_size, self.prefix_len), fill, dtype=torch.long, device=self.device)
 
     def embed_condition(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -372,7 +387,7 @@ class VideoAR(PretrainedModel):
     def prompt_token_counts(self, prompts: Sequence[str]) -> list[int]:
         """Prefix tokens each prompt needs (more than ``max_text_len`` = truncated by a text encoder)."""
         if self.text_encoder is None:
-            return [len(p) for p in prompts]
+            return [len(split_words(p)) if self.words else len(p) for p in prompts]
         return [self.text_encoder.token_count(p) for p in prompts]
 
     # ------------------------------------------------------------------ training captions
@@ -443,7 +458,7 @@ class VideoAR(PretrainedModel):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, cond, inputs: Sequence[torch.Tensor], frame_keep: torch.Tensor | None = None,
-                frame_offset: int = 0) -> torch.Tensor:
+                frame_offset: int = 0, text: torch.Tensor | None = None):
         """Teacher-forced logits for every visual token.
 
         cond: see :meth:`condition_tokens` (prefix token ids Long [B, P] are accepted as-is).
@@ -451,22 +466,28 @@ class VideoAR(PretrainedModel):
         frame_keep: optional Random Frame Mask draw bool [B, t, t] (GroupLayout.sample_frame_keep).
         frame_offset: added to the frames' temporal RoPE positions (not the prefix's), so a short
           training clip can stand for frames far into a long windowed sample (0 = the plain layout).
+        text: unified models, word ids Long [B, S] after the video; then the result is (visual logits,
+        text logits per head: list of float32 [B, S, vocab], see :class:`mmgen.ar.unified.TextHead`).
         Returns float32 logits [B, L_visual, out_dim] in layout order (frame, scale, row, col).
         """
-        layout = self.layout(inputs[0].shape[1])
+        layout = self.layout(inputs[0].shape[1], 0 if text is None else text.shape[1])
         prefix = self.embed_condition(self.condition_tokens(cond))
         feats = layout.flatten_visual(inputs)
-        scale_id = layout.scale_id[layout.prefix_len:].to(self.device)
-        x = torch.cat([prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))], dim=1)
+        P, V = layout.prefix_len, layout.num_visual
+        scale_id = layout.scale_id[P:P + V].to(self.device)
+        parts = [prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))]
+        x = torch.cat(parts if text is None else [*parts, self.cond_embed(text.to(self.device))], dim=1)
         pos = layout.pos
         if frame_offset:
             pos = pos.clone()
-            pos[layout.prefix_len:, 0] += frame_offset
+            pos[P:P + V, 0] += frame_offset
         rope = self._rope(pos)
         mask = layout.attention_mask(frame_keep.cpu() if frame_keep is not None else None).to(self.device)
         groups = layout.group_id.to(self.device)
         for block in self._active_blocks():
             x = block(x, rope, mask, groups=groups)
+        if text is not None:
+            return self._output(x[:, P:P + V]), self.text_head(self.norm(x[:, P + V:]))
         return self._output(x[:, layout.prefix_len:])
 
     # ------------------------------------------------------------------ KV-cached decoding

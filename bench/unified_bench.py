@@ -1,0 +1,235 @@
+"""The unified model (mmgen.ar.unified): caption accuracy, and what unification does to generation.
+
+    # captions and answers of held-out clips (seed 1000, never in the training cache of seed 0)
+    python bench/unified_bench.py caption --model mmgen/assets/unified --clips 64
+    # generation: unified vs generation-only, same size, same number of VIDEO tokens, 3 seeds
+    python bench/unified_bench.py train --variant unified --seed 0 --steps 300   # (x seeds, x variants)
+    python bench/unified_bench.py adherence --seed 0 --variant unified            # (x seeds, x variants)
+    python bench/unified_bench.py table
+
+Every part appends rows to ``--log`` (default runs/unified_bench/results.jsonl), so the parts can
+run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the README rows.
+
+* caption: MovingShapes clips (9 frames, plain background, 1-2 objects) of seed 1000; a caption
+  is parsed with the grammar's parser (text it cannot parse scores 0 on every field). One-object
+  clips: each field right. Two-object clips, per object: colour = the object's colour is named,
+  shape/size/motion = those of the predicted object of that colour. Plus question accuracy
+  (one-object clips; count, colour, shape, size, motion) with the same model.
+* train: ``mmgen ar fit-unified --config configs/generator/unified.yaml`` on the shipped build's
+  latent cache; ``unified`` = half the rows understanding, ``genonly`` = none, with half the
+  steps, so both see the same number of generation rows (video tokens with a loss) in
+  expectation; everything else (architecture incl. the unused text head, lr schedule, batch,
+  corruption, early-scale weighting) is the same.
+* adherence: ``--prompts`` canonical captions of held-out clips (seed 2000), one video each
+  (sampling seed 0, the pipeline's default settings), scored by mmgen.metrics.shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = ("color", "shape", "size", "motion")
+CAPTION_SEED, PROMPT_SEED = 1000, 2000
+CLIP = dict(num_frames=9, background="plain", max_objects=2)
+
+
+def _held_out(seed: int, n_per_count: int):
+    from mmgen.data.moving_shapes import MovingShapes
+
+    ds = MovingShapes(8 * n_per_count, seed=seed, **CLIP)
+    clips = {1: [], 2: []}
+    for i in range(len(ds)):
+        s = ds.sample(i)
+        if len(clips[len(s.objects)]) < n_per_count:
+            clips[len(s.objects)].append(s)
+    return clips
+
+
+def _parse(text: str):
+    from mmgen.data.moving_shapes import parse_caption
+
+    try:
+        return parse_caption(text)
+    except ValueError:
+        return []
+
+
+def score_caption(pred_text: str, truth: list[dict]) -> list[dict]:
+    """Per true object: {field: right?} for colour, shape, size, motion."""
+    pred = _parse(pred_text)
+    by_color = {p.color: p for p in pred}
+    out = []
+    for i, t in enumerate(truth):
+        p = by_color.get(t["color"]) or (pred[i] if len(truth) == 1 and pred else None)
+        out.append({f: p is not None and getattr(p, f) == t[f] for f in FIELDS})
+    return out
+
+
+def caption_part(args) -> list[dict]:
+    import torch
+
+    from mmgen.ar.caption import describe
+    from mmgen.data.unified import questions
+    from mmgen.data.moving_shapes import ObjectSpec
+    from mmgen.pipelines.videoar import VideoARPipeline
+
+    torch.set_grad_enabled(False)
+    pipe = VideoARPipeline.from_pretrained(args.model)
+    clips = _held_out(CAPTION_SEED, args.clips)
+    rows = []
+    for count, samples in clips.items():
+        t0 = time.perf_counter()
+        texts = []
+        for i in range(0, len(samples), args.batch):
+            texts += describe(pipe, [s.frames for s in samples[i:i + args.batch]])
+        per_object = [r for s, text in zip(samples, texts) for r in score_caption(text, s.objects)]
+        row = {"part": "caption", "model": args.model, "objects": count, "clips": len(samples),
+               "seconds": round(time.perf_counter() - t0, 1), "examples": texts[:3]}
+        row.update({f: sum(r[f] for r in per_object) / len(per_object) for f in FIELDS})
+        row["all_fields"] = sum(all(r.values()) for r in per_object) / len(per_object)
+        rows.append(row)
+    # questions about the one-object clips: one question kind at a time (a batch shares the question)
+    singles = clips[1]
+    kinds = {"count": 0, "shape": 1, "size": 2, "motion": 3, "color": 4}
+    qa = {k: [questions([ObjectSpec(**{f: s.objects[0][f] for f in ("shape", "color", "size", "motion")})])[v]
+              for s in singles] for k, v in kinds.items()}
+    row = {"part": "questions", "model": args.model, "objects": 1, "clips": len(singles)}
+    for kind, pairs in qa.items():
+        right = 0
+        for i in range(0, len(singles), args.batch):
+            chunk = singles[i:i + args.batch]
+            # the question names the object, so each clip asks its own: group by identical question
+            for j, s in enumerate(chunk):
+                q, a = pairs[i + j]
+                right += describe(pipe, [s.frames], q)[0] == a
+        row[kind] = right / len(singles)
+    rows.append(row)
+    return rows
+
+
+def train_part(args) -> list[dict]:
+    out = Path(args.runs) / f"{args.variant}-s{args.seed}"
+    steps = args.steps if args.variant == "unified" else args.steps // 2
+    ratio = 0.5 if args.variant == "unified" else 0.0
+    cmd = [sys.executable, "-m", "mmgen.cli", "ar", "fit-unified", "--config", "configs/generator/unified.yaml",
+           "--seed_everything", str(args.seed), "--data.train.init_args.path", args.cache,
+           "--data.train.init_args.understand_ratio", str(ratio), "--data.train.init_args.seed", str(args.seed),
+           "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--model.warmup_steps", "10",
+           "--data.batch_size", str(args.batch),
+           "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    seconds = time.perf_counter() - t0
+    ckpt = sorted(out.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1]
+    subprocess.run([sys.executable, "-m", "mmgen.cli", "ar", "export", str(ckpt), str(out / "export"),
+                    "--sampling", "configs/sample/unified.yaml", "--overwrite"], check=True, cwd=ROOT)
+    return [{"part": "train", "variant": args.variant, "seed": args.seed, "steps": steps, "batch": args.batch,
+             "seconds": round(seconds, 1), "model": str(out / "export")}]
+
+
+def adherence_part(args) -> list[dict]:
+    import torch
+
+    from mmgen.data.moving_shapes import caption_of, ObjectSpec
+    from mmgen.metrics.shapes import expected_from_caption, score_video
+    from mmgen.pipelines.videoar import VideoARPipeline, to_uint8_videos
+
+    torch.set_grad_enabled(False)
+    model = args.model or str(Path(args.runs) / f"{args.variant}-s{args.seed}" / "export")
+    pipe = VideoARPipeline.from_pretrained(model)
+    clips = _held_out(PROMPT_SEED, args.prompts)
+    prompts = [caption_of([ObjectSpec(**{f: o[f] for f in ("shape", "color", "size", "motion")}) for o in s.objects])
+               for n in (1, 2) for s in clips[n]]
+    scores = []
+    for i in range(0, len(prompts), args.batch):
+        chunk = prompts[i:i + args.batch]
+        videos = pipe(prompt=chunk, num_frames=CLIP["num_frames"], seed=0, progress=False).frames
+        for p, frames in zip(chunk, to_uint8_videos(videos)):
+            scores.append(score_video(torch.from_numpy(frames), expected_from_caption(p)))
+    row = {"part": "adherence", "variant": args.variant, "seed": args.seed, "model": model, "prompts": len(prompts)}
+    for key in (*FIELDS, "all_correct"):
+        values = [s[key] for s in scores if s[key] is not None]
+        row[key] = sum(values) / len(values)
+    row["bit_loss"] = _held_out_bit_loss(pipe, [s for n in (1, 2) for s in clips[n]], prompts)
+    return [row]
+
+
+def _held_out_bit_loss(pipe, samples, prompts) -> float:
+    """Teacher-forced bitwise BCE of the held-out clips given their captions (generation rows)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.stack([s.frames for s in samples]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    codes = pipe.tokenizer.tokenize(x)
+    model = pipe.transformer
+    logits = model(prompts, pipe.tokenizer.quantizer.next_scale_inputs(codes))
+    target = model.layout(codes[0].shape[1]).flatten_visual(codes)
+    return float(F.binary_cross_entropy_with_logits(logits, (target > 0).float()))
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        if r["part"] == "caption":
+            lines.append(f"caption {r['objects']}-object ({r['clips']} clips, {r['model']}): " +
+                         ", ".join(f"{f} {r[f]:.3f}" for f in (*FIELDS, "all_fields")))
+        elif r["part"] == "questions":
+            lines.append(f"questions 1-object ({r['clips']} clips): " +
+                         ", ".join(f"{k} {r[k]:.3f}" for k in ("count", "color", "shape", "size", "motion")))
+    adh = [r for r in rows if r["part"] == "adherence"]
+    if adh:
+        lines.append("| variant | seeds | " + " | ".join(("colour", "shape", "size", "motion", "all correct",
+                                                           "held-out bit loss")) + " |")
+        lines.append("|---|---|" + "---|" * 6)
+        for variant in ("genonly", "unified"):
+            rs = [r for r in adh if r["variant"] == variant]
+            if rs:
+                lines.append(f"| {variant} | {len(rs)} | " +
+                             " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
+                             + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=("caption", "train", "adherence", "table"))
+    p.add_argument("--model", help="pipeline folder (caption: default mmgen/assets/unified)")
+    p.add_argument("--clips", type=int, default=64, help="held-out clips per object count (caption)")
+    p.add_argument("--prompts", type=int, default=8, help="held-out prompts per object count (adherence)")
+    p.add_argument("--batch", type=int, default=16, help="clips per step (train) or per sampling batch")
+    p.add_argument("--variant", choices=("unified", "genonly"), default="unified")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=300, help="unified steps (genonly runs half)")
+    p.add_argument("--cache", default="runs/unified/latents", help="latent cache of scripts/build_unified_model.sh")
+    p.add_argument("--runs", default="runs/unified_bench")
+    p.add_argument("--log", default="runs/unified_bench/results.jsonl")
+    args = p.parse_args()
+    log = Path(args.log)
+    if args.part == "table":
+        print(table([json.loads(line) for line in log.read_text().splitlines()]))
+        return
+    if args.part == "caption" and args.model is None:
+        args.model = str(ROOT / "mmgen/assets/unified")
+    rows = {"caption": caption_part, "train": train_part, "adherence": adherence_part}[args.part](args)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

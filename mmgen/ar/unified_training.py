@@ -1,0 +1,71 @@
+"""Training of the unified model: ARModule with both directions in every batch.
+
+``mmgen ar fit-unified --config configs/generator/unified.yaml`` (LightningCLI, the same keys as
+``mmgen ar fit`` plus the arguments below) over :class:`mmgen.data.unified.UnifiedLatents` rows.
+One forward per batch: every row is ``[prefix | video | text]``; generation rows carry the
+visual loss (their text is padding), understanding rows the text loss (their prefix is the null
+prompt). Corruption, Random Frame Mask, CFG dropout, EMA, the optimiser and export are
+ARModule's.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mmgen.nn import moe
+
+from .corruption import CorruptionConfig, corrupted_history
+from .training import ARModule
+from .unified import MTP_WEIGHTS, scale_weights, text_loss, text_sequences, visual_loss
+
+
+class UnifiedModule(ARModule):
+    """ARModule for a unified VideoAR (generator config ``text_vocab`` set).
+
+    Extra args:
+      text_weight: weight of the text loss against the visual loss.
+      mtp_weights: loss weights of the generator's ``mtp_heads`` (ERNIE 5.0: 0.3, then 0.1).
+      scale_alpha: early-scale emphasis of the visual loss (:func:`mmgen.ar.unified.scale_weights`;
+        0 = every visual token alike, as ARModule).
+    The mix of directions is the data's (UnifiedLatents understand_ratio / question_ratio).
+    """
+
+    def __init__(self, *args, text_weight: float = 1.0, mtp_weights: Sequence[float] = MTP_WEIGHTS,
+                 scale_alpha: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.model.words is None or self.model.config.head != "bits":
+            raise ValueError("UnifiedModule trains a unified VideoAR: set generator.text_vocab "
+                             "(mmgen.data.unified.grammar_words()) with the bits head")
+
+    def _step(self, batch: dict, train: bool):
+        hp, model = self.hparams, self.model
+        z = self.latents(batch)
+        q = self.tokenizer.quantizer
+        targets, used = corrupted_history(q, z, self.corruption if train else CorruptionConfig(enabled=False))
+        inputs = q.next_scale_inputs(used)
+        understand = torch.tensor([bool(a) for a in batch["answer"]], device=z.device)
+        cond = self.condition(batch, hp.cond_dropout if train else 0.0)
+        cond = torch.where(understand[:, None], model.null_condition(len(understand)), cond)
+        text, text_targets = text_sequences(model.words, batch["query"], batch["answer"], model.config.text_len)
+        keep = None
+        if train and hp.frame_mask_p > 0:
+            keep = model.layout(z.shape[2]).sample_frame_keep(z.shape[0], hp.frame_mask_p)
+        visual, text_logits = model(cond, inputs, keep, text=text)
+        layout = model.layout(z.shape[2])
+        v_loss, acc = visual_loss(visual, layout.flatten_visual(targets), ~understand,
+                                  scale_weights(layout, hp.scale_alpha))
+        t_loss, t_acc = text_loss(text_logits, text_targets, hp.mtp_weights)
+        extra = moe.aux_loss(model) if train else None
+        if extra is not None:
+            v_loss = v_loss + extra
+        self.log(f"{'train' if train else 'val'}/text_acc", t_acc)
+        self.log(f"{'train' if train else 'val'}/text_loss", t_loss.detach())
+        return v_loss + hp.text_weight * t_loss, acc
+
+
+def fit_main(argv: list[str]) -> int:
+    """``mmgen ar fit-unified``: ``mmgen ar fit`` with :class:`UnifiedModule`."""
+    from .cli import _fit
+
+    return _fit(argv, UnifiedModule)

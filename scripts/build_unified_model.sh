@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reproduce the unified model shipped in mmgen/assets/unified (CPU: ~12 min of one idle core for 330 steps).
+#
+#   scripts/build_unified_model.sh          # everything; stops and resumes safely (run it again)
+#
+# (1) latent cache: 2048 MovingShapes clips (seed 0; 1-2 objects, every colour/shape/size/motion,
+#     plain background, canonical captions, 9 frames -> 3 latent frames) encoded with the default
+#     model's tokenizer (mmgen/assets/default/tokenizer: no tokenizer training);
+# (2) `mmgen ar fit-unified --config configs/generator/unified.yaml`: half the rows generate video
+#     from the caption, half caption the clip or answer a question about it; an interrupted run
+#     resumes from its last checkpoint;
+# (3) export -> $OUT (pipeline folder: `mmgen caption --model $OUT` and `mmgen sample --model $OUT`).
+# The held-out benchmark (bench/unified_bench.py) renders clips of other seeds, never in the cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mmgen > /dev/null && [ -f .venv/bin/activate ]; then
+  source .venv/bin/activate
+fi
+command -v mmgen > /dev/null || { echo "mmgen is not installed (pip install -e .)" >&2; exit 1; }
+
+RUN=${RUN:-runs/unified}
+NUM_SAMPLES=${NUM_SAMPLES:-2048}
+CONFIG=${CONFIG:-configs/generator/unified.yaml}
+OUT=${OUT:-mmgen/assets/unified}
+TOKENIZER=mmgen/assets/default/tokenizer
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p "$RUN"
+
+if [ ! -f "$RUN/latents/meta.json" ]; then
+  echo "== (1) latent cache ($NUM_SAMPLES clips)"
+  mmgen ar tokenize --tokenizer "$TOKENIZER" --out "$RUN/latents" --dataset mmgen.data.MovingShapes \
+      --dataset-args "{\"num_samples\": $NUM_SAMPLES, \"seed\": 0, \"num_frames\": 9, \"captions\": \"canonical\", \"background\": \"plain\", \"max_objects\": 2}" \
+      --batch-size 16 --device cpu
+fi
+
+last=$(ls -t "$RUN"/model/lightning_logs/version_*/checkpoints/last.ckpt 2> /dev/null | head -1 || true)
+resume=()
+[ -n "$last" ] && resume=(--ckpt_path "$last")
+echo "== (2) training ${resume[*]:+(resuming $last)}"
+mmgen ar fit-unified --config "$CONFIG" --model.tokenizer "$TOKENIZER" --data.train.init_args.path "$RUN/latents" \
+    --trainer.default_root_dir "$RUN/model" --trainer.logger.init_args.save_dir "$RUN/model" "${resume[@]}"
+
+echo "== (3) pipeline folder -> $OUT"
+mmgen ar export "$(ls -t "$RUN"/model/lightning_logs/version_*/checkpoints/last.ckpt | head -1)" "$OUT" \
+    --sampling configs/sample/unified.yaml --overwrite
+echo "caption: mmgen caption --video CLIP.mp4 --model $OUT    generate: mmgen sample --model $OUT --num-frames 9 --prompt ..."

@@ -1,0 +1,157 @@
+"""The unified model (mmgen.ar.unified): text head off = the plain generator, text after video,
+cached caption decoding == recompute, the word vocabulary, the mixed training step."""
+import pytest
+import torch
+
+from mmgen.ar.caption import NoTextHeadError, generate_text, text_prompt
+from mmgen.ar.layout import GroupLayout
+from mmgen.ar.model import VideoAR
+from mmgen.ar.unified import IGNORE, scale_weights, text_loss, text_sequences
+from mmgen.ar.words import CAPTION, EOS, WordVocab
+from mmgen.data.unified import grammar_words, questions
+from mmgen.data.moving_shapes import parse_caption
+
+BASE = dict(bits=8, scales=[1, 2, 4], num_frames=2, width=32, depth=2, heads=2, max_text_len=12)
+
+
+def _inputs(B=2, F=2, bits=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, F, s, s, bits, generator=g).sign() for s in (1, 2, 4)]
+
+
+def _unified(**kw):
+    torch.manual_seed(0)
+    return VideoAR(**BASE, text_vocab=grammar_words(), text_len=16, **kw).eval()
+
+
+def test_head_off_is_bit_identical():
+    torch.manual_seed(0)
+    plain = VideoAR(**BASE).eval()
+    torch.manual_seed(0)
+    again = VideoAR(**BASE, text_vocab=None, mtp_heads=2).eval()
+    assert plain.state_dict().keys() == again.state_dict().keys()
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    x = _inputs()
+    assert torch.equal(plain(["a red circle", ""], x), again(["a red circle", ""], x))
+    assert GroupLayout(4, 2, [1, 2]).pos.shape == GroupLayout(4, 2, [1, 2], text_len=0).pos.shape
+
+
+def test_text_after_video_layout_and_causality():
+    lay = GroupLayout(3, 2, [1, 2], text_len=4)
+    P, V = 3, lay.num_visual
+    assert lay.length == P + V + 4 and lay.num_groups == 3 + 2 * 2 + 4
+    text_pos = lay.pos[P + V:]
+    assert torch.equal(text_pos[:, 0], text_pos[:, 1]) and torch.equal(text_pos[:, 0], text_pos[:, 2])
+    assert text_pos[0, 0] > lay.pos[:P + V].max()  # uni-RoPE: text placed after every visual coordinate
+    mask = lay.group_mask()
+    assert mask[P + V:, :P + V].all()  # text sees the prompt and the whole video
+    assert not mask[:P + V, P + V:].any()  # nothing before the text sees it
+    assert not mask[P + V, P + V + 1]  # text is causal
+    # text tokens change neither the visual logits nor anything before them
+    m = _unified()
+    x = _inputs()
+    plain = m(["a red circle", "a big blue square"], x)
+    text = torch.randint(5, 20, (2, 16))
+    visual, heads = m(["a red circle", "a big blue square"], x, text=text)
+    assert torch.allclose(plain, visual, atol=1e-6) and len(heads) == 1 and heads[0].shape == (2, 16, m.words.VOCAB_SIZE)
+
+
+def test_cached_caption_equals_recompute():
+    m = _unified(mtp_heads=2)
+    for p in m.text_head.parameters():  # random weights emit varied words instead of one repeated token
+        torch.nn.init.normal_(p, std=1.0)
+    x = _inputs(B=3, seed=1)
+    for question in (None, "what shape is the red object?"):
+        cached = generate_text(m, x, question)
+        recomputed = generate_text(m, x, question, use_cache=False)
+        assert cached == recomputed
+        assert any(len(r) > 1 for r in cached)
+
+
+def test_vocab_errors_and_roundtrip():
+    v = WordVocab(grammar_words())
+    ids = v.encode("A big red circle, moving to the left.")
+    assert v.decode(ids) == "a big red circle, moving to the left."
+    with pytest.raises(ValueError, match=r"'purple', 'hexagon' not in this model's vocabulary"):
+        v.encode("a purple hexagon moving left")
+    with pytest.raises(ValueError, match="'#1'"):
+        v.encode("a red circle #1")
+    with pytest.raises(ValueError, match="at most 3"):
+        v.encode_batch(["a red circle moving"], 3)
+    m = _unified()
+    with pytest.raises(ValueError, match="'purple'"):
+        text_prompt(m, "what color is the purple object?")
+    with pytest.raises(NoTextHeadError):
+        text_prompt(VideoAR(**BASE), None)
+    with pytest.raises(ValueError, match="'purple'"):
+        m.condition_tokens(["a purple circle"])
+
+
+def test_text_sequences_targets_and_loss():
+    v = WordVocab(grammar_words())
+    inputs, targets = text_sequences(v, ["", "what size is the red object?", ""], ["a red circle", "small", ""], 12)
+    assert inputs[0, 0] == CAPTION and targets[0, 0] == v.index["a"] and targets[0, 3] == EOS
+    assert (targets[0, 4:] == IGNORE).all()
+    q_len = len(v.encode("what size is the red object?")) + 2
+    assert (targets[1, :q_len - 1] == IGNORE).all() and targets[1, q_len - 1] == v.index["small"]
+    assert (targets[2] == IGNORE).all() and (inputs[2] == 0).all()
+    logits = [torch.zeros(3, 12, v.VOCAB_SIZE, requires_grad=True) for _ in range(3)]
+    loss, _ = text_loss(logits, targets, (0.3, 0.1))
+    n = torch.log(torch.tensor(float(v.VOCAB_SIZE)))
+    assert torch.isclose(loss, n * 1.4, atol=1e-5)  # uniform logits: CE = log V per head, weights 1 + 0.3 + 0.1
+    loss.backward()
+    assert logits[2].grad.abs().sum() > 0
+
+
+def test_scale_weights_emphasise_early_scales():
+    lay = GroupLayout(2, 2, [1, 2, 4])
+    flat = scale_weights(lay, 0.0)
+    assert torch.equal(flat, torch.ones_like(flat))
+    w = scale_weights(lay, 0.5)
+    assert torch.isclose(w.mean(), torch.tensor(1.0)) and w[0] == 4 * w[-1]
+
+
+def test_questions_cover_every_field():
+    qa = dict(questions(parse_caption("a small red circle moving left and a large blue circle bouncing")))
+    assert qa["how many objects are there?"] == "two"
+    assert qa["how is the blue object moving?"] == "bouncing"
+    assert "what color is the circle?" not in qa  # two circles: ambiguous, not asked
+    v = WordVocab(grammar_words())
+    for q, a in qa.items():
+        v.encode(q), v.encode(a)
+
+
+TOKENIZER = dict(base_channels=8, channel_mult=(1, 1, 1), temporal_downsample=(True, True), patch_size=1,
+                 norm_groups=4, latent_dim=8, scales=(1, 2, 4), sample_size=16, num_frames=5)
+
+
+def test_mixed_training_step_and_dataset(tmp_path):
+    from mmgen.ar.training import load_tokenizer
+    from mmgen.ar.unified_training import UnifiedModule
+    from mmgen.data.latents import tokenize_dataset
+    from mmgen.data.moving_shapes import MovingShapes
+    from mmgen.data.unified import UnifiedLatents
+
+    torch.manual_seed(0)
+    tokenize_dataset(MovingShapes(6, size=16, num_frames=5, seed=3), load_tokenizer(config=TOKENIZER), tmp_path)
+    data = UnifiedLatents(str(tmp_path), understand_ratio=0.5, question_ratio=0.5, seed=0)
+    items = [data[i % len(data)] for i in range(24)]
+    kinds = {("gen" if not it["answer"] else "caption" if not it["query"] else "question") for it in items}
+    assert kinds == {"gen", "caption", "question"}
+    assert all(it["caption"] == " and ".join(it["caption"].split(" and ")) for it in items)
+    with pytest.raises(ValueError, match="understand_ratio"):
+        UnifiedLatents(str(tmp_path), understand_ratio=1.5)
+
+    module = UnifiedModule(preset=None, generator={**BASE, "max_text_len": 16, "text_vocab": grammar_words(), "text_len": 20,
+                                                    "mtp_heads": 2}, tokenizer_config=TOKENIZER, scale_alpha=0.5)
+    batch = {k: [it[k] for it in items[:4]] for k in ("caption", "query", "answer")}
+    batch["latent"] = torch.stack([it["latent"] for it in items[:4]])
+    batch["answer"][0], batch["answer"][1] = "", data.captions[0]  # one row of each direction at least
+    loss, _ = module._step(batch, train=True)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert module.model.out_proj.weight.grad.abs().sum() > 0  # the generation row's visual loss
+    assert all(h.weight.grad.abs().sum() > 0 for h in module.model.text_head.heads)  # text + both MTP heads
+    with pytest.raises(ValueError, match="text_vocab"):
+        UnifiedModule(preset=None, generator=BASE, tokenizer_config=TOKENIZER)
