@@ -189,7 +189,9 @@ class ARModule(pl.LightningModule):
             tokens = torch.where(drop, self.model.null_condition(tokens.shape[0]), tokens)
         return tokens
 
-    def _step(self, batch: dict, train: bool):
+    def _inputs(self, batch: dict, train: bool):
+        """(latents, targets, next-scale inputs, condition, Random Frame Mask draw) of a batch; in
+        training with corruption, condition dropout and the frame mask."""
         z = self.latents(batch)
         q = self.tokenizer.quantizer
         corruption = self.corruption if train else CorruptionConfig(enabled=False)
@@ -199,15 +201,24 @@ class ARModule(pl.LightningModule):
         keep = None
         if train and self.hparams.frame_mask_p > 0:
             keep = self.model.layout(z.shape[2]).sample_frame_keep(z.shape[0], self.hparams.frame_mask_p)
+        return z, targets, inputs, cond, keep
+
+    def _moe_aux_loss(self) -> torch.Tensor | float:
+        """The sequence-wise balance loss of this training forward (0 when off), logged."""
+        extra = moe.aux_loss(self.model)
+        if extra is None:
+            return 0.0
+        self.log("train/moe_aux", extra)
+        return extra
+
+    def _step(self, batch: dict, train: bool):
+        z, targets, inputs, cond, keep = self._inputs(batch, train)
         offset = 0
         if train and self.hparams.frame_offset_max and torch.rand(()) < 0.5:
             offset = int(torch.randint(1, self.hparams.frame_offset_max + 1, ()))
         loss, acc = ar_loss(self.model(cond, inputs, keep, offset), targets, self.model)
         if train:
-            extra = moe.aux_loss(self.model)
-            if extra is not None:
-                self.log("train/moe_aux", extra)
-                loss = loss + extra
+            loss = loss + self._moe_aux_loss()
             if self.model.elastic is not None:
                 loss = loss + self._elastic_loss(cond, inputs, keep, targets)
         return loss, acc

@@ -13,9 +13,6 @@ from collections.abc import Sequence
 
 import torch
 
-from mmgen.nn import moe
-
-from .corruption import CorruptionConfig, corrupted_history
 from .training import ARModule
 from .unified import MTP_WEIGHTS, scale_weights, text_loss, text_sequences, visual_loss
 
@@ -40,25 +37,17 @@ class UnifiedModule(ARModule):
 
     def _step(self, batch: dict, train: bool):
         hp, model = self.hparams, self.model
-        z = self.latents(batch)
-        q = self.tokenizer.quantizer
-        targets, used = corrupted_history(q, z, self.corruption if train else CorruptionConfig(enabled=False))
-        inputs = q.next_scale_inputs(used)
+        z, targets, inputs, cond, keep = self._inputs(batch, train)
         understand = torch.tensor([bool(a) for a in batch["answer"]], device=z.device)
-        cond = self.condition(batch, hp.cond_dropout if train else 0.0)
         cond = torch.where(understand[:, None], model.null_condition(len(understand)), cond)
         text, text_targets = text_sequences(model.words, batch["query"], batch["answer"], model.config.text_len)
-        keep = None
-        if train and hp.frame_mask_p > 0:
-            keep = model.layout(z.shape[2]).sample_frame_keep(z.shape[0], hp.frame_mask_p)
         visual, text_logits = model(cond, inputs, keep, text=text)
         layout = model.layout(z.shape[2])
         v_loss, acc = visual_loss(visual, layout.flatten_visual(targets), ~understand,
                                   scale_weights(layout, hp.scale_alpha))
         t_loss, t_acc = text_loss(text_logits, text_targets, hp.mtp_weights)
-        extra = moe.aux_loss(model) if train else None
-        if extra is not None:
-            v_loss = v_loss + extra
+        if train:
+            v_loss = v_loss + self._moe_aux_loss()
         self.log(f"{'train' if train else 'val'}/text_acc", t_acc)
         self.log(f"{'train' if train else 'val'}/text_loss", t_loss.detach())
         return v_loss + hp.text_weight * t_loss, acc
