@@ -16,17 +16,13 @@
 # Stage lengths: STEPS1 / STEPS2 override the configs' max_steps (the cosine schedule follows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v mmgen > /dev/null && [ -f .venv/bin/activate ]; then
-  source .venv/bin/activate   # the README's set-up puts mmgen in .venv
-fi
-command -v mmgen > /dev/null || { echo "mmgen is not installed (pip install -e .)" >&2; exit 1; }
+source scripts/setup.sh
 
 RUN=${RUN:-runs/default_model}
 TOKENIZER=${TOKENIZER:-}
 NUM_SAMPLES=${NUM_SAMPLES:-4096}
 OUT=${OUT:-mmgen/assets/default}
 EVAL=${EVAL:-1}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$RUN"
 
 stamp() { echo "$1 $(date -u +%FT%TZ) $SECONDS" >> "$RUN/stage_times.txt"; }

@@ -13,16 +13,12 @@
 # analytic MovingShapes benchmark (colour / motion adherence) in $RUN/eval.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v mmgen > /dev/null && [ -f .venv/bin/activate ]; then
-  source .venv/bin/activate   # the README's set-up puts mmgen in .venv
-fi
-command -v mmgen > /dev/null || { echo "mmgen is not installed (pip install -e .)" >&2; exit 1; }
+source scripts/setup.sh
 
 RUN=${RUN:-runs/default_model}
 TOKENIZER=${TOKENIZER:-}
 NUM_SAMPLES=${NUM_SAMPLES:-2048}
 OUT=${OUT:-mmgen/assets/default}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$RUN"
 
 if [ -z "$TOKENIZER" ]; then

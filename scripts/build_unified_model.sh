@@ -13,17 +13,13 @@
 # The held-out benchmark (bench/unified_bench.py) renders clips of other seeds, never in the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v mmgen > /dev/null && [ -f .venv/bin/activate ]; then
-  source .venv/bin/activate
-fi
-command -v mmgen > /dev/null || { echo "mmgen is not installed (pip install -e .)" >&2; exit 1; }
+source scripts/setup.sh
 
 RUN=${RUN:-runs/unified}
 NUM_SAMPLES=${NUM_SAMPLES:-2048}
 CONFIG=${CONFIG:-configs/generator/unified.yaml}
 OUT=${OUT:-mmgen/assets/unified}
 TOKENIZER=mmgen/assets/default/tokenizer
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$RUN"
 
 if [ ! -f "$RUN/latents/meta.json" ]; then
