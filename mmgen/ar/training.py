@@ -169,8 +169,8 @@ class ARModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Plain-JSON configs so `mmgen ar export` can rebuild both models without the original
         # tokenizer folder (and load with weights_only=True).
-        checkpoint["generator_config"] = json.loads(json.dumps(dict(self.model.config)))
-        checkpoint["tokenizer_config"] = json.loads(json.dumps(dict(self.tokenizer.config)))
+        checkpoint["generator_config"] = json.loads(self.model.to_json_string())
+        checkpoint["tokenizer_config"] = json.loads(self.tokenizer.to_json_string())
 
     # ------------------------------------------------------------------ data -> model inputs
     @torch.no_grad()
