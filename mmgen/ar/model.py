@@ -302,21 +302,25 @@ class VideoAR(PretrainedModel):
     def _active_blocks(self):
         return self.blocks[:self.active_depth] if self.active_depth else self.blocks
 
-    def routing_counts(self) -> dict[str, torch.Tensor]:
-        """Expert use of the last full-sequence forward per modality: {"text" (or "class"), "scale0",
-        ...} -> Long [MoE layers, experts] (tokens routed to each expert); {} for a dense model."""
+    def routing_counts(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Expert use of the last full-model forward per group of tokens: {name: Long [sparse layers,
+        experts]} (top-k choices counted); {} for a dense model.  masks: {name: bool [B, L] or [L]}
+        over that forward's sequence; None = the prefix ("text" or "class") and each scale's visual
+        tokens ("scale0", ...)."""
         layers = [m for m in moe_layers(self) if m.last_choice is not None]
         if not layers:
             return {}
-        per_frame = sum(h * w for h, w in self.scales)
-        layout = self.layout((layers[0].last_choice.shape[1] - self.prefix_len) // per_frame)
-        P = layout.prefix_len
-        scale_id = layout.scale_id[P:]
-        groups = {self.config.cond: torch.arange(P)}
-        groups.update({f"scale{k}": P + torch.nonzero(scale_id == k).flatten() for k in range(len(self.scales))})
-        return {name: torch.stack([torch.bincount(m.last_choice[:, idx.to(m.last_choice.device)].flatten(),
+        B, L = layers[0].last_choice.shape[:2]
+        if masks is None:
+            layout = self.layout((L - self.prefix_len) // sum(h * w for h, w in self.scales))
+            P, V = layout.prefix_len, layout.num_visual
+            scale_id = torch.full((L,), -1, dtype=torch.long)
+            scale_id[P:P + V] = layout.scale_id[P:P + V]  # a unified model's text after the video: no scale
+            masks = {self.config.cond: torch.arange(L) < P}
+            masks.update({f"scale{k}": scale_id == k for k in range(len(self.scales))})
+        return {name: torch.stack([torch.bincount(m.last_choice[mask.to(m.last_choice.device).expand(B, L)].flatten(),
                                                   minlength=m.n_experts).cpu() for m in layers])
-                for name, idx in groups.items()}
+                for name, mask in masks.items()}
 
     # ------------------------------------------------------------------ layout & condition
     def layout(self, num_frames: int | None = None, text_len: int = 0) -> GroupLayout:
