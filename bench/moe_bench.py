@@ -296,7 +296,7 @@ def active_ffn_params(config) -> int:
 
 
 def make_module(variant: str, seed: int, bias_rate: float | None = None, bias_schedule: str | None = None,
-                elastic_weight: float | None = None):
+                elastic_weight: float | None = None, bias_rate_end: float | None = None):
     from mmgen.ar.training import ARModule
 
     pl.seed_everything(seed, verbose=False)
@@ -307,6 +307,8 @@ def make_module(variant: str, seed: int, bias_rate: float | None = None, bias_sc
         gen["moe_bias_rate"] = bias_rate
     if bias_schedule is not None:
         gen["moe_bias_schedule"] = bias_schedule
+    if bias_rate_end is not None:
+        gen["moe_bias_rate_end"] = bias_rate_end
     return ARModule(preset=None, generator=gen, tokenizer=str(TOKENIZER), lr=1e-3, warmup_steps=20,
                     corruption={"enabled": True, "p_max": 0.25, "delta": 0.01})
 
@@ -325,14 +327,15 @@ def loaders(cache: str, batch: int, seed: int):
 
 def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str | None = None,
         curve_every: int = 10, prompts: int = 16, bias_rate: float | None = None,
-        bias_schedule: str | None = None, elastic_weight: float | None = None) -> dict:
+        bias_schedule: str | None = None, elastic_weight: float | None = None,
+        bias_rate_end: float | None = None) -> dict:
     """Train one variant (quality run: no timing); held-out loss, balance (final and curve), adherence."""
     import torch
 
     from mmgen.ar.flops import forward_flops
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    module = make_module(variant, seed, bias_rate, bias_schedule, elastic_weight)
+    module = make_module(variant, seed, bias_rate, bias_schedule, elastic_weight, bias_rate_end)
     train, val = loaders(cache, batch, seed)
     val_batches = list(val)
     sparse = module.model.sparse_ffn is not None
@@ -351,6 +354,7 @@ def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str |
            "active_ffn_params": active_ffn_params(model.config), "forward_flops_per_token": flops["per_token"],
            "bias_rate": model.config.moe_bias_rate if sparse else None,
            "bias_schedule": model.config.get("moe_bias_schedule") if sparse else None,
+           "bias_rate_end": model.config.get("moe_bias_rate_end") if sparse else None,
            "elastic_weight": model.elastic.weight if model.elastic is not None else None}
     if sparse:
         out.update(balance(module, val_batches))
@@ -504,7 +508,8 @@ def main() -> None:
     ap.add_argument("--curve-every", type=int, default=10, help="MaxVio curve: optimiser steps between points")
     ap.add_argument("--prompts", type=int, default=16, help="held-out captions sampled for adherence (0 = none)")
     ap.add_argument("--bias-rate", type=float, help="override moe_bias_rate of the balanced variants")
-    ap.add_argument("--bias-schedule", help="override moe_bias_schedule (constant / cosine)")
+    ap.add_argument("--bias-schedule", help="override moe_bias_schedule (constant / cosine / exp)")
+    ap.add_argument("--bias-rate-end", type=float, help="override moe_bias_rate_end (the exp schedule's last rate)")
     ap.add_argument("--elastic-weight", type=float, help="override the elastic sub-model loss weight (default 1)")
     ap.add_argument("--cache", default="runs/moe_bench/cache")
     ap.add_argument("--train-clips", type=int, default=512)
@@ -529,7 +534,8 @@ def main() -> None:
             jobs = [(v, int(s)) for s in args.seeds.split(",") for v in variants]
             with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
                 futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache, args.save, args.curve_every,
-                                       args.prompts, args.bias_rate, args.bias_schedule, args.elastic_weight)
+                                       args.prompts, args.bias_rate, args.bias_schedule, args.elastic_weight,
+                                       args.bias_rate_end)
                            for v, s in jobs]
                 for f in futures:
                     _append(log, f.result())

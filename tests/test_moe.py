@@ -362,6 +362,21 @@ def test_cosine_bias_schedule_decays_the_step_to_zero_and_is_validated():
         _tiny_moe(moe_bias_schedule="linear")
 
 
+def test_exp_bias_schedule_decays_the_step_to_the_end_rate_and_is_validated():
+    from mmgen.nn.moe import balance_step, bias_rate_scale
+
+    assert bias_rate_scale("exp", 0, 100, 0.01) == 1.0 and bias_rate_scale("exp", 50, 100, 0.01) == pytest.approx(0.1)
+    m = _tiny_moe(moe_bias_rate=1e-2, moe_bias_schedule="exp", moe_bias_rate_end=1e-4)
+    layer = moe_layers(m)[0]
+    for step, expected in ((0, 1e-2), (50, 1e-3), (100, 1e-4), (150, 1e-4)):
+        layer.expert_bias.zero_()
+        layer.step_counts.copy_(torch.tensor([5.0, 1.0, 1.0, 1.0]))
+        balance_step(m, step, 100)
+        assert layer.expert_bias[0].item() == pytest.approx(-expected, rel=1e-5)
+    with pytest.raises(ValueError, match="moe_bias_rate_end"):
+        _tiny_moe(moe_bias_rate=1e-3, moe_bias_schedule="exp", moe_bias_rate_end=1e-2)
+
+
 MLLM_MOE = dict(image_size=32, patch=8, vit_dim=32, vit_depth=1, vit_heads=1, dim=32, depth=3, heads=1,
                 mlp_ratio=2.0, ffn="moe", moe_experts=4, moe_top_k=2, moe_dense_layers=1, moe_bias_rate=0.01,
                 moe_aux_alpha=1e-3)

@@ -105,8 +105,9 @@ class VideoAR(PretrainedModel):
       moe_experts, moe_top_k, moe_shared, moe_expert_hidden: routed experts, chosen per token,
         always-on shared experts, expert hidden size (None = active FFN size of the dense model)
       moe_dense_layers: the first layers keep a dense FFN
-      moe_bias_rate: loss-free balancing step; moe_bias_schedule: "constant" or "cosine" (the step
-        decays to 0 over the training run); moe_aux_alpha: sequence-wise aux loss (0 = off)
+      moe_bias_rate: loss-free balancing step; moe_bias_schedule: "constant", "cosine" (the step
+        decays to 0 over the training run) or "exp" (geometric decay to moe_bias_rate_end);
+        moe_aux_alpha: sequence-wise aux loss (0 = off)
       moe_kernel: "auto" (grouped GEMM where it runs), "grouped" or "loop"
       ffn="mohd" (mmgen.nn.mohd): mohd_expansion x the dense hidden dims, mohd_shared_fraction of
         the dense hidden always on, routed groups of mohd_group dims (bias/aux/kernel as moe_*)
@@ -147,7 +148,7 @@ class VideoAR(PretrainedModel):
                  attn_backend: str = "auto", grad_checkpointing: bool = False, ffn: str = "dense",
                  moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1,
                  moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
-                 moe_bias_schedule: str = "constant", moe_aux_alpha: float = 0.0, moe_kernel: str = "auto",
+                 moe_bias_schedule: str = "constant", moe_bias_rate_end: float = 1e-4, moe_aux_alpha: float = 0.0, moe_kernel: str = "auto",
                  mohd_expansion: float = 2.0, mohd_shared_fraction: float = 0.5, mohd_group: int = 32,
                  moue_pool: int | None = None, moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None,
                  text_encoder: str | None = None, text_encoder_sha256: str | None = None,
