@@ -426,19 +426,31 @@ def _mean(values: list[float]) -> float:
     return statistics.mean(values) if values else float("nan")
 
 
+def _label(r: dict) -> str:
+    """Table key of a quality row: the variant, plus the balancing / elastic settings a run
+    overrode (--bias-rate, --bias-schedule, --elastic-weight)."""
+    extra = []
+    base_rate = VARIANTS[r["variant"]].get("moe_bias_rate", BASE["moe_bias_rate"])
+    if r.get("bias_rate") not in (None, base_rate):
+        extra.append(f"rate {r['bias_rate']:g}")
+    if r.get("bias_schedule") not in (None, "constant", VARIANTS[r["variant"]].get("moe_bias_schedule")):
+        extra.append(r["bias_schedule"] + (f" to {r['bias_rate_end']:g}" if r["bias_schedule"] == "exp" else ""))
+    if r.get("elastic_weight") not in (None, 1.0):
+        extra.append(f"sub-model weight {r['elastic_weight']:g}")
+    return r["variant"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def table(rows: list[dict]) -> str:
     """Quality rows (mean +- std over seeds), tok/s and latency from the timing rows, MaxVio curves."""
     by, timed, floor = {}, {}, {}
     for r in rows:
-        (timed if r.get("timing") else floor if r.get("floor") else by).setdefault(r["variant"], []).append(r)
+        key = r["variant"] if r.get("timing") or r.get("floor") else _label(r)
+        (timed if r.get("timing") else floor if r.get("floor") else by).setdefault(key, []).append(r)
     tps = {v: _mean([r["tokens_per_s"] for r in rs]) for v, rs in timed.items()}
     lines = ["| variant | seeds | held-out bit loss | colour | shape | MaxVio all tokens (worst layer) "
              "| MaxVio real tokens (worst layer) | train tok/s (x dense) | active FFN / total params | fwd MFLOP/token |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for v in VARIANTS:
-        rs = by.get(v)
-        if not rs:
-            continue
+    for v, rs in sorted(by.items(), key=lambda kv: list(VARIANTS).index(kv[1][0]["variant"])):
         vio = lambda key: (f"{_fmt([r[key] for r in rs], 3)} ({_mean([r[key + '_max'] for r in rs]):.3f})"  # noqa: E731
                            if key in rs[0] else "-")
         speed = f"{tps[v]:.0f} ({tps[v] / tps['dense']:.2f})" if v in tps and "dense" in tps else "-"
@@ -470,10 +482,9 @@ def table(rows: list[dict]) -> str:
         for i, step in enumerate(steps):
             cells = [_mean([r["curve"][i][2] for r in curves[v] if i < len(r["curve"])]) for v in names]
             lines.append(f"| {step} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    el = by.get("moe-elastic")
-    if el:
+    for key, el in ((k, rs) for k, rs in by.items() if rs[0]["variant"] == "moe-elastic"):
         lat = timed.get("moe-elastic", [{}])[0]
-        lines += ["", "| elastic sub-model (trained elastic) | held-out bit loss | vs full | colour | shape | sampling latency s (4 videos) |",
+        lines += ["", f"| {key}: sub-model | held-out bit loss | vs full | colour | shape | sampling latency s (4 videos) |",
                   "|---|---|---|---|---|---|"]
         full = _mean([r["loss[full]"] for r in el])
         for name in SUBMODELS:
@@ -484,7 +495,7 @@ def table(rows: list[dict]) -> str:
         base = {r["seed"]: r["loss[full]"] for r in by.get("moe", [])}
         pairs = [r["loss[full]"] / base[r["seed"]] - 1 for r in el if r["seed"] in base]
         if pairs:
-            lines.append(f"\nelastic full model vs the same MoE trained without elasticity, same seeds ({len(pairs)}): "
+            lines.append(f"\n{key}: full model vs the same MoE trained without elasticity, same seeds ({len(pairs)}): "
                          f"{_mean(pairs):+.2%} held-out loss (per seed: {', '.join(f'{x:+.2%}' for x in pairs)})")
     return "\n".join(lines)
 
