@@ -428,7 +428,7 @@ def _mean(values: list[float]) -> float:
 
 def _label(r: dict) -> str:
     """Table key of a quality row: the variant, plus the balancing / elastic settings a run
-    overrode (--bias-rate, --bias-schedule, --elastic-weight)."""
+    overrode (--bias-rate, --bias-schedule, --elastic-weight) and a length other than 100 steps."""
     extra = []
     base_rate = VARIANTS[r["variant"]].get("moe_bias_rate", BASE["moe_bias_rate"])
     if r.get("bias_rate") not in (None, base_rate):
@@ -437,6 +437,8 @@ def _label(r: dict) -> str:
         extra.append(r["bias_schedule"] + (f" to {r['bias_rate_end']:g}" if r["bias_schedule"] == "exp" else ""))
     if r.get("elastic_weight") not in (None, 1.0):
         extra.append(f"sub-model weight {r['elastic_weight']:g}")
+    if r.get("steps", 100) != 100:  # a log may hold runs of several lengths
+        extra.append(f"{r['steps']} steps")
     return r["variant"] + (f" ({', '.join(extra)})" if extra else "")
 
 
