@@ -9,7 +9,8 @@ transformers = pytest.importorskip("transformers")
 
 from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace  # noqa: E402
 from mmgen.mllm.hf import Qwen2VLDecoder, vicrop  # noqa: E402
-from test_blink_hf import expand_everyone, tokensr_step_lowers_its_loss  # noqa: E402  shared with LLaVA's
+from test_blink_hf import (bench_script_scores_pope_files_and_trains_tokensr, expand_everyone,  # noqa: E402
+                           tokensr_step_lowers_its_loss)  # shared with LLaVA's
 
 IMAGE, START, END = 150, 152, 153  # image pad / vision start / vision end ids of the tiny config
 GRID = (4, 4)  # merged token grid of a 32 x 32 image: 8 x 8 patches of 4 px, merged 2 x 2
@@ -249,3 +250,10 @@ def test_vqa_command_names_an_unsupported_hf_family(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "blip"), "--image", "x.png", "--question", "what ?"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'blip-2'" in err and "'llava'" in err and "'qwen2_vl'" in err
+
+
+@pytest.mark.slow
+def test_qwen2vl_bench_script_scores_pope_files_and_trains_tokensr(tmp_path, capsys):
+    folder = tmp_path / "qwen"
+    tiny_qwen2vl_folder(folder)
+    bench_script_scores_pope_files_and_trains_tokensr(folder, tmp_path, capsys, "--image-side", "32")
