@@ -290,7 +290,7 @@ class TinyLlava(PretrainedModel):
         return (i, *(torch.cat([t[:, :, :nv], *m, t[:, :, ts:]], 2) for t, m in zip((q, k, v), middle)))
 
     def select(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
-        """The samples ``index`` (Long [b]) of a batch state (rope and mask rebuilt for them)."""
+        """The samples ``index`` (Long [b]) of a batch state (their rotary rows, the mask rebuilt)."""
         per_sample = lambda t: t[index] if t is not None and t.ndim >= 3 else t  # noqa: E731
         return self._finish(replace(
             state, h=state.h[index], pos=per_sample(state.pos),
