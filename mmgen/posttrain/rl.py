@@ -18,7 +18,8 @@ latent frames. Plain GRPO: ``A_bit = A`` (the video's advantage). With curiosity
 an intrinsic-curiosity module predicts the reference model's next hidden state from its
 current one and the sampled token; its error, whitened over the batch keeping its mean and
 scaled by ``eta``, is added to ``A_bit`` only for bits where the sample differs from the
-greedy bit (the policy's top-1).
+greedy bit (the policy's top-1): a per-bit reward, as CD-RLHF's is per token, never summed into
+the video's reward (:func:`bit_advantages`).
 
 "Next state" for a bitwise next-scale model: the reference model's final hidden state at the
 same (centre-mapped) place in the next group (the next scale of the frame, or the next
