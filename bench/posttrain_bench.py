@@ -224,14 +224,18 @@ def part_diversity(args) -> dict:
     return {"rows": {str(t): r for t, r in rows.items()}, "args": vars(args)}
 
 
-def variant_name(eta: float) -> str:
-    return "GRPO" if eta == 0 else f"GRPO + curiosity eta {eta:g}"
+def variant_name(eta: float, args) -> str:
+    if eta == 0:
+        return "GRPO"
+    extra = [f"ICM lr {args.icm_lr:g}"] if args.icm_lr != RLConfig.icm_lr else []
+    extra += ["zero-mean whitening"] if args.drop_mean else []
+    return f"GRPO + curiosity eta {eta:g}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def part_rl(args) -> dict:
     base = under_trained(args)
     raw = raw_settings(args.temperature)
-    variants = {variant_name(e): e for e in args.etas}
+    variants = {variant_name(e, args): e for e in args.etas}
 
     def evaluate(pipe) -> dict:
         return evaluate_prompts(pipe, held_out(args.concept), args.eval_n, seed=200, **raw)
@@ -244,7 +248,8 @@ def part_rl(args) -> dict:
             pipe = copy.deepcopy(base)
             cfg = RLConfig(steps=args.rl_steps, prompts_per_step=args.prompts_per_step, group_size=args.group,
                            lr=args.rl_lr, warmup_steps=args.warmup, kl_coef=args.kl_coef, temperature=args.temperature,
-                           curiosity=eta > 0, eta=eta or RLConfig.eta, seed=seed)
+                           curiosity=eta > 0, eta=eta or RLConfig.eta, icm_lr=args.icm_lr,
+                           keep_mean=not args.drop_mean, seed=seed)
             t0 = time.time()
             hist = GRPOTrainer(pipe, train_captions(args.concept), cfg,
                                log=lambda s, tag=f"{name} seed {seed}": print(f"  {tag}: {s}", flush=True)).run()
@@ -321,6 +326,8 @@ def main() -> None:
     p.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.06],
                    help="RL variants: curiosity scales, 0 = plain GRPO")
     p.add_argument("--warmup", type=int, default=0, help="RL: linear lr warm-up steps")
+    p.add_argument("--icm-lr", type=float, default=RLConfig.icm_lr, help="RL: the curiosity module's lr")
+    p.add_argument("--drop-mean", action="store_true", help="RL: zero-mean whitening of the intrinsic reward")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.5, 1.0, 1.5],
                    help="diversity: sampling temperatures")
     p.add_argument("--json", help="also write the results here")

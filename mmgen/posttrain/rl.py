@@ -57,6 +57,9 @@ class RLConfig:
     curiosity: bool = False
     eta: float = 0.06  # intrinsic reward scale (CD-RLHF)
     icm_lr: float = 1e-5  # the ICM's own Adam (CD-RLHF)
+    # whitening of the intrinsic reward keeps its mean (the paper / issue); False: zero mean, as the
+    # authors' code does in effect (its whiten is called with the default that drops the mean)
+    keep_mean: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -151,12 +154,13 @@ def bit_advantages(adv: torch.Tensor, r_int: torch.Tensor | None, not_greedy: to
     return out + eta * r_int[..., None] * not_greedy
 
 
-def whiten_keep_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, keep_mean: bool = True) -> torch.Tensor:
+    """Unit variance over the ``mask``ed entries; their mean is kept or moved to 0."""
     vals = x[mask]
     if vals.numel() < 2:
         return x
     mean, std = vals.mean(), vals.std()
-    return (x - mean) / (std + 1e-8) + mean
+    return (x - mean) / (std + 1e-8) + (mean if keep_mean else 0.0)
 
 
 class GRPOTrainer:
@@ -232,7 +236,7 @@ class GRPOTrainer:
             self.icm_opt.zero_grad(set_to_none=True)
             icm_loss.backward()
             self.icm_opt.step()
-            r_int = whiten_keep_mean(err.detach(), valid) * valid
+            r_int = whiten(err.detach(), valid, c.keep_mean) * valid
             # the bonus's net push towards the non-greedy bits (its noise averages out)
             push = (r_int[..., None] * not_greedy).sum() / not_greedy.sum().clamp(min=1)
             stats.update(icm_loss=icm_loss.item(), intrinsic=err.detach()[valid].mean().item(),
