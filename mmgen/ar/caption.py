@@ -17,6 +17,7 @@ from mmgen.io import resize_video
 from mmgen.nn import KVCache
 
 from .model import ARCache, VideoAR
+from .unified import video_inputs
 from .words import ANSWER, CAPTION, EOS, PAD, QUESTION
 
 
@@ -63,7 +64,7 @@ def _next_token(model: VideoAR, h: torch.Tensor) -> torch.Tensor:
 def generate_text(model: VideoAR, inputs: Sequence[torch.Tensor], question: str | None = None,
                   use_cache: bool = True) -> list[list[int]]:
     """Greedy text ids (without ``<eos>``) per row after the video ``inputs``
-    (``tokenizer.quantizer.next_scale_inputs(codes)``: list[K] of [B, t, h_k, w_k, d])."""
+    (:func:`mmgen.ar.unified.video_inputs` of the clip's codes: list[K] of [B, t, h_k, w_k, d])."""
     start = text_prompt(model, question)
     B, F = inputs[0].shape[:2]
     S = model.config.text_len
@@ -115,5 +116,5 @@ def describe(pipe, videos: Sequence[torch.Tensor], question: str | None = None) 
     clips = torch.stack([resize_video(v[:n], pipe.frame_size) for v in videos])  # [B, n, H, W, 3]
     x = clips.to(pipe.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
     codes = pipe.tokenizer.tokenize(x.to(pipe.tokenizer.dtype))
-    ids = generate_text(model, pipe.tokenizer.quantizer.next_scale_inputs(codes), question)
+    ids = generate_text(model, video_inputs(pipe.tokenizer.quantizer, codes), question)
     return [model.words.decode(row) for row in ids]
