@@ -69,6 +69,26 @@ def test_cached_caption_equals_recompute():
         assert any(len(r) > 1 for r in cached)
 
 
+def test_model_owned_text_cache_equals_full_forward():
+    """VideoAR.new_cache(text_len) + feed_video + forward_text (a chunk, then one token at a time)
+    give the full teacher-forced forward's text logits, every head."""
+    m = _unified(mtp_heads=2)
+    x = _inputs(B=2, seed=2)
+    text = torch.randint(5, m.words.VOCAB_SIZE, (2, 16))
+    _, full = m(m.null_condition(2), x, text=text)
+    cache = m.new_cache(2, 2, text_len=16)
+    with pytest.raises(RuntimeError, match="after feed_video"):
+        m.forward_text(cache, text[:, :1])
+    m.feed_video(cache, m.null_condition(2), x)
+    with pytest.raises(RuntimeError, match="fresh cache"):
+        m.feed_video(cache, m.null_condition(2), x)
+    steps = [m.forward_text(cache, text[:, :5])] + [m.forward_text(cache, text[:, i:i + 1]) for i in range(5, 16)]
+    for h, head in enumerate(full):
+        assert torch.allclose(torch.cat([s[h] for s in steps], 1), head, atol=1e-5)
+    with pytest.raises(RuntimeError, match="fresh cache"):
+        m.feed_video(m.new_cache(2, 2), [""] * 2, x)  # no room for text
+
+
 def test_vocab_errors_and_roundtrip():
     v = WordVocab(grammar_words())
     ids = v.encode("A big red circle, moving to the left.")
