@@ -9,6 +9,7 @@
     # why captions sit at chance (diagnostics; issue 16)
     python bench/unified_bench.py visible --clips 32           # what the finest scale carries
     python bench/unified_bench.py reading --inputs own --steps 250   # caption-only training, no generation rows
+    python bench/unified_bench.py probe                         # linear probes of pooled video features
 
 Every part appends rows to ``--log`` (default runs/unified_bench/results.jsonl), so the parts can
 run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the README rows.
@@ -31,6 +32,8 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
   ``oracle`` (the colour one-hot written into every cell: is the text <- video path itself able to
   learn?), ``celloracle`` (written only into the 2 finest cells per frame that differ most from the
   frame's median: can the text find a few cells?); the oracles report training loss only.
+* probe: linear probes of colour / shape / size / motion of the one-object training clips from pooled
+  finest-group features (own content vs generation inputs): is the information there at all?
 * adherence: ``--prompts`` canonical captions of held-out clips (seed 2000), one video each
   (sampling seed 0, the pipeline's default settings), scored by mmgen.metrics.shapes.
 """
@@ -141,6 +144,50 @@ def visible_part(args) -> list[dict]:
         scores = [score_video(v, expected_from_caption(_canonical(s))) for s, v in zip(clips, videos)]
         rows.append({"part": "visible", "scales": n, "clips": len(clips),
                      **{f: sum(r[f] for r in scores) / len(scores) for f in FIELDS}})
+    return rows
+
+
+def probe_part(args) -> list[dict]:
+    """Linear probes of each field of one-object training clips (3/4 fit, 1/4 scored) from pooled video
+    features: per frame, the mean cell and the cells' mean weighted by their distance from the frame's
+    median cell (where an object differs from the plain background)."""
+    import torch
+
+    from mmgen.ar.unified import video_inputs
+    from mmgen.data.latents import LatentCache
+    from mmgen.data.moving_shapes import parse_caption
+    from mmgen.tokenizer import VideoTokenizer
+
+    torch.manual_seed(args.seed)
+    q = VideoTokenizer.from_pretrained(args.tokenizer).quantizer
+    cache = LatentCache(args.cache)
+    objects = [parse_caption(c) for c in cache.captions]
+    idx = [i for i, o in enumerate(objects) if len(o) == 1]
+    with torch.no_grad():
+        codes = q.residual_pass(torch.stack([cache[i]["latent"] for i in idx]))[0]
+    rows = []
+    for name, cells in (("own (video_inputs, finest group)", video_inputs(q, codes)[-1]),
+                        ("gen (next_scale_inputs, finest group)", q.next_scale_inputs(codes)[-1])):
+        x = cells.flatten(2, 3)
+        weight = (x - x.median(2, keepdim=True).values).norm(dim=-1, keepdim=True)
+        X = torch.cat([x.mean(2).flatten(1), ((x * weight).sum(2) / (weight.sum(2) + 1e-6)).flatten(1)], 1)
+        X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+        fit, test = slice(0, len(X) * 3 // 4), slice(len(X) * 3 // 4, len(X))
+        row = {"part": "probe", "features": name, "clips": len(X)}
+        for field in FIELDS:
+            labels = [getattr(objects[i][0], field) for i in idx]
+            names = sorted(set(labels))
+            y = torch.tensor([names.index(v) for v in labels])
+            W = torch.zeros(X.shape[1], len(names), requires_grad=True)
+            b = torch.zeros(len(names), requires_grad=True)
+            opt = torch.optim.Adam([W, b], lr=0.05)
+            for _ in range(300):
+                loss = torch.nn.functional.cross_entropy(X[fit] @ W + b, y[fit]) + 1e-3 * W.pow(2).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            row[field] = round(((X[test] @ W + b).argmax(1) == y[test]).float().mean().item(), 3)
+        rows.append(row)
     return rows
 
 
@@ -302,7 +349,7 @@ def _ms(values: list[float]) -> str:
 def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
-        if r["part"] in ("visible", "reading"):
+        if r["part"] in ("visible", "reading", "probe"):
             lines.append(json.dumps(r))
         elif r["part"] == "caption":
             lines.append(f"caption {r['objects']}-object ({r['clips']} clips, {r['model']}): " +
@@ -326,7 +373,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("caption", "train", "adherence", "table", "visible", "reading"))
+    p.add_argument("part", choices=("caption", "train", "adherence", "table", "visible", "reading", "probe"))
     p.add_argument("--model", help="pipeline folder (caption: default mmgen/assets/unified)")
     p.add_argument("--clips", type=int, default=64, help="held-out clips per object count (caption)")
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts per object count (adherence)")
@@ -347,7 +394,7 @@ def main() -> None:
     if args.part == "caption" and args.model is None:
         args.model = str(ROOT / "mmgen/assets/unified")
     rows = {"caption": caption_part, "train": train_part, "adherence": adherence_part, "visible": visible_part,
-            "reading": reading_part}[args.part](args)
+            "reading": reading_part, "probe": probe_part}[args.part](args)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         for row in rows:
