@@ -3,6 +3,7 @@
     python bench/tokenizer_bench.py                       # default tiny model, 64 and 256 px, 17 frames
     python bench/tokenizer_bench.py --model runs/tokenizer_tiny/export --sizes 64 --repeats 5
     python bench/tokenizer_bench.py --part ceiling --model DIR --clips 16 [--background textured]
+    python bench/tokenizer_bench.py --part ceiling --blur 0.75     # the metric on blurred clips
 
 Ceiling: real one-object MovingShapes clips (64 px, 17 frames) of every shape x size, the i-th
 clip of a cell in colour i mod 8 (all motions), tokenized and detokenized (the codes a generator would emit), then
@@ -104,11 +105,13 @@ def ceiling_clips(clips: int, seed: int = 7, background: str = "plain") -> dict[
     raise RuntimeError(f"pool of {len(pool)} clips did not fill every cell with {clips} clips")
 
 
-def tokenizer_ceiling(tokenizer, clips: int = 16, seed: int = 7, background: str = "plain") -> dict:
+def tokenizer_ceiling(tokenizer, clips: int = 16, seed: int = 7, background: str = "plain", blur: float = 0.0) -> dict:
     """Round-trip adherence per (shape, size): ``{"shape/size": {"shape", "color", "size", "motion",
     "unquantized_shape", "clean_shape", "read_as": {shape: count}}}`` (fractions of clips): the
     clips tokenized and detokenized (the generator's path), ``unquantized_shape`` decoded from the
-    continuous latent, ``clean_shape`` before any round trip (the metric's own error)."""
+    continuous latent, ``clean_shape`` before any round trip (the metric's own error).
+    ``tokenizer=None``: the "round trip" is a Gaussian blur of ``blur`` pixels (the metric's
+    robustness to softened edges; both columns then hold the blurred clips' scores)."""
     from collections import Counter
 
     import torch
@@ -119,11 +122,14 @@ def tokenizer_ceiling(tokenizer, clips: int = 16, seed: int = 7, background: str
     rows = {}
     for (shape, size), samples in ceiling_clips(clips, seed, background).items():
         frames = torch.stack([s.frames for s in samples])  # uint8 [N, T, H, W, C]
-        with torch.no_grad():
-            z = tokenizer.encode(frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)
-            # What a generator's codes decode to, and the autoencoder alone (no quantizer).
-            rec = [to_uint8(r.cpu()) for r in tokenizer.detokenize(tokenizer.quantize(z).codes)]
-            rec_ae = [to_uint8(r.cpu()) for r in tokenizer.decode(z).clamp(-1, 1)]
+        if tokenizer is None:
+            rec = rec_ae = [_blurred(f, blur) for f in frames]
+        else:
+            with torch.no_grad():
+                z = tokenizer.encode(frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)
+                # What a generator's codes decode to, and the autoencoder alone (no quantizer).
+                rec = [to_uint8(r.cpu()) for r in tokenizer.detokenize(tokenizer.quantize(z).codes)]
+                rec_ae = [to_uint8(r.cpu()) for r in tokenizer.decode(z).clamp(-1, 1)]
         expected = [expected_from_caption(s.caption) for s in samples]
         scores = [score_video(r, e) for r, e in zip(rec, expected)]
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
@@ -134,6 +140,16 @@ def tokenizer_ceiling(tokenizer, clips: int = 16, seed: int = 7, background: str
             "read_as": dict(Counter(o["shape"] for r in rec for o in detect_objects(r))),
         }
     return rows
+
+
+def _blurred(frames, sigma: float):
+    """uint8 [T, H, W, C] frames, each blurred spatially by a Gaussian of ``sigma`` pixels."""
+    import numpy as np
+    import scipy.ndimage
+    import torch
+
+    out = scipy.ndimage.gaussian_filter(frames.numpy().astype(np.float32), (0, sigma, sigma, 0))
+    return torch.from_numpy(np.clip(out.round(), 0, 255).astype(np.uint8))
 
 
 def print_ceiling(rows: dict, title: str) -> None:
@@ -153,9 +169,12 @@ def part_ceiling(args: argparse.Namespace) -> None:
 
     from mmgen.tokenizer import VideoTokenizer
 
-    model = args.model or str(files("mmgen") / "assets" / "default" / "tokenizer")
-    tok = VideoTokenizer.from_pretrained(model).eval()
-    rows = tokenizer_ceiling(tok, args.clips, args.seed, args.background)
+    if args.blur:
+        model, tok = f"Gaussian blur of {args.blur} px instead of a tokenizer", None
+    else:
+        model = args.model or str(files("mmgen") / "assets" / "default" / "tokenizer")
+        tok = VideoTokenizer.from_pretrained(model).eval()
+    rows = tokenizer_ceiling(tok, args.clips, args.seed, args.background, args.blur)
     print_ceiling(rows, f"Tokenizer round trip ({model}): {args.clips} real clips per shape/size, "
                         f"colours cycled, {args.background} background")
     if args.json:
@@ -172,6 +191,8 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=16, help="ceiling: clips per shape/size")
     p.add_argument("--seed", type=int, default=7, help="ceiling: MovingShapes seed")
     p.add_argument("--background", choices=("plain", "textured"), default="plain", help="ceiling: clip background")
+    p.add_argument("--blur", type=float, default=0.0, help="ceiling: blur the clips by this many pixels "
+                   "instead of a tokenizer round trip (the metric's robustness)")
     p.add_argument("--json", default=None, help="ceiling: write the rows here")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     p.add_argument("--frames", type=int, default=17)
