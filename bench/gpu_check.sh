@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check for mmgen (issue 8): CUDA tests + benchmarks -> ONE table -> bench/RESULTS.md.
 #
-# On a lent H100/H200 (one device call, under 5 minutes; diffusers travels as a wheel):
-#   here, once:   bash bench/prepare_gpu_wheels.sh          # fills the git-ignored .whl/
-#   device call:  run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=420)
+# On a lent H100/H200 (one device call, under 5 minutes; the image has every package the steps
+# import: torch, lightning, safetensors, einops, transformers/tokenizers):
+#   device call:  run(command="bash bench/gpu_check.sh", timeout_s=420)
 #   afterwards:   copy the returned RESULTS.md over bench/RESULTS.md (the device edits only its copy)
 # On a CPU machine, the same steps on tiny shapes (checks the script itself, not GPU speed):
 #   bash bench/gpu_check.sh --dry-run [--hide "decord av jsonargparse"]
@@ -65,14 +65,6 @@ if [ -n "$HIDE" ]; then
   PY+=(-S)
   export PYTHONPATH="$PYTHONPATH:$WORK/shadow"
   echo "gpu_check: hiding $HIDE (python -S + filtered site-packages)"
-fi
-
-# Missing packages carried as wheels (see prepare_gpu_wheels.sh): installed only where absent.
-if compgen -G ".whl/*.whl" >/dev/null && ! "${PY[@]}" -c "import importlib.util as u, sys; sys.exit(u.find_spec('diffusers') is None)"; then
-  "${PY[@]}" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
-    || { echo "gpu_check: installing .whl/*.whl failed" >&2; exit 1; }
-  export PYTHONPATH="$PYTHONPATH:$WORK/site"
-  echo "gpu_check: installed $(ls .whl | tr '\n' ' ')"
 fi
 
 : >"$WORK/steps.tsv"
