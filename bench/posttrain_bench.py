@@ -47,16 +47,15 @@ import numpy as np
 import torch
 
 from benchutil import write_json
+from tokenizer_bench import print_ceiling, tokenizer_ceiling
 
-from mmgen.data.clips import to_uint8
 from mmgen.data.default_model import DefaultModelShapes, captions
 from mmgen.data.moving_shapes import COLORS, SHAPES
-from mmgen.metrics.shapes import score_video
 from mmgen.posttrain.apex import APEXConfig
 from mmgen.posttrain.beamlora import BeamLoRAConfig
 from mmgen.posttrain.cli import load_pipeline
 from mmgen.posttrain.finetune import DEFAULT_LR, FinetuneConfig, Finetuner, encode_clips, teacher_forced_loss
-from mmgen.posttrain.rewards import REWARD_KEYS, evaluate_prompts, parse_prompts
+from mmgen.posttrain.rewards import evaluate_prompts
 from mmgen.posttrain.rl import GRPOTrainer, RLConfig
 
 MOTIONS = ("left", "right", "up", "down")
@@ -95,23 +94,10 @@ def fmt(values) -> str:
     return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
 
 
-@torch.no_grad()
 def part_ceiling(args) -> dict:
-    """Adherence of real clips after the tokenizer's encode/decode: the best any generator can draw."""
-    tok = load_pipeline(None).tokenizer
-    rows = {}
-    for shape in SHAPES:
-        ds = DefaultModelShapes(args.clips, seed=7, shapes=(shape,))
-        items = [ds[i] for i in range(len(ds))]
-        rec = tok.decode(tok.encode(torch.stack([it["video"] for it in items]).float()))
-        scores = [score_video(to_uint8(r.cpu()), e)
-                  for r, e in zip(rec, parse_prompts([it["caption"] for it in items]))]
-        rows[shape] = {k: float(np.mean([s[k] for s in scores if s[k] is not None])) for k in REWARD_KEYS}
-    print(f"Tokenizer round trip of {args.clips} real clips per shape (large, 8 colours, 4 motions):")
-    print("| shape | " + " | ".join(REWARD_KEYS) + " |")
-    print("|---" * (len(REWARD_KEYS) + 1) + "|")
-    for shape, r in rows.items():
-        print(f"| {shape} | " + " | ".join(f"{r[k]:.3f}" for k in REWARD_KEYS) + " |")
+    """Adherence of real clips after the tokenizer's round trip: the best any generator can draw."""
+    rows = tokenizer_ceiling(load_pipeline(None).tokenizer, clips=args.clips)
+    print_ceiling(rows, f"Tokenizer round trip of {args.clips} real clips per shape and size (colours cycled):")
     return {"rows": rows, "args": vars(args)}
 
 
