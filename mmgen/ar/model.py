@@ -511,23 +511,25 @@ class VideoAR(PretrainedModel):
         return int(window)
 
     def new_cache(self, batch_size: int, num_frames: int | None = None, window: int | None = None,
-                  dtype: torch.dtype | None = None) -> ARCache:
+                  dtype: torch.dtype | None = None, text_len: int = 0) -> ARCache:
         """Empty decoding state for ``batch_size`` rows (cond and uncond rows of CFG count separately).
 
         window: frames of keys/values kept (see :meth:`decoding_window`; default the trained window).
         dtype: storage dtype of keys/values; default = the autocast dtype when autocast is on for
         the model's device, else the model's parameter dtype.
+        text_len: room for text after the video (unified models: :meth:`feed_video`, :meth:`forward_text`);
+          the text reads the whole video, so such a cache keeps every frame (no window).
         """
-        window = self.decoding_window(window)
+        window = None if text_len else self.decoding_window(window)
         n = int(num_frames or self.config.num_frames)
         # The window is enforced by eviction; the layout gives positions and the prefix's mask,
         # which a window does not change.
-        layout = self.layout(n)
+        layout = self.layout(n, text_len)
         if dtype is None:
             dev = self.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.dtype
         kept = n if window is None else min(n, window + 1)
-        max_len = layout.prefix_len + kept * layout.tokens_per_frame
+        max_len = layout.prefix_len + kept * layout.tokens_per_frame + text_len
         head_dim = self.config.width // self.config.heads
         layers = [KVCache(batch_size, self.config.heads, max_len, head_dim, dtype, self.device)
                   for _ in self.blocks]
@@ -538,6 +540,37 @@ class VideoAR(PretrainedModel):
         for block, kv in zip(self._active_blocks(), cache.layers):
             x = block(x, rope, mask, kv_cache=kv, groups=groups)
         return x
+
+    def _feed_chunk(self, cache: ARCache, x: torch.Tensor) -> torch.Tensor:
+        """Run the next ``x.shape[1]`` tokens of ``cache.layout`` (masked as in training) through the cache."""
+        layout, start = cache.layout, cache.length
+        stop = start + x.shape[1]
+        mask = layout.attention_mask().rows(slice(start, stop), stop).to(self.device)
+        return self._run_cached(cache, x, self._rope(layout.pos[start:stop]), mask,
+                                layout.group_id[start:stop].to(self.device))
+
+    @torch.no_grad()
+    def feed_video(self, cache: ARCache, cond, inputs: Sequence[torch.Tensor]) -> None:
+        """Feed the prefix and a whole video (teacher-forced groups, ``inputs`` as in :meth:`forward`)
+        in one chunk into a fresh cache of :meth:`new_cache` with ``text_len``, ready for :meth:`forward_text`."""
+        layout = cache.layout
+        if cache.next_group != 0 or not layout.text_len:
+            raise RuntimeError("feed_video needs a fresh cache from new_cache(..., text_len=N)")
+        P, V = layout.prefix_len, layout.num_visual
+        feats = layout.flatten_visual([x.to(self.device) for x in inputs])
+        video = self._embed_visual(feats, layout.scale_id[P:P + V].to(self.device), layout.visual_slice(0, 0))
+        self._feed_chunk(cache, torch.cat([self.embed_condition(self.condition_tokens(cond)), video], dim=1))
+        cache.next_group = P + layout.num_frames * layout.num_scales
+
+    @torch.no_grad()
+    def forward_text(self, cache: ARCache, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Text-head logits (float32 [B, n, vocab] per head, as :meth:`forward`'s) of the next
+        ``n`` word ids Long [B, n] after :meth:`feed_video` (and earlier text)."""
+        if self.words is None or cache.next_group < cache.layout.num_groups - cache.layout.text_len:
+            raise RuntimeError("forward_text: a unified model (text_vocab), after feed_video")
+        h = self._feed_chunk(cache, self.cond_embed(tokens.to(self.device)))
+        cache.next_group += tokens.shape[1]
+        return self.text_head(self.norm(h))
 
     @torch.no_grad()
     def prefill(self, cache: ARCache, cond) -> None:
