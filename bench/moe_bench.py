@@ -494,7 +494,8 @@ def table(rows: list[dict]) -> str:
             latency = f"{lat[f'latency[{name}]']:.3f}" if f"latency[{name}]" in lat else "-"
             lines.append(f"| {name} | {_fmt(losses)} | {_mean(losses) / full - 1:+.2%} | {_fmt([r[f'color[{name}]'] for r in el if f'color[{name}]' in r], 2)} "
                          f"| {_fmt([r[f'shape[{name}]'] for r in el if f'shape[{name}]' in r], 2)} | {latency} |")
-        base = {r["seed"]: r["loss[full]"] for r in by.get("moe", [])}
+        plain = _label({**el[0], "variant": "moe", "elastic_weight": None})  # the MoE of the same length and balance
+        base = {r["seed"]: r["loss[full]"] for r in by.get(plain, [])}
         pairs = [r["loss[full]"] / base[r["seed"]] - 1 for r in el if r["seed"] in base]
         if pairs:
             lines.append(f"\n{key}: full model vs the same MoE trained without elasticity, same seeds ({len(pairs)}): "
