@@ -173,7 +173,11 @@ def probe_part(args) -> list[dict]:
         X = torch.cat([x.mean(2).flatten(1), ((x * weight).sum(2) / (weight.sum(2) + 1e-6)).flatten(1)], 1)
         X = (X - X.mean(0)) / (X.std(0) + 1e-6)
         fit, test = slice(0, len(X) * 3 // 4), slice(len(X) * 3 // 4, len(X))
-        row = {"part": "probe", "features": name, "clips": len(X)}
+        # signal vs noise of the cells: a plain background's cells differ from their frame's median
+        # cell too (the bit codes of near-zero latents flip); the most object-like cell stands out by this much
+        row = {"part": "probe", "features": name, "clips": len(X),
+               "median_cell_deviation": round(weight.median(2).values.mean().item(), 2),
+               "max_cell_deviation": round(weight.max(2).values.mean().item(), 2)}
         for field in FIELDS:
             labels = [getattr(objects[i][0], field) for i in idx]
             names = sorted(set(labels))
@@ -216,7 +220,7 @@ def reading_part(args) -> list[dict]:
     cache = LatentCache(args.cache)
     objects = [parse_caption(c) for c in cache.captions]
     colors = [list(COLORS).index(o[0].color) for o in objects]
-    gen = yaml_generator()
+    gen = yaml_generator() | ({"qk_norm": False} if args.no_qk_norm else {})
     model = VideoAR(bits=q.bits, scales=q.scales, **gen)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
@@ -252,7 +256,7 @@ def reading_part(args) -> list[dict]:
         opt.step()
         warmup.step()
         losses.append(loss.item())
-    row = {"part": "reading", "inputs": args.inputs, "seed": args.seed, "steps": args.steps, "batch": args.batch,
+    row = {"part": "reading", "inputs": args.inputs, "qk_norm": gen.get("qk_norm", True), "seed": args.seed, "steps": args.steps, "batch": args.batch,
            "seconds": round(time.perf_counter() - t0, 1),
            "text_loss_first_25": round(statistics.mean(losses[:25]), 3),
            "text_loss_last_25": round(statistics.mean(losses[-25:]), 3)}
@@ -384,6 +388,7 @@ def main() -> None:
     p.add_argument("--cache", default="runs/unified/latents", help="latent cache of scripts/build_unified_model.sh")
     p.add_argument("--runs", default="runs/unified_bench")
     p.add_argument("--inputs", choices=("gen", "own", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
+    p.add_argument("--no-qk-norm", action="store_true", help="reading: the generator without QK-norm")
     p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/default/tokenizer"), help="visible / reading")
     p.add_argument("--log", default="runs/unified_bench/results.jsonl")
     args = p.parse_args()
