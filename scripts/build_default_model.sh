@@ -4,8 +4,10 @@
 #   scripts/build_default_model.sh                  # everything; stops and resumes safely (run it again)
 #   TOKENIZER=DIR scripts/build_default_model.sh    # another exported tokenizer folder
 #
-# Steps: (1) the tokenizer: by default the shipped one (mmgen/assets/default/tokenizer, copied to
-# $RUN/tokenizer); TOKENIZER=train fits a new tiny one (configs/tokenizer/moving_shapes_tiny.yaml);
+# Steps: (1) the tokenizer: by default the shipped one (mmgen/assets/default/tokenizer), else
+# TOKENIZER=DIR, or TOKENIZER=train: the shipped one trained on for TOKENIZER_STEPS (default 3000)
+# steps with configs/tokenizer/moving_shapes_shapes.yaml in $RUN/tokenizer_fit (its round-trip
+# shape ceiling in $RUN/tokenizer_fit/ceiling.txt); copied to $RUN/tokenizer;
 # (2) latent cache of the full MovingShapes grammar with paraphrased captions, held-out (colour,
 # shape) pairs and templates excluded (mmgen.data.captions); (3) curriculum: stage I on the first
 # 2 latent frames (configs/generator/moving_shapes_default_stage1.yaml), stage II on whole clips
@@ -14,28 +16,77 @@
 # (4) pipeline folder with the default sampling settings (configs/sample/default.yaml) -> $OUT;
 # (5) the MovingShapes benchmark of the README (bench/shapes_eval.py, 2 seeds) -> $RUN/eval.
 # Stage lengths: STEPS1 / STEPS2 override the configs' max_steps (the cosine schedule follows).
+# A stage is done only when its checkpoint reached its max_steps: a run stopped early (killed,
+# or MAX_TIME, a Lightning duration such as 00:00:45:00 per invocation of a stage; default no
+# cap) exits with a message and the next invocation resumes it. The first invocation records
+# TOKENIZER, TOKENIZER_STEPS, NUM_SAMPLES, STEPS1 and STEPS2 in $RUN/build.env and later ones reuse them (an
+# explicit different value is refused: it would change the cache or the schedule mid-run), so
+# `RUN=R OUT=O bash scripts/build_default_model.sh` resumes a build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 RUN=${RUN:-runs/default_model}
+mkdir -p "$RUN"
+if [ -f "$RUN/build.env" ]; then
+  while IFS='=' read -r key value; do
+    current=${!key:-}
+    if [ -n "$current" ] && [ "$current" != "$value" ]; then
+      echo "build_default_model.sh: error: $key=$current differs from $key=$value recorded in $RUN/build.env (start a new RUN, or unset $key to resume)" >&2
+      exit 2
+    fi
+    printf -v "$key" '%s' "$value"
+  done < "$RUN/build.env"
+fi
 TOKENIZER=${TOKENIZER:-}
+TOKENIZER_STEPS=${TOKENIZER_STEPS:-3000}
 NUM_SAMPLES=${NUM_SAMPLES:-4096}
+STEPS1=${STEPS1:-}
+STEPS2=${STEPS2:-}
+MAX_TIME=${MAX_TIME:-null}
 OUT=${OUT:-mmgen/assets/default}
 EVAL=${EVAL:-1}
-mkdir -p "$RUN"
 
-stamp() { echo "$1 $(date -u +%FT%TZ) $SECONDS" >> "$RUN/stage_times.txt"; }
-
-if [ "$TOKENIZER" = train ]; then
-  echo "== (1) tokenizer (run folder runs/tokenizer_tiny, as configured)"
-  mmgen tokenizer fit --config configs/tokenizer/moving_shapes_tiny.yaml
-  mmgen tokenizer export runs/tokenizer_tiny/checkpoints/last.ckpt runs/tokenizer_tiny/export --overwrite
-  TOKENIZER=runs/tokenizer_tiny/export
-elif [ -z "$TOKENIZER" ]; then
-  [ -d "$RUN/tokenizer" ] || { cp -r mmgen/assets/default/tokenizer "$RUN/tokenizer.tmp" && mv "$RUN/tokenizer.tmp" "$RUN/tokenizer"; }
-  TOKENIZER=$RUN/tokenizer
+if [ ! -f "$RUN/build.env" ]; then
+  printf 'TOKENIZER=%s\nTOKENIZER_STEPS=%s\nNUM_SAMPLES=%s\nSTEPS1=%s\nSTEPS2=%s\n' "${TOKENIZER:-mmgen/assets/default/tokenizer}" \
+      "$TOKENIZER_STEPS" "$NUM_SAMPLES" "$STEPS1" "$STEPS2" > "$RUN/build.env.tmp"
+  mv "$RUN/build.env.tmp" "$RUN/build.env"
 fi
+stamp() { echo "$1 $(date -u +%FT%TZ) $SECONDS" >> "$RUN/stage_times.txt"; }
+ckpt_step() { python -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['global_step'])" "$1"; }
+
+if [ "$TOKENIZER" = train ] && [ ! -d "$RUN/tokenizer" ]; then
+  # configs/tokenizer/moving_shapes_shapes.yaml for TOKENIZER_STEPS steps (a step-bounded cosine
+  # schedule instead of the config's clock, so a shared or interrupted run trains the same amount);
+  # an interrupted fit resumes from its last checkpoint.
+  fit=$RUN/tokenizer_fit
+  if [ $((TOKENIZER_STEPS % 100)) -ne 0 ]; then  # the config's checkpoint interval
+    echo "build_default_model.sh: error: TOKENIZER_STEPS=$TOKENIZER_STEPS must be a multiple of 100" >&2; exit 2
+  fi
+  resume=()
+  [ -f "$fit/checkpoints/last.ckpt" ] && resume=(--ckpt_path "$fit/checkpoints/last.ckpt")
+  echo "== (1) tokenizer, $TOKENIZER_STEPS steps -> $fit ${resume[*]:+(resuming)}"; stamp tokenizer-start
+  mmgen tokenizer fit --config configs/tokenizer/moving_shapes_shapes.yaml --model.schedule steps \
+      --trainer.max_steps "$TOKENIZER_STEPS" --trainer.max_time null --trainer.default_root_dir "$fit" \
+      --trainer.logger.init_args.save_dir "$fit" --trainer.callbacks.init_args.dirpath "$fit/checkpoints" "${resume[@]}"
+  reached=$(ckpt_step "$fit/checkpoints/last.ckpt")
+  if [ "$reached" -lt "$TOKENIZER_STEPS" ]; then
+    echo "== (1) tokenizer stopped at step $reached of $TOKENIZER_STEPS; run the script again to resume it"; exit 3
+  fi
+  mmgen tokenizer export "$fit/checkpoints/last.ckpt" "$fit/export" --overwrite
+  for background in plain textured; do
+    python bench/tokenizer_bench.py --part ceiling --model "$fit/export" --clips 16 --background $background \
+        --json "$fit/ceiling_$background.json"
+  done > "$fit/ceiling.txt"
+  stamp tokenizer-end
+  TOKENIZER=$fit/export
+fi
+# The run works from its own copy of the tokenizer (the shipped one by default), so the cache,
+# the stages and the assembled folder all use the same weights whatever happens to the source.
+if [ ! -d "$RUN/tokenizer" ]; then
+  cp -r "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$RUN/tokenizer.tmp" && mv "$RUN/tokenizer.tmp" "$RUN/tokenizer"
+fi
+TOKENIZER=$RUN/tokenizer
 
 if [ ! -f "$RUN/latents/meta.json" ]; then
   echo "== (2) latent cache ($NUM_SAMPLES clips)"; stamp cache-start
@@ -46,22 +97,36 @@ if [ ! -f "$RUN/latents/meta.json" ]; then
   stamp cache-end
 fi
 
-run_stage() {  # run_stage N [extra fit arguments...]
-  local n=$1 dir=$RUN/stage$1; shift
+run_stage() {  # run_stage N STEPS [extra fit arguments...]
+  local n=$1 dir=$RUN/stage$1 config=configs/generator/moving_shapes_default_stage$1.yaml steps=$2; shift 2
   if [ -f "$dir/export/transformer/config.json" ]; then echo "== (3) stage $n: done ($dir/export)"; return; fi
+  [ -n "$steps" ] || steps=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['trainer']['max_steps'])" "$config")
+  # The last step must land on a checkpoint, or the stage would never count as done.
+  local every; every=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['trainer']['callbacks'][0]['init_args']['every_n_train_steps'])" "$config")
+  if [ $((steps % every)) -ne 0 ]; then
+    echo "build_default_model.sh: error: stage $n steps $steps must be a multiple of the checkpoint interval $every" >&2
+    exit 2
+  fi
   local resume=()
   [ -f "$dir/checkpoints/last.ckpt" ] && resume=(--ckpt_path "$dir/checkpoints/last.ckpt")
-  echo "== (3) stage $n ${resume[*]:+(resuming)}"; stamp "stage$n-start"
-  mmgen ar fit --config "configs/generator/moving_shapes_default_stage$n.yaml" \
+  echo "== (3) stage $n to step $steps ${resume[*]:+(resuming)}"; stamp "stage$n-start"
+  mmgen ar fit --config "$config" \
       --model.tokenizer "$TOKENIZER" --data.train.init_args.path "$RUN/latents" \
       --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" \
-      --trainer.callbacks.init_args.dirpath "$dir/checkpoints" "$@" "${resume[@]}"
+      --trainer.callbacks.init_args.dirpath "$dir/checkpoints" \
+      --trainer.max_steps "$steps" --trainer.max_time "$MAX_TIME" "$@" "${resume[@]}"
+  local reached; reached=$(ckpt_step "$dir/checkpoints/last.ckpt")
+  if [ "$reached" -lt "$steps" ]; then
+    stamp "stage$n-stopped-at-$reached"
+    echo "== (3) stage $n stopped at step $reached of $steps; run the script again to resume it"
+    exit 3
+  fi
   mmgen ar export "$dir/checkpoints/last.ckpt" "$dir/export.tmp" --overwrite
   mv "$dir/export.tmp" "$dir/export"
   stamp "stage$n-end"
 }
-run_stage 1 ${STEPS1:+--trainer.max_steps "$STEPS1"}
-run_stage 2 --model.init_from "$RUN/stage1/export/transformer" ${STEPS2:+--trainer.max_steps "$STEPS2"}
+run_stage 1 "$STEPS1"
+run_stage 2 "$STEPS2" --model.init_from "$RUN/stage1/export/transformer"
 
 echo "== (4) pipeline folder -> $OUT"
 python -m mmgen.pipelines.assemble --tokenizer "$TOKENIZER" --generator "$RUN/stage2/export/transformer" \

@@ -178,3 +178,30 @@ def test_chroma_loss_ignores_grey_shifts_and_sees_hue():
     x = torch.rand(2, 3, 5, 8, 8) * 1.6 - 0.8
     assert chroma_mse(x + 0.2, x) < 1e-12          # same hue, brighter: no chroma error
     assert chroma_mse(x[:, [1, 2, 0]], x) > 0.01    # channels rotated: hue changed
+
+
+def test_object_loss_counts_object_pixels_and_their_ring_only():
+    from mmgen.tokenizer.module import object_mse
+
+    x = torch.full((1, 3, 1, 16, 16), -1.0)
+    x[..., 4:8, 4:8] = 0.8                          # a bright 4x4 object on black
+    far = x.clone()
+    far[..., 12:, 12:] = 0.5                        # error far from the object: not counted
+    assert object_mse(far, x) == 0
+    corner = x.clone()
+    corner[..., 4, 4] = -1.0                        # one object pixel lost (a rounded corner)
+    # the error averaged over the 6x6 object+ring pixels, not over the whole frame
+    assert torch.isclose(object_mse(corner, x), torch.tensor(1.8 ** 2 / 36))
+    ring = x.clone()
+    ring[..., 3, 4] = 0.8                           # the object bleeds one pixel out: counted too
+    assert object_mse(ring, x) > 0
+    assert object_mse(x, torch.full_like(x, -1.0)) == 0  # no object in the target: zero, not NaN
+
+
+def test_init_from_trains_in_training_mode(tmp_path):
+    tok = VideoTokenizer(**TINY)
+    tok.save_pretrained(tmp_path / "tok")
+    module = TokenizerModule(tokenizer=TINY, init_from=str(tmp_path / "tok"))
+    # from_pretrained gives eval mode; the quantizer only tracks code magnitudes in training mode
+    assert module.tokenizer.training and module.tokenizer.quantizer.training
+    assert all(torch.equal(a, b) for a, b in zip(module.tokenizer.state_dict().values(), tok.state_dict().values()))

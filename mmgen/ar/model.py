@@ -105,8 +105,9 @@ class VideoAR(PretrainedModel):
       moe_experts, moe_top_k, moe_shared, moe_expert_hidden: routed experts, chosen per token,
         always-on shared experts, expert hidden size (None = active FFN size of the dense model)
       moe_dense_layers: the first layers keep a dense FFN
-      moe_bias_rate: loss-free balancing step; moe_bias_schedule: "constant" or "cosine" (the step
-        decays to 0 over the training run); moe_aux_alpha: sequence-wise aux loss (0 = off)
+      moe_bias_rate: loss-free balancing step; moe_bias_schedule: "constant", "cosine" (the step
+        decays to 0 over the training run) or "exp" (geometric decay to moe_bias_rate_end);
+        moe_aux_alpha: sequence-wise aux loss (0 = off)
       moe_kernel: "auto" (grouped GEMM where it runs), "grouped" or "loop"
       ffn="mohd" (mmgen.nn.mohd): mohd_expansion x the dense hidden dims, mohd_shared_fraction of
         the dense hidden always on, routed groups of mohd_group dims (bias/aux/kernel as moe_*)
@@ -147,7 +148,7 @@ class VideoAR(PretrainedModel):
                  attn_backend: str = "auto", grad_checkpointing: bool = False, ffn: str = "dense",
                  moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1,
                  moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
-                 moe_bias_schedule: str = "constant", moe_aux_alpha: float = 0.0, moe_kernel: str = "auto",
+                 moe_bias_schedule: str = "constant", moe_bias_rate_end: float = 1e-4, moe_aux_alpha: float = 0.0, moe_kernel: str = "auto",
                  mohd_expansion: float = 2.0, mohd_shared_fraction: float = 0.5, mohd_group: int = 32,
                  moue_pool: int | None = None, moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None,
                  text_encoder: str | None = None, text_encoder_sha256: str | None = None,
@@ -302,21 +303,25 @@ class VideoAR(PretrainedModel):
     def _active_blocks(self):
         return self.blocks[:self.active_depth] if self.active_depth else self.blocks
 
-    def routing_counts(self) -> dict[str, torch.Tensor]:
-        """Expert use of the last full-sequence forward per modality: {"text" (or "class"), "scale0",
-        ...} -> Long [MoE layers, experts] (tokens routed to each expert); {} for a dense model."""
+    def routing_counts(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Expert use of the last full-model forward per group of tokens: {name: Long [sparse layers,
+        experts]} (top-k choices counted); {} for a dense model.  masks: {name: bool [B, L] or [L]}
+        over that forward's sequence; None = the prefix ("text" or "class") and each scale's visual
+        tokens ("scale0", ...)."""
         layers = [m for m in moe_layers(self) if m.last_choice is not None]
         if not layers:
             return {}
-        per_frame = sum(h * w for h, w in self.scales)
-        layout = self.layout((layers[0].last_choice.shape[1] - self.prefix_len) // per_frame)
-        P = layout.prefix_len
-        scale_id = layout.scale_id[P:]
-        groups = {self.config.cond: torch.arange(P)}
-        groups.update({f"scale{k}": P + torch.nonzero(scale_id == k).flatten() for k in range(len(self.scales))})
-        return {name: torch.stack([torch.bincount(m.last_choice[:, idx.to(m.last_choice.device)].flatten(),
+        B, L = layers[0].last_choice.shape[:2]
+        if masks is None:
+            layout = self.layout((L - self.prefix_len) // sum(h * w for h, w in self.scales))
+            P, V = layout.prefix_len, layout.num_visual
+            scale_id = torch.full((L,), -1, dtype=torch.long)
+            scale_id[P:P + V] = layout.scale_id[P:P + V]  # a unified model's text after the video: no scale
+            masks = {self.config.cond: torch.arange(L) < P}
+            masks.update({f"scale{k}": scale_id == k for k in range(len(self.scales))})
+        return {name: torch.stack([torch.bincount(m.last_choice[mask.to(m.last_choice.device).expand(B, L)].flatten(),
                                                   minlength=m.n_experts).cpu() for m in layers])
-                for name, idx in groups.items()}
+                for name, mask in masks.items()}
 
     # ------------------------------------------------------------------ layout & condition
     def layout(self, num_frames: int | None = None, text_len: int = 0) -> GroupLayout:
