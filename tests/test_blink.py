@@ -220,39 +220,6 @@ def test_split_batches_equals_the_single_batch_reference(model, batch):
     assert all(seen.values()), seen  # every kind of regrouping was exercised
 
 
-def test_layers_reuse_the_scans_projections_as_the_reference_recomputes_them(model, batch, monkeypatch):
-    """Fast path: a scanned layer runs from the q/k/v its saliency scan made (only an appended block
-    is projected anew); the reference recomputes the scan's slices and runs the plain block.  Same
-    answers and traces, with and without sub-batches, through expands, drops and merges."""
-    images, ids, lengths = batch
-    rhos = _scan_rhos(model, batch)
-    block_calls = []
-    hooks = [blk.register_forward_pre_hook(lambda *_: block_calls.append(1)) for blk in model.layers]
-    try:
-        for q_exp, q_drop in [(0.5, 0.45), (0.6, 0.2), (0.0, 0.0)]:
-            for split in (False, True):
-                cfg = BlinkConfig(layers=(1, 4), mode="tokensr", tau_exp=float(rhos.quantile(q_exp)),
-                                  tau_drop=float(rhos.quantile(q_drop)), split_batches=split)
-                outs, traces, calls = [], [], []
-                for reuse in (True, False):
-                    monkeypatch.setattr(model, "_own_projections", lambda i, reuse=reuse: reuse)
-                    block_calls.clear()
-                    trace = BlinkTrace()
-                    with torch.no_grad():
-                        outs.append(Blink(cfg, _bank(model, (1, 4))).run(model, model.prepare(images, ids, lengths),
-                                                                         trace))
-                    traces.append(trace)
-                    calls.append(len(block_calls))
-                torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
-                for a, b in zip(traces[0].active + traces[0].tiles, traces[1].active + traces[1].tiles):
-                    assert torch.equal(a, b)
-                torch.testing.assert_close(torch.stack(traces[0].rho), torch.stack(traces[1].rho), atol=1e-5, rtol=0)
-                assert calls[0] < calls[1]  # the fast path ran the scanned layers from the scan's projections
-    finally:
-        for h in hooks:
-            h.remove()
-
-
 def test_random_region_ablation_ignores_saliency(model, batch):
     images, ids, lengths = batch
     cfg = BlinkConfig(layers=(1, 3), mode="interp", tau_exp=0.0, tau_drop=0.0, region_choice="random", seed=3)

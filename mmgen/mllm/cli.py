@@ -1,7 +1,8 @@
 """`mmgen vqa`: ask a question about an image (optionally with Blink), train, evaluate.
 
   mmgen vqa --image IMG --question "what color is the circle ?" [--model DIR] [--blink|--blink-interp]
-            [--tokensr DIR] [--show-saliency OUT.png]
+            [--tokensr DIR] [--show-saliency OUT.png]      DIR: an mmgen VQA model folder, or a local
+            Hugging Face LLaVA or Qwen2-VL folder (told apart by config.json's model_type; [--image-side PX])
   mmgen vqa fit --config configs/mllm/vqa.yaml --out DIR [--run-dir RUN] [--overwrite] [--ckpt_path CKPT]
                                                        train the MLLM from scratch (LightningCLI)
   mmgen vqa fit-tokensr --model DIR --out DIR [--run-dir RUN] [--overwrite] [...]

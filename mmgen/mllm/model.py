@@ -55,9 +55,7 @@ class DecoderState:
     h: [B, L, C]; pos: Long [L, 3] or [B, L, 3]; rope: (cos, sin); mask: bool [L, L] or
     [B, 1, L, L]; n_visual / n_extra: sizes of the visual and appended blocks; extra_active:
     bool [B] (None when there are no appended tokens); text_lengths: Long [B] (None for an
-    image-only prefix); grid: (gh, gw); qkv: (layer i, q, k, v [B, H, L, D]) = layer i's own
-    projections of this ``h`` (norm1, q/k/v_proj, RoPE), left by ``query_keys`` for ``run_layer``
-    (None: not computed; every edit of the sequence keeps them in step or drops them).
+    image-only prefix); grid: (gh, gw).
     """
 
     h: torch.Tensor
@@ -69,7 +67,6 @@ class DecoderState:
     extra_active: torch.Tensor | None
     text_lengths: torch.Tensor | None
     grid: tuple[int, int]
-    qkv: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def text_start(self) -> int:
@@ -263,31 +260,13 @@ class TinyLlava(PretrainedModel):
             pos = torch.cat([vis_pos, text_pos], 1)
             if state.n_extra == 0 or bool((pos == pos[:1]).all()):
                 pos = pos[0]
-            new = self._finish(replace(state, h=torch.cat([vis_h, text_h], 1), pos=pos, n_extra=0,
-                                       extra_active=None))
-        else:
-            if extra_active is None:
-                extra_active = torch.ones(B, dtype=torch.bool, device=extra.device)
-            h = torch.cat([vis_h, extra.to(vis_h.dtype), text_h], 1)
-            pos = torch.cat([vis_pos, extra_pos.to(vis_pos), text_pos], 1)
-            new = self._finish(replace(state, h=h, pos=pos, n_extra=extra.shape[1], extra_active=extra_active))
-        return replace(new, qkv=self._splice_qkv(state, new))
-
-    def _splice_qkv(self, old: DecoderState, new: DecoderState):
-        """``old``'s layer projections for ``new`` (the same visual and question tokens at the same
-        positions, another appended block): the appended block is projected, the rest reused."""
-        if old.qkv is None:
-            return None
-        i, q, k, v = old.qkv
-        nv, ts, ne = old.n_visual, old.text_start, new.n_extra
-        middle = ([], [], [])
-        if ne:
-            blk = self.layers[i]
-            cos, sin = new.rope
-            block = slice(nv, nv + ne)
-            rope = (cos[:, block], sin[:, block]) if cos.ndim == 3 else (cos[block], sin[block])
-            middle = ([t] for t in blk.attn.project(blk.norm1(new.h[:, block]), rope))
-        return (i, *(torch.cat([t[:, :, :nv], *m, t[:, :, ts:]], 2) for t, m in zip((q, k, v), middle)))
+            return self._finish(replace(state, h=torch.cat([vis_h, text_h], 1), pos=pos, n_extra=0,
+                                        extra_active=None))
+        if extra_active is None:
+            extra_active = torch.ones(B, dtype=torch.bool, device=extra.device)
+        h = torch.cat([vis_h, extra.to(vis_h.dtype), text_h], 1)
+        pos = torch.cat([vis_pos, extra_pos.to(vis_pos), text_pos], 1)
+        return self._finish(replace(state, h=h, pos=pos, n_extra=extra.shape[1], extra_active=extra_active))
 
     def select(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
         """The samples ``index`` (Long [b]) of a batch state (their rotary rows, the mask rebuilt)."""
@@ -295,8 +274,7 @@ class TinyLlava(PretrainedModel):
         return self._finish(replace(
             state, h=state.h[index], pos=per_sample(state.pos),
             extra_active=None if state.extra_active is None else state.extra_active[index],
-            text_lengths=None if state.text_lengths is None else state.text_lengths[index],
-            qkv=None if state.qkv is None else (state.qkv[0], *(t[index] for t in state.qkv[1:]))),
+            text_lengths=None if state.text_lengths is None else state.text_lengths[index]),
             rope=tuple(per_sample(t) for t in state.rope))
 
     def merge(self, states: list[DecoderState]) -> DecoderState:
@@ -311,43 +289,23 @@ class TinyLlava(PretrainedModel):
             rope = tuple(torch.cat([t if t.ndim == 3 else t.expand(s.h.shape[0], -1, -1) for s, t in
                                     zip(states, ts)]) for ts in zip(*(s.rope for s in states)))
         cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
-        qkv = None  # kept only when every part has the same layer's projections
-        if all(s.qkv is not None and s.qkv[0] == first.qkv[0] for s in states):
-            qkv = (first.qkv[0], *(torch.cat([s.qkv[j] for s in states]) for j in (1, 2, 3)))
         return self._finish(replace(
             first, h=torch.cat([s.h for s in states]), pos=pos,
-            extra_active=cat([s.extra_active for s in states]), text_lengths=cat([s.text_lengths for s in states]),
-            qkv=qkv), rope=rope)
+            extra_active=cat([s.extra_active for s in states]), text_lengths=cat([s.text_lengths for s in states])),
+            rope=rope)
 
     def run_layer(self, i: int, state: DecoderState) -> DecoderState:
-        blk = self.layers[i]
-        if state.qkv is None or state.qkv[0] != i:
-            return replace(state, h=blk(state.h, state.rope, state.mask), qkv=None)
-        # the block's own forward from the projections query_keys made (see _own_projections)
-        x = state.h + blk.attn.attend(*state.qkv[1:], state.mask)
-        return replace(state, h=x + blk.mlp(blk.norm2(x)), qkv=None)
-
-    def _own_projections(self, i: int) -> bool:
-        """Can layer i run from projections made outside it?  A plain block (no SGT loop, ITT or
-        repeat: TinyLlava builds no others) outside training, whose forward is exactly
-        x + attend(project(norm1(x))); x + mlp(norm2(x))."""
-        blk = self.layers[i]
-        return (blk.sgt is None and blk.itt is None and blk.repeat == 1 and not torch.is_grad_enabled())
+        return replace(state, h=self.layers[i](state.h, state.rope, state.mask))
 
     def query_keys(self, i: int, state: DecoderState, with_rope: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer i's query of the last question token and keys of the visual tokens, from the layer
-        input (norm1 -> q_proj / k_proj; RoPE when ``with_rope``).  -> q [B, H, D], k [B, H, Nv, D].
-        With RoPE, these are the layer's own projections of the whole sequence, left on the state
-        (``state.qkv``) so that the layer does not compute them again (``run_layer``; an edit of the
-        appended block projects only that block, ``set_extra``); otherwise only the two slices."""
+        """Layer i's query of the last question token and keys of the visual tokens, recomputed
+        from the layer input (norm1 -> q_proj / k_proj; RoPE when ``with_rope``); the layer itself
+        projects them again (reusing them measured no faster: README, Blink rows).
+        -> q [B, H, D], k [B, H, Nv, D]."""
         blk = self.layers[i]
         attn = blk.attn
         B, nv = state.h.shape[0], state.n_visual
         idx = state.last_text_index()
-        if with_rope and self._own_projections(i):
-            q, k, v = attn.project(blk.norm1(state.h), state.rope)
-            state.qkv = (i, q, k, v)
-            return q[torch.arange(B, device=idx.device), :, idx], k[:, :, :nv]
         rows = state.h[torch.arange(B, device=idx.device), idx][:, None]  # [B, 1, C]
         H, D = attn.n_heads, attn.head_dim
         q = attn.q_proj(blk.norm1(rows)).view(B, 1, H, D).transpose(1, 2)  # [B, H, 1, D]
