@@ -1,5 +1,6 @@
-"""Blink on LLaVA-1.5 (a local Hugging Face folder): vanilla / Blink-interp / Blink / ViCrop on yes-no
-questions from local files (POPE or MME layout), for a GPU.  Nothing is downloaded.
+"""Blink on LLaVA-1.5 or Qwen2-VL (a local Hugging Face folder; the family is read from its config.json):
+vanilla / Blink-interp / Blink / ViCrop on yes-no questions from local files (POPE or MME layout), for a
+GPU.  Nothing is downloaded.
 
     # 1. (once) TokenSR for the Blink layers, trained against the model's own zoomed-crop hidden states,
     #    on questions that are NOT the evaluation ones (e.g. a POPE file of another COCO split):
@@ -9,6 +10,10 @@ questions from local files (POPE or MME layout), for a GPU.  Nothing is download
     python bench/blink_llava.py --model llava-1.5-7b-hf --pope coco_pope_random.jsonl --image-root coco/val2014 \\
         --tokensr tokensr_llava [--limit 500] [--tau-exp 0.3 --tau-drop 0.2] [--blink-layers 12 18] [--region 4]
     python bench/blink_llava.py --model llava-1.5-7b-hf --mme MME_Benchmark_release_version [--tokensr ...]
+    # Qwen2-VL: the same commands with its folder; images are resized to --image-side (default 448 px:
+    # 16 x 16 merged tokens for Qwen2-VL-7B, --region 4 tiles them into 16 regions):
+    python bench/blink_llava.py --model Qwen2-VL-7B-Instruct --pope coco_pope_random.jsonl --image-root coco/val2014 \\
+        --tokensr tokensr_qwen2vl [--image-side 448]
 
 Files: ``--pope`` is POPE's jsonl (one {"image", "text", "label"} per line; "question"/"answer" work
 too), images under ``--image-root``.  ``--mme`` is MME's release folder: one folder per category
@@ -17,13 +22,14 @@ image with "question<TAB>Yes|No" lines.  Questions whose image is missing or unr
 and named; the rest are scored.
 
 Answers are read in one forward pass: the logit of "Yes" against "No" (both spellings the
-tokenizer has) at the answer position, with LLaVA's short-answer prompt.  Columns: accuracy (POPE:
+tokenizer has) at the answer position, with the short-answer instruction after the question in the
+family's own prompt (LLaVA-1.5's conversation template, Qwen2-VL's chat template).  Columns: accuracy (POPE:
 also F1 and the share of "yes"; MME: perception-style score = 100 x (accuracy + accuracy+) summed
 over categories, accuracy+ = both questions of an image right), questions fixed / broken vs
 vanilla with the sign test, wall time per question and its ratio to vanilla (all variants on each
 batch back to back, CUDA-synchronised), share of questions Blink expanded.  Before the table, the
-rho quantiles per scanned layer are printed: tau_exp / tau_drop are untuned for LLaVA (the paper
-does not give them); pick them from these quantiles.
+rho quantiles per scanned layer are printed: tau_exp / tau_drop are untuned for these models (the
+paper does not give them); pick them from these quantiles.
 """
 from __future__ import annotations
 
@@ -41,10 +47,10 @@ from mmgen.io.destination import check_model_destination
 from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace
 from mmgen.mllm.cli import HF_REGION, _device, load_tokensr, save_atomic
 from mmgen.mllm.evaluate import sign_test
-from mmgen.mllm.hf import default_layers, encode_prompts, load_llava, tokensr_loss, vicrop
+from mmgen.mllm.hf import QWEN2VL_SIDE, default_layers, load_hf, tokensr_loss, vicrop
 from mmgen.mllm.image import load_image
 
-PROMPT = "USER: <image>\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:"
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."  # appended to every question
 
 
 def pope_items(path: Path, root: Path) -> list[dict]:
@@ -84,8 +90,8 @@ def batches(decoder, processor, items: list[dict], batch_size: int, device):
     good = loaded.done
     for s in range(0, len(good), batch_size):
         chunk = good[s:s + batch_size]
-        ids, mask, pixels = encode_prompts(processor, [im for _, im in chunk], [it["question"] for it, _ in chunk],
-                                           PROMPT, device)
+        ids, mask, pixels = decoder.encode(processor, [im for _, im in chunk],
+                                           [it["question"] + SHORT_ANSWER for it, _ in chunk], device)
         yield [it for it, _ in chunk], (ids, mask, pixels.to(decoder.dtype))
 
 
@@ -205,7 +211,7 @@ def fit_tokensr(decoder, processor, items, base: BlinkConfig, out: str, steps: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="local Hugging Face LLaVA folder")
+    p.add_argument("--model", required=True, help="local Hugging Face LLaVA or Qwen2-VL folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pope", type=Path, help="POPE jsonl")
     src.add_argument("--mme", type=Path, help="MME release folder")
@@ -221,13 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, default=64, help="TokenSR convolution width")
+    p.add_argument("--image-side", type=int, default=QWEN2VL_SIDE,
+                   help="Qwen2-VL: images are resized to this square size in pixels (Blink tiles one token grid)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     device = _device(args.device)
     try:
         if args.fit_tokensr:  # a folder it may not write is named before the training, not after it
             check_model_destination(args.fit_tokensr)
-        decoder, processor = load_llava(args.model, device)
+        decoder, processor = load_hf(args.model, device, image_side=args.image_side)
         items = pope_items(args.pope, args.image_root) if args.pope else mme_items(args.mme)
     except (ValueError, OSError, UserError) as e:
         print(f"blink_llava: error: {e}", file=sys.stderr)

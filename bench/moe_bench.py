@@ -52,6 +52,7 @@ TOKENIZER = ROOT / "mmgen/assets/default/tokenizer"
 FRAMES = 1
 BASE = dict(bits=32, scales=[[1, 1], [2, 2], [4, 4], [8, 8]], num_frames=FRAMES, width=64, depth=4, heads=4,
             cond="text", max_text_len=88, attn_backend="sdpa", moe_bias_rate=1e-2)
+STEADY_RATES = (1e-2, 1e-3, 1e-4)
 ELASTIC = dict(depths=[3], top_ks=[1], expert_fraction=0.5)
 VARIANTS = {
     "dense": dict(),
@@ -161,7 +162,13 @@ def bias_floor(module, batches, iters: int = 800) -> dict:
     sparse layer's affinities (router outputs of a teacher-forced forward) stay fixed and the
     sign update runs on them alone for ``iters`` rounds, its step decaying 1e-2 -> 1e-4 (later
     layers' inputs are those of the trained bias).  Near the measured MaxVio: no bias does much
-    better on these tokens; far below: the training run was too short for the bias."""
+    better on these tokens; far below: the training run was too short for the bias.
+
+    Also, on the same frozen affinities: ``maxvio_steady[r]``, the MaxVio a CONSTANT sign step r
+    keeps (one step per batch of 6 clips, as in training; mean over the second half of the
+    rounds): a coarse step makes the bias oscillate around the balance; and ``gap_median``, the
+    median gap between a token's k-th and (k+1)-th biased affinity (a step above it flips many
+    tokens at once)."""
     import torch
 
     from mmgen.nn.moe import SparseMoE, max_violation
@@ -178,7 +185,8 @@ def bias_floor(module, batches, iters: int = 800) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    floors = []
+    clips = sum(len(b["caption"]) for b in batches)
+    floors, gaps, steady = [], [], {r: [] for r in STEADY_RATES}
     for i, m in enumerate(layers):
         scores = torch.sigmoid(torch.cat(logits[i]).flatten(0, -2))
         bias, best = m.expert_bias.detach().clone().float(), float("inf")
@@ -187,7 +195,24 @@ def bias_floor(module, batches, iters: int = 800) -> dict:
             best = min(best, max_violation(counts))
             bias += 1e-2 * 0.01 ** (t / iters) * torch.sign(counts.float().mean() - counts.float())
         floors.append(best)
-    return {"maxvio_floor": sum(floors) / len(floors), "maxvio_floor_max": max(floors)}
+        top = (scores + m.expert_bias.float()).topk(m.top_k + 1, dim=-1).values
+        gaps.append(float((top[:, -2] - top[:, -1]).median()))
+        per_clip = scores.reshape(clips, -1, scores.shape[-1])
+        for rate in STEADY_RATES:  # training's update: one sign step per batch of 6 clips, router frozen
+            bias, seen = m.expert_bias.detach().clone().float(), []
+            for t in range(iters):
+                j = 6 * t % (clips - 5)
+                step = torch.bincount((per_clip[j:j + 6] + bias).topk(m.top_k, dim=-1).indices.flatten(),
+                                      minlength=m.n_experts).float()
+                bias += rate * torch.sign(step.mean() - step)
+                if t >= iters // 2:
+                    counts = torch.bincount((scores + bias).topk(m.top_k, dim=-1).indices.flatten(), minlength=m.n_experts)
+                    seen.append(max_violation(counts))
+            steady[rate].append(sum(seen) / len(seen))
+    out = {"maxvio_floor": sum(floors) / len(floors), "maxvio_floor_max": max(floors),
+           "gap_median": sum(gaps) / len(gaps)}
+    out.update({f"maxvio_steady[{r:g}]": sum(v) / len(v) for r, v in steady.items()})
+    return out
 
 
 def floors(save: str, cache: str) -> list[dict]:
@@ -270,15 +295,20 @@ def active_ffn_params(config) -> int:
     return per_layer * c["depth"]
 
 
-def make_module(variant: str, seed: int, bias_rate: float | None = None, bias_schedule: str | None = None):
+def make_module(variant: str, seed: int, bias_rate: float | None = None, bias_schedule: str | None = None,
+                elastic_weight: float | None = None, bias_rate_end: float | None = None):
     from mmgen.ar.training import ARModule
 
     pl.seed_everything(seed, verbose=False)
     gen = {**BASE, **VARIANTS[variant]}
+    if elastic_weight is not None and "elastic" in gen:
+        gen["elastic"] = {**gen["elastic"], "weight": elastic_weight}
     if bias_rate is not None and gen.get("moe_bias_rate", 1) > 0:
         gen["moe_bias_rate"] = bias_rate
     if bias_schedule is not None:
         gen["moe_bias_schedule"] = bias_schedule
+    if bias_rate_end is not None:
+        gen["moe_bias_rate_end"] = bias_rate_end
     return ARModule(preset=None, generator=gen, tokenizer=str(TOKENIZER), lr=1e-3, warmup_steps=20,
                     corruption={"enabled": True, "p_max": 0.25, "delta": 0.01})
 
@@ -297,14 +327,15 @@ def loaders(cache: str, batch: int, seed: int):
 
 def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str | None = None,
         curve_every: int = 10, prompts: int = 16, bias_rate: float | None = None,
-        bias_schedule: str | None = None) -> dict:
+        bias_schedule: str | None = None, elastic_weight: float | None = None,
+        bias_rate_end: float | None = None) -> dict:
     """Train one variant (quality run: no timing); held-out loss, balance (final and curve), adherence."""
     import torch
 
     from mmgen.ar.flops import forward_flops
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    module = make_module(variant, seed, bias_rate, bias_schedule)
+    module = make_module(variant, seed, bias_rate, bias_schedule, elastic_weight, bias_rate_end)
     train, val = loaders(cache, batch, seed)
     val_batches = list(val)
     sparse = module.model.sparse_ffn is not None
@@ -322,7 +353,9 @@ def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str |
            "params": sum(p.numel() for p in model.parameters()), "ffn_params": ffn_total,
            "active_ffn_params": active_ffn_params(model.config), "forward_flops_per_token": flops["per_token"],
            "bias_rate": model.config.moe_bias_rate if sparse else None,
-           "bias_schedule": model.config.get("moe_bias_schedule") if sparse else None}
+           "bias_schedule": model.config.get("moe_bias_schedule") if sparse else None,
+           "bias_rate_end": model.config.get("moe_bias_rate_end") if sparse else None,
+           "elastic_weight": model.elastic.weight if model.elastic is not None else None}
     if sparse:
         out.update(balance(module, val_batches))
         out["curve"] = curve.points
@@ -393,19 +426,31 @@ def _mean(values: list[float]) -> float:
     return statistics.mean(values) if values else float("nan")
 
 
+def _label(r: dict) -> str:
+    """Table key of a quality row: the variant, plus the balancing / elastic settings a run
+    overrode (--bias-rate, --bias-schedule, --elastic-weight)."""
+    extra = []
+    base_rate = VARIANTS[r["variant"]].get("moe_bias_rate", BASE["moe_bias_rate"])
+    if r.get("bias_rate") not in (None, base_rate):
+        extra.append(f"rate {r['bias_rate']:g}")
+    if r.get("bias_schedule") not in (None, "constant", VARIANTS[r["variant"]].get("moe_bias_schedule")):
+        extra.append(r["bias_schedule"] + (f" to {r['bias_rate_end']:g}" if r["bias_schedule"] == "exp" else ""))
+    if r.get("elastic_weight") not in (None, 1.0):
+        extra.append(f"sub-model weight {r['elastic_weight']:g}")
+    return r["variant"] + (f" ({', '.join(extra)})" if extra else "")
+
+
 def table(rows: list[dict]) -> str:
     """Quality rows (mean +- std over seeds), tok/s and latency from the timing rows, MaxVio curves."""
     by, timed, floor = {}, {}, {}
     for r in rows:
-        (timed if r.get("timing") else floor if r.get("floor") else by).setdefault(r["variant"], []).append(r)
+        key = r["variant"] if r.get("timing") or r.get("floor") else _label(r)
+        (timed if r.get("timing") else floor if r.get("floor") else by).setdefault(key, []).append(r)
     tps = {v: _mean([r["tokens_per_s"] for r in rs]) for v, rs in timed.items()}
     lines = ["| variant | seeds | held-out bit loss | colour | shape | MaxVio all tokens (worst layer) "
              "| MaxVio real tokens (worst layer) | train tok/s (x dense) | active FFN / total params | fwd MFLOP/token |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for v in VARIANTS:
-        rs = by.get(v)
-        if not rs:
-            continue
+    for v, rs in sorted(by.items(), key=lambda kv: list(VARIANTS).index(kv[1][0]["variant"])):
         vio = lambda key: (f"{_fmt([r[key] for r in rs], 3)} ({_mean([r[key + '_max'] for r in rs]):.3f})"  # noqa: E731
                            if key in rs[0] else "-")
         speed = f"{tps[v]:.0f} ({tps[v] / tps['dense']:.2f})" if v in tps and "dense" in tps else "-"
@@ -419,10 +464,15 @@ def table(rows: list[dict]) -> str:
         lines.append(f"\n{r0['steps']} steps x {r0['batch']} clips = {r0['tokens']} training tokens per run; MaxVio over "
                      f"{r0.get('tokens_all', '-')} held-out tokens per layer ({r0.get('tokens_real', '-')} without text padding)")
     if floor:
-        lines += ["", "| seed-0 model | MaxVio measured (worst layer) | lowest MaxVio any bias reaches on these affinities (worst layer) |",
-                  "|---|---|---|"]
-        lines += [f"| {v} | {rs[-1]['maxvio_all']:.3f} ({rs[-1]['maxvio_all_max']:.3f}) "
-                  f"| {rs[-1]['maxvio_floor']:.3f} ({rs[-1]['maxvio_floor_max']:.3f}) |" for v, rs in floor.items()]
+        steady = [f"maxvio_steady[{r:g}]" for r in STEADY_RATES]
+        lines += ["", "| seed-0 model | MaxVio measured (worst layer) | lowest MaxVio any bias reaches on these affinities "
+                  "(worst layer) | median k-th/(k+1)-th affinity gap | " + " | ".join(f"MaxVio kept by a constant step {r:g}"
+                                                                                for r in STEADY_RATES) + " |",
+                  "|---" * (4 + len(steady)) + "|"]
+        lines += [f"| {v} | {r['maxvio_all']:.3f} ({r['maxvio_all_max']:.3f}) "
+                  f"| {r['maxvio_floor']:.3f} ({r['maxvio_floor_max']:.3f}) | {r.get('gap_median', float('nan')):.4f} | "
+                  + " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in steady) + " |"
+                  for v, r in ((v, rs[-1]) for v, rs in floor.items())]
     curves = {v: rs for v, rs in by.items() if rs[0].get("curve")}
     if curves:
         names = list(curves)
@@ -432,10 +482,9 @@ def table(rows: list[dict]) -> str:
         for i, step in enumerate(steps):
             cells = [_mean([r["curve"][i][2] for r in curves[v] if i < len(r["curve"])]) for v in names]
             lines.append(f"| {step} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    el = by.get("moe-elastic")
-    if el:
+    for key, el in ((k, rs) for k, rs in by.items() if rs[0]["variant"] == "moe-elastic"):
         lat = timed.get("moe-elastic", [{}])[0]
-        lines += ["", "| elastic sub-model (trained elastic) | held-out bit loss | vs full | colour | shape | sampling latency s (4 videos) |",
+        lines += ["", f"| {key}: sub-model | held-out bit loss | vs full | colour | shape | sampling latency s (4 videos) |",
                   "|---|---|---|---|---|---|"]
         full = _mean([r["loss[full]"] for r in el])
         for name in SUBMODELS:
@@ -446,7 +495,7 @@ def table(rows: list[dict]) -> str:
         base = {r["seed"]: r["loss[full]"] for r in by.get("moe", [])}
         pairs = [r["loss[full]"] / base[r["seed"]] - 1 for r in el if r["seed"] in base]
         if pairs:
-            lines.append(f"\nelastic full model vs the same MoE trained without elasticity, same seeds ({len(pairs)}): "
+            lines.append(f"\n{key}: full model vs the same MoE trained without elasticity, same seeds ({len(pairs)}): "
                          f"{_mean(pairs):+.2%} held-out loss (per seed: {', '.join(f'{x:+.2%}' for x in pairs)})")
     return "\n".join(lines)
 
@@ -470,7 +519,9 @@ def main() -> None:
     ap.add_argument("--curve-every", type=int, default=10, help="MaxVio curve: optimiser steps between points")
     ap.add_argument("--prompts", type=int, default=16, help="held-out captions sampled for adherence (0 = none)")
     ap.add_argument("--bias-rate", type=float, help="override moe_bias_rate of the balanced variants")
-    ap.add_argument("--bias-schedule", help="override moe_bias_schedule (constant / cosine)")
+    ap.add_argument("--bias-schedule", help="override moe_bias_schedule (constant / cosine / exp)")
+    ap.add_argument("--bias-rate-end", type=float, help="override moe_bias_rate_end (the exp schedule's last rate)")
+    ap.add_argument("--elastic-weight", type=float, help="override the elastic sub-model loss weight (default 1)")
     ap.add_argument("--cache", default="runs/moe_bench/cache")
     ap.add_argument("--train-clips", type=int, default=512)
     ap.add_argument("--val-clips", type=int, default=64)
@@ -494,7 +545,9 @@ def main() -> None:
             jobs = [(v, int(s)) for s in args.seeds.split(",") for v in variants]
             with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
                 futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache, args.save, args.curve_every,
-                                       args.prompts, args.bias_rate, args.bias_schedule) for v, s in jobs]
+                                       args.prompts, args.bias_rate, args.bias_schedule, args.elastic_weight,
+                                       args.bias_rate_end)
+                           for v, s in jobs]
                 for f in futures:
                     _append(log, f.result())
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]

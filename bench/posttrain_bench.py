@@ -3,6 +3,7 @@
     python bench/posttrain_bench.py --part ft  --json runs/posttrain_bench/ft.json   # fine-tuning table
     python bench/posttrain_bench.py --part rl  --json runs/posttrain_bench/rl.json   # RL table
     python bench/posttrain_bench.py --part ceiling                                   # codec round trip
+    python bench/posttrain_bench.py --part diversity --under-dir runs/pb/under       # diversity vs temperature
 
 Base model: mmgen/assets/default (32 training captions: large circles, 8 colours, 4 motions).
 
@@ -25,10 +26,13 @@ squares; most diamond clips still read as diamonds.)
 RL (``--part rl``): the under-trained model is the base LoRA-fine-tuned for only
 ``--under-steps`` steps on the concept (a fresh generator trained from scratch for 200 steps
 scores 0.08 at temperature 1: nothing to amplify), cached in ``--under-dir``. GRPO on the
-concept's 24 training captions, plain and with CD-RLHF curiosity, same steps and seed; scored
+concept's 24 training captions, plain (``--etas 0``) and with CD-RLHF curiosity at each other
+``--etas`` value, same steps, lr warm-up (``--warmup``) and seed; scored
 on its 8 held-out captions at the rollout settings (no CFG, the rollout temperature): reward,
 motion and colour adherence, diversity (mean pairwise pixel distance of
-the videos of one prompt). One row per RL seed, then mean +- std.
+the videos of one prompt). One row per RL seed, then mean +- std; each curiosity row is also
+compared with plain GRPO paired by seed. ``--part diversity`` checks that the diversity measure
+rises with the sampling temperature on one model.
 """
 from __future__ import annotations
 
@@ -185,10 +189,39 @@ def under_trained(args):
     return pipe
 
 
+def raw_settings(temperature: float) -> dict:
+    """The RL rollout's sampling: the policy's own distribution (no CFG, no nucleus cut)."""
+    return {"guidance": 1.0, "top_p": 1.0, "temperature": {"coarse": temperature, "fine": temperature}}
+
+
+@torch.no_grad()
+def part_diversity(args) -> dict:
+    """Is the diversity measure sensitive? The under-trained model's held-out prompts sampled at
+    several temperatures: diversity should rise with the temperature."""
+    base = under_trained(args)
+    rows = {t: evaluate_prompts(base, held_out(args.concept), args.eval_n, seed=200, **raw_settings(t))
+            for t in args.temperatures}
+    print(f"Diversity vs sampling temperature (under-trained model, {len(held_out(args.concept))} held-out prompts "
+          f"x {args.eval_n} videos, no CFG):")
+    print("| temperature | diversity (pixel) | held-out reward |")
+    print("|---|---|---|")
+    for t, r in rows.items():
+        print(f"| {t:g} | {r['diversity']:.4f} | {r['reward']:.3f} |")
+    return {"rows": {str(t): r for t, r in rows.items()}, "args": vars(args)}
+
+
+def variant_name(eta: float, args) -> str:
+    if eta == 0:
+        return "GRPO"
+    extra = [f"ICM lr {args.icm_lr:g}"] if args.icm_lr != RLConfig.icm_lr else []
+    extra += ["zero-mean whitening"] if args.drop_mean else []
+    return f"GRPO + curiosity eta {eta:g}" + (f" ({', '.join(extra)})" if extra else "")
+
+
 def part_rl(args) -> dict:
     base = under_trained(args)
-    raw = {"guidance": 1.0, "temperature": {"coarse": args.temperature, "fine": args.temperature}}
-    variants = {"GRPO": False, "GRPO + curiosity": True}
+    raw = raw_settings(args.temperature)
+    variants = {variant_name(e, args): e for e in args.etas}
 
     def evaluate(pipe) -> dict:
         return evaluate_prompts(pipe, held_out(args.concept), args.eval_n, seed=200, **raw)
@@ -197,11 +230,12 @@ def part_rl(args) -> dict:
     print(f"start: {start}", flush=True)
     rows = {name: [] for name in variants}
     for seed in args.seeds:
-        for name, curiosity in variants.items():
+        for name, eta in variants.items():
             pipe = copy.deepcopy(base)
             cfg = RLConfig(steps=args.rl_steps, prompts_per_step=args.prompts_per_step, group_size=args.group,
-                           lr=args.rl_lr, kl_coef=args.kl_coef, temperature=args.temperature,
-                           curiosity=curiosity, eta=args.eta, seed=seed)
+                           lr=args.rl_lr, warmup_steps=args.warmup, kl_coef=args.kl_coef, temperature=args.temperature,
+                           curiosity=eta > 0, eta=eta or RLConfig.eta, icm_lr=args.icm_lr,
+                           keep_mean=not args.drop_mean, seed=seed)
             t0 = time.time()
             hist = GRPOTrainer(pipe, train_captions(args.concept), cfg,
                                log=lambda s, tag=f"{name} seed {seed}": print(f"  {tag}: {s}", flush=True)).run()
@@ -209,7 +243,8 @@ def part_rl(args) -> dict:
             res.update(seed=seed, train_s=time.time() - t0, history=hist,
                        flat_groups=float(np.mean([h["flat_groups"] for h in hist])),
                        train_reward_first_last=(float(np.mean([h["reward"] for h in hist[:5]])),
-                                                float(np.mean([h["reward"] for h in hist[-5:]]))))
+                                                float(np.mean([h["reward"] for h in hist[-5:]]))),
+                       intrinsic_push=float(np.mean([h.get("intrinsic_push", 0.0) for h in hist])))
             rows[name].append(res)
             print(f"seed {seed} {name}: reward {res['reward']:.3f} (start {start['reward']:.3f}) diversity "
                   f"{res['diversity']:.4f} train reward {res['train_reward_first_last'][0]:.3f} -> "
@@ -225,34 +260,39 @@ def table_rl(result: dict) -> None:
     args.seeds = sorted({x["seed"] for r in rows.values() for x in r})
     print(f"\nRL on an under-trained model ({args.under_steps} LoRA steps on {args.concept}s), sampled without CFG at "
           f"temperature {args.temperature}: {args.rl_steps} GRPO steps x {args.prompts_per_step} prompts x group "
-          f"{args.group}, lr {args.rl_lr}, KL {args.kl_coef}, eta {args.eta}; trained on the 24 training captions, "
+          f"{args.group}, lr {args.rl_lr} (warm-up {getattr(args, 'warmup', 0)} steps), KL {args.kl_coef}; trained on the 24 training captions, "
           f"scored on the 8 held-out ones, {args.eval_n} videos each; seeds {args.seeds}")
     print("| model | held-out reward | gain | shape | motion | colour | all correct | diversity (pixel) "
-          "| flat groups |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| flat groups | mean bonus on non-greedy bits |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| under-trained start | {start['reward']:.3f} | | {start['shape']:.3f} | {start['motion']:.3f} "
-          f"| {start['color']:.3f} | {start['all_correct']:.3f} | {start['diversity']:.4f} | |")
+          f"| {start['color']:.3f} | {start['all_correct']:.3f} | {start['diversity']:.4f} | | |")
     for name, r in rows.items():
         print(f"| {name} | {fmt([x['reward'] for x in r])} | {fmt([x['reward'] - start['reward'] for x in r])} "
               f"| {fmt([x['shape'] for x in r])} | {fmt([x['motion'] for x in r])} | {fmt([x['color'] for x in r])} "
               f"| {fmt([x['all_correct'] for x in r])} | {fmt([x['diversity'] for x in r])} "
-              f"| {fmt([x['flat_groups'] for x in r])} |")
-    plain, cur = rows["GRPO"], rows["GRPO + curiosity"]
-    rel = [c["diversity"] / p["diversity"] - 1 for p, c in zip(plain, cur)]
-    gap = [c["reward"] - p["reward"] for p, c in zip(plain, cur)]
-    print(f"curiosity vs plain, paired by seed: diversity {fmt(rel)} relative, reward {fmt(gap)} absolute")
+              f"| {fmt([x['flat_groups'] for x in r])} | {fmt([x['intrinsic_push'] for x in r])} |")
+    plain = {x["seed"]: x for x in rows.get("GRPO", [])}
+    for name, r in rows.items():
+        pairs = [(plain[c["seed"]], c) for c in r if name != "GRPO" and c["seed"] in plain]
+        if pairs:
+            rel = [c["diversity"] / p["diversity"] - 1 for p, c in pairs]
+            gap = [c["reward"] - p["reward"] for p, c in pairs]
+            print(f"{name} vs plain GRPO, paired by seed: diversity {fmt(rel)} relative, "
+                  f"reward {fmt(gap)} absolute")
 
 
 def merge(part: str, files: list[str]) -> None:
     """One table from runs of the same settings, e.g. one seed each (base / start taken from the first)."""
     results = [json.loads(Path(f).read_text()) for f in files]
-    merged = dict(results[0], rows={k: [x for r in results for x in r["rows"][k]] for k in results[0]["rows"]})
+    names = list(dict.fromkeys(k for r in results for k in r["rows"]))
+    merged = dict(results[0], rows={k: [x for r in results for x in r["rows"].get(k, [])] for k in names})
     {"ft": table_ft, "rl": table_rl}[part](merged)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("ft", "rl", "ceiling"), required=True)
+    p.add_argument("--part", choices=("ft", "rl", "ceiling", "diversity"), required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--concept", default="diamond", choices=SHAPES[1:], help="ft: the new shape")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -269,7 +309,13 @@ def main() -> None:
     p.add_argument("--rl-lr", type=float, default=5e-5)
     p.add_argument("--kl-coef", type=float, default=0.05)
     p.add_argument("--temperature", type=float, default=1.0, help="RL rollout and evaluation temperature")
-    p.add_argument("--eta", type=float, default=0.06, help="RL curiosity scale")
+    p.add_argument("--etas", type=float, nargs="+", default=[0.0, 0.06],
+                   help="RL variants: curiosity scales, 0 = plain GRPO")
+    p.add_argument("--warmup", type=int, default=0, help="RL: linear lr warm-up steps")
+    p.add_argument("--icm-lr", type=float, default=RLConfig.icm_lr, help="RL: the curiosity module's lr")
+    p.add_argument("--drop-mean", action="store_true", help="RL: zero-mean whitening of the intrinsic reward")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.5, 1.0, 1.5],
+                   help="diversity: sampling temperatures")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="print the --part table of these --json results (e.g. one seed per file) and exit")
@@ -278,7 +324,7 @@ def main() -> None:
         merge(args.part, args.merge)
         return
     torch.set_num_threads(1)
-    result = {"ft": part_ft, "rl": part_rl, "ceiling": part_ceiling}[args.part](args)
+    result = {"ft": part_ft, "rl": part_rl, "ceiling": part_ceiling, "diversity": part_diversity}[args.part](args)
     if args.json:
         write_json(args.json, result)
 

@@ -6,6 +6,10 @@
     python bench/unified_bench.py train --variant unified --seed 0 --steps 300   # (x seeds, x variants)
     python bench/unified_bench.py adherence --seed 0 --variant unified            # (x seeds, x variants)
     python bench/unified_bench.py table
+    # why captions sit at chance (diagnostics; issue 16)
+    python bench/unified_bench.py visible --clips 32           # what the finest scale carries
+    python bench/unified_bench.py reading --inputs own --steps 250   # caption-only training, no generation rows
+    python bench/unified_bench.py probe                         # linear probes of pooled video features
 
 Every part appends rows to ``--log`` (default runs/unified_bench/results.jsonl), so the parts can
 run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the README rows.
@@ -20,6 +24,16 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
   steps, so both see the same number of generation rows (video tokens with a loss) in
   expectation; everything else (architecture incl. the unused text head, lr schedule, batch,
   corruption, early-scale weighting) is the same.
+* visible: held-out one-object clips decoded from scales 0..n only, scored by mmgen.metrics.shapes
+  (the generation inputs never carry a frame's finest scale).
+* reading: caption-only training (``--steps`` x ``--batch`` rows of the latent cache, the shipped
+  architecture, no generation rows), then greedy captions of held-out clips. ``--inputs``: ``gen``
+  (the generation inputs, as before the fix), ``own`` (:func:`mmgen.ar.unified.video_inputs`),
+  ``oracle`` (the colour one-hot written into every cell: is the text <- video path itself able to
+  learn?), ``celloracle`` (written only into the 2 finest cells per frame that differ most from the
+  frame's median: can the text find a few cells?); the oracles report training loss only.
+* probe: linear probes of colour / shape / size / motion of the one-object training clips from pooled
+  finest-group features (own content vs generation inputs): is the information there at all?
 * adherence: ``--prompts`` canonical captions of held-out clips (seed 2000), one video each
   (sampling seed 0, the pipeline's default settings), scored by mmgen.metrics.shapes.
 """
@@ -113,6 +127,158 @@ def caption_part(args) -> list[dict]:
     return rows
 
 
+def visible_part(args) -> list[dict]:
+    import torch
+
+    from mmgen.metrics.shapes import expected_from_caption, score_video
+    from mmgen.tokenizer import VideoTokenizer
+
+    torch.set_grad_enabled(False)
+    tok = VideoTokenizer.from_pretrained(args.tokenizer)
+    clips = _held_out(CAPTION_SEED, args.clips)[1]
+    codes = tok.tokenize(torch.stack([s.frames for s in clips]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)
+    rows = []
+    for n in range(len(codes), 0, -1):
+        f_hat = sum(tok.quantizer.dequant_up(codes[k], k) for k in range(n)).transpose(1, 2)
+        videos = ((tok.decode(f_hat).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+        scores = [score_video(v, expected_from_caption(_canonical(s))) for s, v in zip(clips, videos)]
+        rows.append({"part": "visible", "scales": n, "clips": len(clips),
+                     **{f: sum(r[f] for r in scores) / len(scores) for f in FIELDS}})
+    return rows
+
+
+def probe_part(args) -> list[dict]:
+    """Linear probes of each field of one-object training clips (3/4 fit, 1/4 scored) from pooled video
+    features: per frame, the mean cell and the cells' mean weighted by their distance from the frame's
+    median cell (where an object differs from the plain background)."""
+    import torch
+
+    from mmgen.ar.unified import video_inputs
+    from mmgen.data.latents import LatentCache
+    from mmgen.data.moving_shapes import parse_caption
+    from mmgen.tokenizer import VideoTokenizer
+
+    torch.manual_seed(args.seed)
+    q = VideoTokenizer.from_pretrained(args.tokenizer).quantizer
+    cache = LatentCache(args.cache)
+    objects = [parse_caption(c) for c in cache.captions]
+    idx = [i for i, o in enumerate(objects) if len(o) == 1]
+    with torch.no_grad():
+        codes = q.residual_pass(torch.stack([cache[i]["latent"] for i in idx]))[0]
+    rows = []
+    for name, cells in (("own (video_inputs, finest group)", video_inputs(q, codes)[-1]),
+                        ("gen (next_scale_inputs, finest group)", q.next_scale_inputs(codes)[-1])):
+        x = cells.flatten(2, 3)
+        weight = (x - x.median(2, keepdim=True).values).norm(dim=-1, keepdim=True)
+        X = torch.cat([x.mean(2).flatten(1), ((x * weight).sum(2) / (weight.sum(2) + 1e-6)).flatten(1)], 1)
+        X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+        fit, test = slice(0, len(X) * 3 // 4), slice(len(X) * 3 // 4, len(X))
+        row = {"part": "probe", "features": name, "clips": len(X)}
+        for field in FIELDS:
+            labels = [getattr(objects[i][0], field) for i in idx]
+            names = sorted(set(labels))
+            y = torch.tensor([names.index(v) for v in labels])
+            W = torch.zeros(X.shape[1], len(names), requires_grad=True)
+            b = torch.zeros(len(names), requires_grad=True)
+            opt = torch.optim.Adam([W, b], lr=0.05)
+            for _ in range(300):
+                loss = torch.nn.functional.cross_entropy(X[fit] @ W + b, y[fit]) + 1e-3 * W.pow(2).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            row[field] = round(((X[test] @ W + b).argmax(1) == y[test]).float().mean().item(), 3)
+        rows.append(row)
+    return rows
+
+
+def _canonical(sample) -> str:
+    from mmgen.data.moving_shapes import ObjectSpec, caption_of
+
+    return caption_of([ObjectSpec(**{f: o[f] for f in ("shape", "color", "size", "motion")}) for o in sample.objects])
+
+
+def reading_part(args) -> list[dict]:
+    import random
+
+    import torch
+
+    from mmgen.ar.caption import generate_text
+    from mmgen.ar.model import VideoAR
+    from mmgen.ar.unified import text_loss, text_sequences, video_inputs
+    from mmgen.data.latents import LatentCache
+    from mmgen.data.moving_shapes import COLORS, caption_of, parse_caption
+    from mmgen.data.unified import grammar_words
+    from mmgen.tokenizer import VideoTokenizer
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    q = VideoTokenizer.from_pretrained(args.tokenizer).eval().quantizer
+    cache = LatentCache(args.cache)
+    objects = [parse_caption(c) for c in cache.captions]
+    colors = [list(COLORS).index(o[0].color) for o in objects]
+    gen = yaml_generator()
+    model = VideoAR(bits=q.bits, scales=q.scales, **gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
+
+    def seen(codes, idx=None):
+        if args.inputs == "gen":
+            return q.next_scale_inputs(codes)
+        x = video_inputs(q, codes)
+        if args.inputs in ("oracle", "celloracle"):
+            hot = torch.nn.functional.one_hot(torch.tensor([colors[i] for i in idx]), q.bits).float() * 3
+            finest = x[-1].flatten(2, 3)  # [B, t, h*w, d]
+            if args.inputs == "oracle":
+                finest = hot[:, None, None].expand_as(finest)
+                x = [hot[:, None, None, None].expand_as(v) for v in x[:-1]]
+            else:
+                x = x[:-1]
+                top = (finest - finest.median(2, keepdim=True).values).norm(dim=-1).topk(2, dim=-1).indices
+                finest = finest.scatter(2, top[..., None].expand(-1, -1, -1, q.bits),
+                                        hot[:, None, None].expand(-1, finest.shape[1], 2, -1))
+            x = [*x, finest.view(*finest.shape[:2], *q.scales[-1], q.bits)]
+        return x
+
+    t0, losses = time.perf_counter(), []
+    for _ in range(args.steps):
+        idx = rng.sample(range(len(cache)), args.batch)
+        with torch.no_grad():
+            inputs = seen(q.residual_pass(torch.stack([cache[i]["latent"] for i in idx]))[0], idx)
+        text, targets = text_sequences(model.words, [""] * len(idx), [caption_of(objects[i]) for i in idx], gen["text_len"])
+        loss, _ = text_loss(model(model.null_condition(len(idx)), inputs, text=text)[1], targets)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        warmup.step()
+        losses.append(loss.item())
+    row = {"part": "reading", "inputs": args.inputs, "seed": args.seed, "steps": args.steps, "batch": args.batch,
+           "seconds": round(time.perf_counter() - t0, 1),
+           "text_loss_first_25": round(statistics.mean(losses[:25]), 3),
+           "text_loss_last_25": round(statistics.mean(losses[-25:]), 3)}
+    if args.inputs in ("gen", "own"):
+        model.eval()
+        tok = VideoTokenizer.from_pretrained(args.tokenizer).eval()
+        with torch.no_grad():
+            for n, clips in _held_out(CAPTION_SEED, args.clips).items():
+                codes = tok.tokenize(torch.stack([s.frames for s in clips]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)
+                texts = [model.words.decode(r) for r in generate_text(model, seen(codes))]
+                per = [r for s, t in zip(clips, texts) for r in score_caption(t, s.objects)]
+                row.update({f"{n}obj_{f}": round(sum(r[f] for r in per) / len(per), 3) for f in FIELDS})
+    return [row]
+
+
+def yaml_generator() -> dict:
+    """The shipped unified generator's fields (configs/generator/unified.yaml), without MTP heads."""
+    import yaml
+
+    from mmgen.ar.presets import preset_config
+
+    cfg = yaml.safe_load((ROOT / "configs/generator/unified.yaml").read_text())["model"]
+    gen = preset_config(cfg["preset"], **cfg["generator"])
+    return {k: v for k, v in gen.items() if k not in ("bits", "scales")} | {"mtp_heads": 0}
+
+
 def train_part(args) -> list[dict]:
     out = Path(args.runs) / f"{args.variant}-s{args.seed}"
     steps = args.steps if args.variant == "unified" else args.steps // 2
@@ -183,7 +349,9 @@ def _ms(values: list[float]) -> str:
 def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
-        if r["part"] == "caption":
+        if r["part"] in ("visible", "reading", "probe"):
+            lines.append(json.dumps(r))
+        elif r["part"] == "caption":
             lines.append(f"caption {r['objects']}-object ({r['clips']} clips, {r['model']}): " +
                          ", ".join(f"{f} {r[f]:.3f}" for f in (*FIELDS, "all_fields")))
         elif r["part"] == "questions":
@@ -205,7 +373,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("caption", "train", "adherence", "table"))
+    p.add_argument("part", choices=("caption", "train", "adherence", "table", "visible", "reading", "probe"))
     p.add_argument("--model", help="pipeline folder (caption: default mmgen/assets/unified)")
     p.add_argument("--clips", type=int, default=64, help="held-out clips per object count (caption)")
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts per object count (adherence)")
@@ -215,6 +383,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="unified steps (genonly runs half)")
     p.add_argument("--cache", default="runs/unified/latents", help="latent cache of scripts/build_unified_model.sh")
     p.add_argument("--runs", default="runs/unified_bench")
+    p.add_argument("--inputs", choices=("gen", "own", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
+    p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/default/tokenizer"), help="visible / reading")
     p.add_argument("--log", default="runs/unified_bench/results.jsonl")
     args = p.parse_args()
     log = Path(args.log)
@@ -223,7 +393,8 @@ def main() -> None:
         return
     if args.part == "caption" and args.model is None:
         args.model = str(ROOT / "mmgen/assets/unified")
-    rows = {"caption": caption_part, "train": train_part, "adherence": adherence_part}[args.part](args)
+    rows = {"caption": caption_part, "train": train_part, "adherence": adherence_part, "visible": visible_part,
+            "reading": reading_part, "probe": probe_part}[args.part](args)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         for row in rows:

@@ -185,15 +185,20 @@ def test_scans_that_cannot_change_any_state_are_skipped(model, batch, monkeypatc
     assert torch.equal(fast, traced)
 
 
+def _scan_rhos(model, batch) -> torch.Tensor:
+    """rho of every sample at each of layers 1-3 without expanding (thresholds are picked from these)."""
+    probe = BlinkTrace()
+    with torch.no_grad():
+        Blink(BlinkConfig(layers=(1, 4), mode="interp", tau_exp=math.inf, tau_drop=0.0), None).run(
+            model, model.prepare(*batch), probe)
+    return torch.cat(probe.rho)
+
+
 def test_split_batches_equals_the_single_batch_reference(model, batch):
     """Fast path: samples that expand, drop or stay run on as sub-batches; answers and trace must
     match the reference that carries invisible slots for the unexpanded samples."""
     images, ids, lengths = batch
-    probe = BlinkTrace()
-    with torch.no_grad():
-        Blink(BlinkConfig(layers=(1, 4), mode="interp", tau_exp=math.inf, tau_drop=0.0), None).run(
-            model, model.prepare(images, ids, lengths), probe)
-    rhos = torch.cat(probe.rho)
+    rhos = _scan_rhos(model, batch)
     seen = {"split": False, "drop": False, "late expand": False}
     for q_exp, q_drop in [(0.5, 0.45), (0.4, 0.35), (0.6, 0.2)]:
         tau_exp, tau_drop = float(rhos.quantile(q_exp)), float(rhos.quantile(q_drop))

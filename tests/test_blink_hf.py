@@ -231,8 +231,14 @@ def test_vqa_command_answers_with_a_local_llava_folder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_llava_bench_script_scores_pope_files_and_trains_tokensr(tmp_path, capsys):
-    """bench/blink_llava.py on the tiny folder: a missing image is skipped and named, the rest scored;
-    --fit-tokensr writes a bank the Blink row then uses."""
+    folder = tmp_path / "llava"
+    tiny_llava_folder(folder)
+    bench_script_scores_pope_files_and_trains_tokensr(folder, tmp_path, capsys)
+
+
+def bench_script_scores_pope_files_and_trains_tokensr(folder, tmp_path, capsys, *args: str):
+    """bench/blink_llava.py on a tiny folder: a missing image is skipped and named, the rest scored;
+    --fit-tokensr writes a bank the Blink row then uses (shared with Qwen2-VL's test)."""
     import importlib.util
 
     import numpy as np
@@ -241,8 +247,6 @@ def test_llava_bench_script_scores_pope_files_and_trains_tokensr(tmp_path, capsy
     spec = importlib.util.spec_from_file_location("blink_llava", "bench/blink_llava.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    folder = tmp_path / "llava"
-    tiny_llava_folder(folder)
     rng = np.random.default_rng(0)
     lines = []
     for i in range(4):
@@ -251,7 +255,7 @@ def test_llava_bench_script_scores_pope_files_and_trains_tokensr(tmp_path, capsy
     lines.append({"image": "missing.png", "text": "is the circle red ?", "label": "no"})
     (tmp_path / "pope.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     common = ["--model", str(folder), "--pope", str(tmp_path / "pope.jsonl"), "--image-root", str(tmp_path),
-              "--blink-layers", "1", "3", "--region", "2", "--device", "cpu", "--batch-size", "2"]
+              "--blink-layers", "1", "3", "--region", "2", "--device", "cpu", "--batch-size", "2", *args]
     assert bench.main([*common, "--fit-tokensr", str(tmp_path / "sr"), "--steps", "2", "--hidden", "8"]) == 0
     assert (tmp_path / "sr" / "config.json").is_file()
     capsys.readouterr()

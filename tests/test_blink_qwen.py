@@ -9,7 +9,8 @@ transformers = pytest.importorskip("transformers")
 
 from mmgen.mllm.blink import Blink, BlinkConfig, BlinkTrace  # noqa: E402
 from mmgen.mllm.hf import Qwen2VLDecoder, vicrop  # noqa: E402
-from test_blink_hf import expand_everyone, tokensr_step_lowers_its_loss  # noqa: E402  shared with LLaVA's
+from test_blink_hf import (bench_script_scores_pope_files_and_trains_tokensr, expand_everyone,  # noqa: E402
+                           tokensr_step_lowers_its_loss)  # shared with LLaVA's
 
 IMAGE, START, END = 150, 152, 153  # image pad / vision start / vision end ids of the tiny config
 GRID = (4, 4)  # merged token grid of a 32 x 32 image: 8 x 8 patches of 4 px, merged 2 x 2
@@ -178,3 +179,81 @@ def test_a_wrong_image_size_is_named(qwen):
     ids, mask, pixels = prompts(1)
     with pytest.raises(ValueError, match="32x32 pixels"):
         dec.prepare(ids, pixels[:48], mask)
+
+
+def tiny_qwen2vl_folder(path):
+    """A loadable Qwen2-VL folder: the tiny model + a word-level tokenizer with Qwen2-VL's special tokens
+    and the Qwen2-VL image / video processors built here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (PreTrainedTokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor,
+                              Qwen2VLVideoProcessor)
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", *"user assistant what color is the circle ? red blue".split()]
+    vocab = {w: i for i, w in enumerate(words + [f"w{i}" for i in range(IMAGE - len(words))])}
+    special = {"<|image_pad|>": IMAGE, "<|video_pad|>": 151, "<|vision_start|>": START, "<|vision_end|>": END,
+               "<|im_start|>": 154, "<|im_end|>": 155}
+    vocab.update(special)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    tok.add_tokens(list(special), special_tokens=True)
+    patches = dict(patch_size=4, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**patches), tokenizer=tok,
+                                 video_processor=Qwen2VLVideoProcessor(**patches))
+    model = tiny_qwen2vl()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return model, processor
+
+
+def test_vqa_command_answers_with_a_local_qwen2vl_folder(tmp_path, capsys):
+    """`mmgen vqa --model` tells Qwen2-VL from LLaVA by the folder's config: plain greedy answers are the HF
+    model's own (image resized to --image-side), --blink-interp and --blink (a TokenSR folder) answer too."""
+    import numpy as np
+    from PIL import Image
+
+    from mmgen.mllm.cli import main
+    from mmgen.mllm.hf import QWEN2VL_PROMPT
+    from mmgen.mllm.tokensr import TokenSRBank
+
+    folder = tmp_path / "qwen"
+    model, processor = tiny_qwen2vl_folder(folder)
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)  # square: the command pads others
+    Image.fromarray(rgb).save(tmp_path / "scene.png")
+    question = "what color is the circle ?"
+    enc = processor(text=[QWEN2VL_PROMPT.format(question=question)],
+                    images=[Image.fromarray(rgb).resize((32, 32), Image.BICUBIC)], return_tensors="pt",
+                    size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32})
+    assert enc["image_grid_thw"].tolist() == [[1, 8, 8]]
+    ref = model.generate(**enc, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expect = processor.tokenizer.decode(ref[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    common = ["--model", str(folder), "--image", str(tmp_path / "scene.png"), "--question", question,
+              "--max-new-tokens", "5", "--device", "cpu", "--image-side", "32"]
+    assert main(common) == 0
+    assert capsys.readouterr().out.strip() == expect
+    TokenSRBank(layers=(1, 2), dim=64, hidden=8).save_pretrained(str(tmp_path / "sr"))
+    blink = ["--blink-layers", "1", "3", "--region", "2", "--tau-exp", "0", "--tau-drop", "0"]
+    for mode in (["--blink-interp"], ["--blink", "--tokensr", str(tmp_path / "sr")]):
+        assert main([*common, *mode, *blink, "--show-saliency", str(tmp_path / "sal.png")]) == 0
+        out = capsys.readouterr()
+        assert out.out.strip() and (tmp_path / "sal.png").is_file()  # an answer (Blink may change it)
+    assert main([*common, "--image-side", "36"]) == 2
+    assert "multiple of" in capsys.readouterr().err
+
+
+def test_vqa_command_names_an_unsupported_hf_family(tmp_path, capsys):
+    from mmgen.mllm.cli import main
+
+    (tmp_path / "blip").mkdir()
+    (tmp_path / "blip" / "config.json").write_text('{"model_type": "blip-2"}')
+    assert main(["--model", str(tmp_path / "blip"), "--image", "x.png", "--question", "what ?"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'blip-2'" in err and "'llava'" in err and "'qwen2_vl'" in err
+
+
+@pytest.mark.slow
+def test_qwen2vl_bench_script_scores_pope_files_and_trains_tokensr(tmp_path, capsys):
+    folder = tmp_path / "qwen"
+    tiny_qwen2vl_folder(folder)
+    bench_script_scores_pope_files_and_trains_tokensr(folder, tmp_path, capsys, "--image-side", "32")

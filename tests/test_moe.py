@@ -92,6 +92,17 @@ def test_bias_update_follows_sign_of_load_gap_and_only_from_training_counts():
     assert m.expert_bias[0] < 5.0 and m.step_counts.sum() == 0
 
 
+def test_balance_counts_are_the_biased_choice_and_maxvio_uses_the_same_counts():
+    m = _moe(bias_rate=0.01).train()
+    m.expert_bias[:] = torch.tensor([0.0, 0.0, 0.0, 0.0, 3.0, 3.0])  # the bias alone forces experts 4, 5
+    out = m(torch.randn(3, 7, 32))
+    out.sum().backward()
+    assert torch.equal(m.step_counts, torch.bincount(m.last_choice.flatten(), minlength=6).float())
+    assert m.step_counts[4] == m.step_counts[5] == 21 and m.step_counts[:4].sum() == 0
+    assert max_violation(m.step_counts) == pytest.approx(2.0)  # 21 / 7 - 1
+    assert m.router.weight.grad[4:].abs().sum() > 0  # the gates of the chosen experts carry the gradient
+
+
 def test_loss_free_balancing_reduces_max_violation():
     m = _moe(bias_rate=0.05, n_experts=8, n_shared=0).train()
     with torch.no_grad():
@@ -178,6 +189,38 @@ def test_elastic_settings_validated_and_depth_runs_a_prefix():
     assert parse_setting("depth=3,top_k=2") == {"depth": 3, "top_k": 2}
     with pytest.raises(ValueError, match="KEY=INT"):
         parse_setting("width=half")
+
+
+def test_elastic_step_trains_full_and_sub_model_in_one_backward():
+    import random
+
+    from mmgen.ar.training import ARModule, ar_loss
+    from mmgen.nn.elastic import ElasticConfig
+
+    gen = dict(bits=16, scales=[[1, 1], [4, 4]], num_frames=2, width=32, depth=2, heads=2, max_text_len=16,
+               ffn="moe", moe_experts=4, moe_top_k=2, elastic=dict(depths=[1], p_full_depth=0.0, weight=0.5))
+    tok = dict(base_channels=8, latent_dim=16, sample_size=32, scales=[1, 4], num_frames=5)
+    torch.manual_seed(0)
+    module = ARModule(preset=None, generator=gen, tokenizer_config=tok, cond_dropout=0.0,
+                      corruption={"enabled": False}).train()
+    torch.nn.init.normal_(module.model.out_proj.weight, std=0.1)
+    batch = {"latent": torch.randn(2, 16, 2, 4, 4), "caption": ["a red circle", "a blue square"]}
+    step_loss, _ = module._step(batch, train=True)  # full model + the drawn depth-1 sub-model
+    with torch.no_grad():
+        _, targets, inputs, cond, _ = module._inputs(batch, train=False)
+        full, _ = ar_loss(module.model(cond, inputs), targets, module.model)
+        module.model.set_submodel(depth=1)
+        sub, _ = ar_loss(module.model(cond, inputs), targets, module.model)
+        module.model.set_submodel()
+    assert step_loss.item() == pytest.approx(full.item() + 0.5 * sub.item(), rel=1e-5)
+    step_loss.backward()
+    assert module.model.blocks[1].attn.o_proj.weight.grad.abs().sum() > 0  # the full model's last block trains
+    assert module.model.active_depth is None  # back to the full model after the step
+    # ERNIE 5.0's draw: each axis keeps its full setting with its own probability (config, 0.8 here)
+    rng, el = random.Random(0), ElasticConfig(depths=[1], top_ks=[1], expert_fraction=0.5)
+    draws = [el.sample(rng, 8) for _ in range(4000)]
+    for key in ("depth", "top_k", "experts"):
+        assert abs(sum(key in d for d in draws) / 4000 - 0.2) < 0.03
 
 
 def _ddp_worker(rank: int, port: int, out: str):
@@ -317,6 +360,21 @@ def test_cosine_bias_schedule_decays_the_step_to_zero_and_is_validated():
         assert layer.expert_bias[0].item() == pytest.approx(-expected, abs=1e-7)
     with pytest.raises(ValueError, match="moe_bias_schedule"):
         _tiny_moe(moe_bias_schedule="linear")
+
+
+def test_exp_bias_schedule_decays_the_step_to_the_end_rate_and_is_validated():
+    from mmgen.nn.moe import balance_step, bias_rate_scale
+
+    assert bias_rate_scale("exp", 0, 100, 0.01) == 1.0 and bias_rate_scale("exp", 50, 100, 0.01) == pytest.approx(0.1)
+    m = _tiny_moe(moe_bias_rate=1e-2, moe_bias_schedule="exp", moe_bias_rate_end=1e-4)
+    layer = moe_layers(m)[0]
+    for step, expected in ((0, 1e-2), (50, 1e-3), (100, 1e-4), (150, 1e-4)):
+        layer.expert_bias.zero_()
+        layer.step_counts.copy_(torch.tensor([5.0, 1.0, 1.0, 1.0]))
+        balance_step(m, step, 100)
+        assert layer.expert_bias[0].item() == pytest.approx(-expected, rel=1e-5)
+    with pytest.raises(ValueError, match="moe_bias_rate_end"):
+        _tiny_moe(moe_bias_rate=1e-3, moe_bias_schedule="exp", moe_bias_rate_end=1e-2)
 
 
 MLLM_MOE = dict(image_size=32, patch=8, vit_dim=32, vit_depth=1, vit_heads=1, dim=32, depth=3, heads=1,

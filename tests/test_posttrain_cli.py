@@ -7,7 +7,7 @@ import torch
 from mmgen.ar.model import VideoAR
 from mmgen.cli import main as mmgen_main
 from mmgen.pipelines.videoar import VideoARPipeline
-from mmgen.posttrain.rl import GRPOTrainer, RLConfig, next_state_index, token_weights, whiten_keep_mean
+from mmgen.posttrain.rl import GRPOTrainer, RLConfig, next_state_index, token_weights, whiten
 from mmgen.tokenizer.model import VideoTokenizer
 
 
@@ -150,11 +150,13 @@ def test_next_state_index_and_weights():
             assert float(w[s(t, k)].sum()) == pytest.approx(1.0)
 
 
-def test_whiten_keeps_mean():
+def test_whiten_keeps_or_drops_the_mean():
     x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     mask = torch.tensor([[True, True, True, False]])
-    y = whiten_keep_mean(x, mask)
+    y = whiten(x, mask)
     assert float(y[mask].mean()) == pytest.approx(2.0) and float(y[mask].std()) == pytest.approx(1.0)
+    z = whiten(x, mask, keep_mean=False)
+    assert float(z[mask].mean()) == pytest.approx(0.0, abs=1e-6) and float(z[mask].std()) == pytest.approx(1.0)
 
 
 @pytest.mark.slow

@@ -69,6 +69,26 @@ def test_cached_caption_equals_recompute():
         assert any(len(r) > 1 for r in cached)
 
 
+def test_model_owned_text_cache_equals_full_forward():
+    """VideoAR.new_cache(text_len) + feed_video + forward_text (a chunk, then one token at a time)
+    give the full teacher-forced forward's text logits, every head."""
+    m = _unified(mtp_heads=2)
+    x = _inputs(B=2, seed=2)
+    text = torch.randint(5, m.words.VOCAB_SIZE, (2, 16))
+    _, full = m(m.null_condition(2), x, text=text)
+    cache = m.new_cache(2, 2, text_len=16)
+    with pytest.raises(RuntimeError, match="after feed_video"):
+        m.forward_text(cache, text[:, :1])
+    m.feed_video(cache, m.null_condition(2), x)
+    with pytest.raises(RuntimeError, match="fresh cache"):
+        m.feed_video(cache, m.null_condition(2), x)
+    steps = [m.forward_text(cache, text[:, :5])] + [m.forward_text(cache, text[:, i:i + 1]) for i in range(5, 16)]
+    for h, head in enumerate(full):
+        assert torch.allclose(torch.cat([s[h] for s in steps], 1), head, atol=1e-5)
+    with pytest.raises(RuntimeError, match="fresh cache"):
+        m.feed_video(m.new_cache(2, 2), [""] * 2, x)  # no room for text
+
+
 def test_vocab_errors_and_roundtrip():
     v = WordVocab(grammar_words())
     ids = v.encode("A big red circle, moving to the left.")
@@ -155,3 +175,60 @@ def test_mixed_training_step_and_dataset(tmp_path):
     assert all(h.weight.grad.abs().sum() > 0 for h in module.model.text_head.heads)  # text + both MTP heads
     with pytest.raises(ValueError, match="text_vocab"):
         UnifiedModule(preset=None, generator=BASE, tokenizer_config=TOKENIZER)
+
+
+def _video_seen(module_or_model):
+    """Record the visual features the model embeds (in_proj's input) on its next forwards."""
+    seen = []
+    model = getattr(module_or_model, "model", module_or_model)
+    handle = model.in_proj.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    return seen, handle
+
+
+def test_video_inputs_carry_each_groups_own_content():
+    """Understanding reads the whole clip: group (t, k) = scales 0..k of frame t (the last group of a
+    frame is the frame's full latent), where the generation inputs stop at scale k-1."""
+    from mmgen.ar.training import load_tokenizer
+    from mmgen.ar.unified import video_inputs
+
+    torch.manual_seed(0)
+    q = load_tokenizer(config=TOKENIZER).quantizer
+    codes = [torch.randn(2, 2, s, s, q.bits).sign() for s in (1, 2, 4)]
+    own, gen = video_inputs(q, codes), q.next_scale_inputs(codes)
+    full = q.codes_to_latent(codes)  # [B, d, t, h, w]
+    assert torch.allclose(own[-1], full.permute(0, 2, 3, 4, 1), atol=1e-5)
+    assert torch.allclose(own[0], q.down_to(q.dequant_up(codes[0], 0), 0), atol=1e-5)
+    assert torch.allclose(own[1], q.down_to(q.dequant_up(codes[0], 0) + q.dequant_up(codes[1], 1), 1), atol=1e-5)
+    changed = [c.clone() for c in codes]
+    changed[-1][:, -1] *= -1  # the last frame's finest codes: invisible to the generation inputs
+    assert all(torch.equal(a, b) for a, b in zip(q.next_scale_inputs(changed), gen))
+    assert not torch.allclose(video_inputs(q, changed)[-1], own[-1])
+
+
+def test_training_feeds_understanding_rows_the_whole_clean_clip(tmp_path):
+    """The bug behind chance-level captions: understanding rows were fed the generation inputs,
+    which never hold a frame's finest scale (most of a small object), and corrupted ones."""
+    from mmgen.ar.training import load_tokenizer
+    from mmgen.ar.unified import video_inputs
+    from mmgen.ar.unified_training import UnifiedModule
+    from mmgen.data.latents import tokenize_dataset
+    from mmgen.data.moving_shapes import MovingShapes
+    from mmgen.data.unified import UnifiedLatents
+
+    torch.manual_seed(0)
+    tokenize_dataset(MovingShapes(4, size=16, num_frames=5, seed=3), load_tokenizer(config=TOKENIZER), tmp_path)
+    data = UnifiedLatents(str(tmp_path), understand_ratio=0.0)
+    module = UnifiedModule(preset=None, generator={**BASE, "max_text_len": 16, "text_vocab": grammar_words(),
+                                                    "text_len": 20}, tokenizer_config=TOKENIZER,
+                           corruption={"enabled": True, "p_max": 0.5})
+    items = [data[i] for i in range(2)]
+    batch = {"caption": [it["caption"] for it in items], "query": ["", ""], "answer": ["", data.captions[1]],
+             "latent": torch.stack([it["latent"] for it in items])}
+    seen, handle = _video_seen(module)
+    module._step(batch, train=True)
+    handle.remove()
+    q, layout = module.tokenizer.quantizer, module.model.layout(batch["latent"].shape[2])
+    clean = q.residual_pass(batch["latent"].float())[0]
+    own = layout.flatten_visual(video_inputs(q, clean))
+    assert torch.allclose(seen[0][1], own[1], atol=1e-5)  # the understanding row: its own clean content
+    assert not torch.allclose(seen[0][0], own[0], atol=1e-3)  # the generation row: history (and corrupted)

@@ -2,8 +2,9 @@
 
 The video is tokenized, fed as teacher-forced groups after the null prompt, then the text is
 decoded greedily one word at a time: ``<caption>`` (or ``<question> words <answer>``) and the
-model's words up to ``<eos>``. Decoding uses the model's KV cache (:class:`~mmgen.ar.model.ARCache`:
-the prefix and the whole video in one chunk, then one token per step);
+model's words up to ``<eos>``. Decoding uses the model's KV cache (``VideoAR.new_cache`` with
+``text_len``, ``feed_video``: the prefix and the whole video in one chunk, then ``forward_text``
+one token per step);
 :func:`generate_text` with ``use_cache=False`` recomputes the whole sequence every step (the
 reference the cache is tested against).
 """
@@ -14,9 +15,9 @@ from collections.abc import Sequence
 import torch
 
 from mmgen.io import resize_video
-from mmgen.nn import KVCache
 
-from .model import ARCache, VideoAR
+from .model import VideoAR
+from .unified import video_inputs
 from .words import ANSWER, CAPTION, EOS, PAD, QUESTION
 
 
@@ -37,58 +38,31 @@ def text_prompt(model: VideoAR, question: str | None) -> list[int]:
     return ids
 
 
-def _prefix_and_video(model: VideoAR, inputs: Sequence[torch.Tensor], layout) -> torch.Tensor:
-    B = inputs[0].shape[0]
-    P, V = layout.prefix_len, layout.num_visual
-    scale_id = layout.scale_id[P:P + V].to(model.device)
-    video = model._embed_visual(layout.flatten_visual([x.to(model.device) for x in inputs]), scale_id,
-                                layout.visual_slice(0, 0))
-    return torch.cat([model.embed_condition(model.null_condition(B)), video], dim=1)
-
-
-def _feed(model: VideoAR, cache: ARCache, x: torch.Tensor) -> torch.Tensor:
-    """Run the next ``x.shape[1]`` tokens of ``cache.layout`` through the cached blocks."""
-    layout, start = cache.layout, cache.length
-    stop = start + x.shape[1]
-    mask = layout.attention_mask().rows(slice(start, stop), stop).to(model.device)
-    return model._run_cached(cache, x, model._rope(layout.pos[start:stop]), mask,
-                             layout.group_id[start:stop].to(model.device))
-
-
-def _next_token(model: VideoAR, h: torch.Tensor) -> torch.Tensor:
-    return model.text_head(model.norm(h))[0].argmax(-1)
-
-
 @torch.no_grad()
 def generate_text(model: VideoAR, inputs: Sequence[torch.Tensor], question: str | None = None,
                   use_cache: bool = True) -> list[list[int]]:
     """Greedy text ids (without ``<eos>``) per row after the video ``inputs``
-    (``tokenizer.quantizer.next_scale_inputs(codes)``: list[K] of [B, t, h_k, w_k, d])."""
+    (:func:`mmgen.ar.unified.video_inputs` of the clip's codes: list[K] of [B, t, h_k, w_k, d])."""
     start = text_prompt(model, question)
     B, F = inputs[0].shape[:2]
     S = model.config.text_len
-    layout = model.layout(F, S)
     rows = torch.tensor(start, device=model.device).expand(B, -1)
     if use_cache:
-        head_dim = model.config.width // model.config.heads
-        cache = ARCache(layout, [KVCache(B, model.config.heads, layout.length, head_dim, model.dtype, model.device)
-                                 for _ in model.blocks], B, None)
-        _feed(model, cache, _prefix_and_video(model, inputs, layout))
-        h = _feed(model, cache, model.cond_embed(rows))
+        cache = model.new_cache(B, F, text_len=S)
+        model.feed_video(cache, model.null_condition(B), inputs)
+        logits = model.forward_text(cache, rows)[0]
     done = torch.zeros(B, dtype=torch.bool, device=model.device)
     while rows.shape[1] < S and not done.all():
         if not use_cache:
             text = torch.full((B, S), PAD, dtype=torch.long, device=model.device)
             text[:, :rows.shape[1]] = rows
-            _, logits = model(model.null_condition(B), inputs, text=text)
-            token = logits[0][:, rows.shape[1] - 1].argmax(-1)
-        else:
-            token = _next_token(model, h[:, -1])
-        token = torch.where(done, EOS, token)
+            _, full = model(model.null_condition(B), inputs, text=text)
+            logits = full[0][:, :rows.shape[1]]
+        token = torch.where(done, EOS, logits[:, -1].argmax(-1))
         rows = torch.cat([rows, token[:, None]], dim=1)
         done |= token == EOS
         if use_cache and rows.shape[1] < S and not done.all():
-            h = _feed(model, cache, model.cond_embed(token[:, None]))
+            logits = model.forward_text(cache, token[:, None])[0]
     out = []
     for row in rows[:, len(start):].tolist():
         out.append(row[:row.index(EOS)] if EOS in row else row)
@@ -115,5 +89,5 @@ def describe(pipe, videos: Sequence[torch.Tensor], question: str | None = None) 
     clips = torch.stack([resize_video(v[:n], pipe.frame_size) for v in videos])  # [B, n, H, W, 3]
     x = clips.to(pipe.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
     codes = pipe.tokenizer.tokenize(x.to(pipe.tokenizer.dtype))
-    ids = generate_text(model, pipe.tokenizer.quantizer.next_scale_inputs(codes), question)
+    ids = generate_text(model, video_inputs(pipe.tokenizer.quantizer, codes), question)
     return [model.words.decode(row) for row in ids]

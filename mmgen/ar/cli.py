@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         from .routing import routing_main
 
         try:
-            print(f"wrote {routing_main(args.model, args.out, args.clips)}")
+            path, shared = routing_main(args.model, args.out, args.clips)
+            for direction, layers in shared.items():
+                print(f"{direction}: text/visual expert-use overlap by layer {layers} (1 = same experts, 0 = disjoint)")
+            print(f"wrote {path}")
         except (ValueError, OSError) as err:
             print(f"mmgen ar routing: error: {err}", file=sys.stderr)
             return 2

@@ -105,8 +105,9 @@ class VideoAR(PretrainedModel):
       moe_experts, moe_top_k, moe_shared, moe_expert_hidden: routed experts, chosen per token,
         always-on shared experts, expert hidden size (None = active FFN size of the dense model)
       moe_dense_layers: the first layers keep a dense FFN
-      moe_bias_rate: loss-free balancing step; moe_bias_schedule: "constant" or "cosine" (the step
-        decays to 0 over the training run); moe_aux_alpha: sequence-wise aux loss (0 = off)
+      moe_bias_rate: loss-free balancing step; moe_bias_schedule: "constant", "cosine" (the step
+        decays to 0 over the training run) or "exp" (geometric decay to moe_bias_rate_end);
+        moe_aux_alpha: sequence-wise aux loss (0 = off)
       moe_kernel: "auto" (grouped GEMM where it runs), "grouped" or "loop"
       ffn="mohd" (mmgen.nn.mohd): mohd_expansion x the dense hidden dims, mohd_shared_fraction of
         the dense hidden always on, routed groups of mohd_group dims (bias/aux/kernel as moe_*)
@@ -147,7 +148,7 @@ class VideoAR(PretrainedModel):
                  attn_backend: str = "auto", grad_checkpointing: bool = False, ffn: str = "dense",
                  moe_experts: int = 8, moe_top_k: int = 2, moe_shared: int = 1,
                  moe_expert_hidden: int | None = None, moe_dense_layers: int = 0, moe_bias_rate: float = 1e-3,
-                 moe_bias_schedule: str = "constant", moe_aux_alpha: float = 0.0, moe_kernel: str = "auto",
+                 moe_bias_schedule: str = "constant", moe_bias_rate_end: float = 1e-4, moe_aux_alpha: float = 0.0, moe_kernel: str = "auto",
                  mohd_expansion: float = 2.0, mohd_shared_fraction: float = 0.5, mohd_group: int = 32,
                  moue_pool: int | None = None, moue_stride: int | None = None, moue_traj_dim: int = 16, elastic: dict | None = None,
                  text_encoder: str | None = None, text_encoder_sha256: str | None = None,
@@ -302,21 +303,25 @@ class VideoAR(PretrainedModel):
     def _active_blocks(self):
         return self.blocks[:self.active_depth] if self.active_depth else self.blocks
 
-    def routing_counts(self) -> dict[str, torch.Tensor]:
-        """Expert use of the last full-sequence forward per modality: {"text" (or "class"), "scale0",
-        ...} -> Long [MoE layers, experts] (tokens routed to each expert); {} for a dense model."""
+    def routing_counts(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Expert use of the last full-model forward per group of tokens: {name: Long [sparse layers,
+        experts]} (top-k choices counted); {} for a dense model.  masks: {name: bool [B, L] or [L]}
+        over that forward's sequence; None = the prefix ("text" or "class") and each scale's visual
+        tokens ("scale0", ...)."""
         layers = [m for m in moe_layers(self) if m.last_choice is not None]
         if not layers:
             return {}
-        per_frame = sum(h * w for h, w in self.scales)
-        layout = self.layout((layers[0].last_choice.shape[1] - self.prefix_len) // per_frame)
-        P = layout.prefix_len
-        scale_id = layout.scale_id[P:]
-        groups = {self.config.cond: torch.arange(P)}
-        groups.update({f"scale{k}": P + torch.nonzero(scale_id == k).flatten() for k in range(len(self.scales))})
-        return {name: torch.stack([torch.bincount(m.last_choice[:, idx.to(m.last_choice.device)].flatten(),
+        B, L = layers[0].last_choice.shape[:2]
+        if masks is None:
+            layout = self.layout((L - self.prefix_len) // sum(h * w for h, w in self.scales))
+            P, V = layout.prefix_len, layout.num_visual
+            scale_id = torch.full((L,), -1, dtype=torch.long)
+            scale_id[P:P + V] = layout.scale_id[P:P + V]  # a unified model's text after the video: no scale
+            masks = {self.config.cond: torch.arange(L) < P}
+            masks.update({f"scale{k}": scale_id == k for k in range(len(self.scales))})
+        return {name: torch.stack([torch.bincount(m.last_choice[mask.to(m.last_choice.device).expand(B, L)].flatten(),
                                                   minlength=m.n_experts).cpu() for m in layers])
-                for name, idx in groups.items()}
+                for name, mask in masks.items()}
 
     # ------------------------------------------------------------------ layout & condition
     def layout(self, num_frames: int | None = None, text_len: int = 0) -> GroupLayout:
@@ -506,23 +511,25 @@ class VideoAR(PretrainedModel):
         return int(window)
 
     def new_cache(self, batch_size: int, num_frames: int | None = None, window: int | None = None,
-                  dtype: torch.dtype | None = None) -> ARCache:
+                  dtype: torch.dtype | None = None, text_len: int = 0) -> ARCache:
         """Empty decoding state for ``batch_size`` rows (cond and uncond rows of CFG count separately).
 
         window: frames of keys/values kept (see :meth:`decoding_window`; default the trained window).
         dtype: storage dtype of keys/values; default = the autocast dtype when autocast is on for
         the model's device, else the model's parameter dtype.
+        text_len: room for text after the video (unified models: :meth:`feed_video`, :meth:`forward_text`);
+          the text reads the whole video, so such a cache keeps every frame (no window).
         """
-        window = self.decoding_window(window)
+        window = None if text_len else self.decoding_window(window)
         n = int(num_frames or self.config.num_frames)
         # The window is enforced by eviction; the layout gives positions and the prefix's mask,
         # which a window does not change.
-        layout = self.layout(n)
+        layout = self.layout(n, text_len)
         if dtype is None:
             dev = self.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.dtype
         kept = n if window is None else min(n, window + 1)
-        max_len = layout.prefix_len + kept * layout.tokens_per_frame
+        max_len = layout.prefix_len + kept * layout.tokens_per_frame + text_len
         head_dim = self.config.width // self.config.heads
         layers = [KVCache(batch_size, self.config.heads, max_len, head_dim, dtype, self.device)
                   for _ in self.blocks]
@@ -533,6 +540,37 @@ class VideoAR(PretrainedModel):
         for block, kv in zip(self._active_blocks(), cache.layers):
             x = block(x, rope, mask, kv_cache=kv, groups=groups)
         return x
+
+    def _feed_chunk(self, cache: ARCache, x: torch.Tensor) -> torch.Tensor:
+        """Run the next ``x.shape[1]`` tokens of ``cache.layout`` (masked as in training) through the cache."""
+        layout, start = cache.layout, cache.length
+        stop = start + x.shape[1]
+        mask = layout.attention_mask().rows(slice(start, stop), stop).to(self.device)
+        return self._run_cached(cache, x, self._rope(layout.pos[start:stop]), mask,
+                                layout.group_id[start:stop].to(self.device))
+
+    @torch.no_grad()
+    def feed_video(self, cache: ARCache, cond, inputs: Sequence[torch.Tensor]) -> None:
+        """Feed the prefix and a whole video (teacher-forced groups, ``inputs`` as in :meth:`forward`)
+        in one chunk into a fresh cache of :meth:`new_cache` with ``text_len``, ready for :meth:`forward_text`."""
+        layout = cache.layout
+        if cache.next_group != 0 or not layout.text_len:
+            raise RuntimeError("feed_video needs a fresh cache from new_cache(..., text_len=N)")
+        P, V = layout.prefix_len, layout.num_visual
+        feats = layout.flatten_visual([x.to(self.device) for x in inputs])
+        video = self._embed_visual(feats, layout.scale_id[P:P + V].to(self.device), layout.visual_slice(0, 0))
+        self._feed_chunk(cache, torch.cat([self.embed_condition(self.condition_tokens(cond)), video], dim=1))
+        cache.next_group = P + layout.num_frames * layout.num_scales
+
+    @torch.no_grad()
+    def forward_text(self, cache: ARCache, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Text-head logits (float32 [B, n, vocab] per head, as :meth:`forward`'s) of the next
+        ``n`` word ids Long [B, n] after :meth:`feed_video` (and earlier text)."""
+        if self.words is None or cache.next_group < cache.layout.num_groups - cache.layout.text_len:
+            raise RuntimeError("forward_text: a unified model (text_vocab), after feed_video")
+        h = self._feed_chunk(cache, self.cond_embed(tokens.to(self.device)))
+        cache.next_group += tokens.shape[1]
+        return self.text_head(self.norm(h))
 
     @torch.no_grad()
     def prefill(self, cache: ARCache, cond) -> None:

@@ -10,7 +10,9 @@ kinds of training sequence share every weight:
 * understanding ``[null prompt | video groups | <caption> words <eos>]`` or
   ``[... | <question> words <answer> words <eos>]``: the text loss on the caption / answer
   words only (a question is input). The video of such a row is input only: no visual loss, so
-  "video tokens trained on" counts generation rows alone.
+  "video tokens trained on" counts generation rows alone. Its groups carry their OWN content
+  (:func:`video_inputs`), not the generation inputs: those hold only what precedes a group, so
+  the finest scale of every frame (most of a small object) would never reach the text.
 
 A text token is a group of one (:class:`~mmgen.ar.layout.GroupLayout` ``text_len``) with the
 uni-RoPE position ``(s + j, s + j, s + j)`` just past the video. Optional multi-token prediction
@@ -84,6 +86,21 @@ def text_loss(logits: list[torch.Tensor], targets: torch.Tensor, mtp_weights: Se
             loss = loss + weight * F.cross_entropy(head[:, :-shift].flatten(0, 1), ahead.flatten(), ignore_index=IGNORE)
     acc = (logits[0].argmax(-1) == targets)[valid].float().mean()
     return loss, acc
+
+
+def video_inputs(quantizer, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The video as the input of understanding rows, one ``[B, t, h_k, w_k, d]`` tensor per scale:
+    group (t, k) carries frame t's scales 0..k summed at full size and resized to scale k, so the
+    last group of a frame holds the whole frame. Generation rows use
+    ``quantizer.next_scale_inputs`` instead (scales 0..k-1: the group's history), where a frame's
+    finest codes are never an input. Group (0, 0) is the <SOS> embedding either way (the model's);
+    its content reaches the text through group (0, 1)."""
+    out, f_hat = [], None
+    for k, code in enumerate(codes):
+        part = quantizer.dequant_up(code, k)
+        f_hat = part if f_hat is None else f_hat + part
+        out.append(quantizer.down_to(f_hat, k))
+    return out
 
 
 def scale_weights(layout, alpha: float) -> torch.Tensor:

@@ -4,7 +4,7 @@
 ``mmgen ar fit`` plus the arguments below) over :class:`mmgen.data.unified.UnifiedLatents` rows.
 One forward per batch: every row is ``[prefix | video | text]``; generation rows carry the
 visual loss (their text is padding), understanding rows the text loss (their prefix is the null
-prompt). Corruption, Random Frame Mask, CFG dropout, EMA, the optimiser and export are
+prompt; their video is the clean clip, every group its own content: :func:`video_inputs`). Corruption, Random Frame Mask, CFG dropout, EMA, the optimiser and export are
 ARModule's.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .training import ARModule
-from .unified import MTP_WEIGHTS, scale_weights, text_loss, text_sequences, visual_loss
+from .unified import MTP_WEIGHTS, scale_weights, text_loss, text_sequences, video_inputs, visual_loss
 
 
 class UnifiedModule(ARModule):
@@ -40,6 +40,11 @@ class UnifiedModule(ARModule):
         z, targets, inputs, cond, keep = self._inputs(batch, train)
         understand = torch.tensor([bool(a) for a in batch["answer"]], device=z.device)
         cond = torch.where(understand[:, None], model.null_condition(len(understand)), cond)
+        if understand.any():  # understanding rows read the whole clean clip (no corruption)
+            q = self.tokenizer.quantizer
+            seen = video_inputs(q, q.residual_pass(z)[0])
+            rows = understand.view(-1, 1, 1, 1, 1)
+            inputs = [torch.where(rows, s, i) for s, i in zip(seen, inputs)]
         text, text_targets = text_sequences(model.words, batch["query"], batch["answer"], model.config.text_len)
         visual, text_logits = model(cond, inputs, keep, text=text)
         layout = model.layout(z.shape[2])

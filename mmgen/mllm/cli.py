@@ -1,7 +1,8 @@
 """`mmgen vqa`: ask a question about an image (optionally with Blink), train, evaluate.
 
   mmgen vqa --image IMG --question "what color is the circle ?" [--model DIR] [--blink|--blink-interp]
-            [--tokensr DIR] [--show-saliency OUT.png]
+            [--tokensr DIR] [--show-saliency OUT.png]      DIR: an mmgen VQA model folder, or a local
+            Hugging Face LLaVA or Qwen2-VL folder (told apart by config.json's model_type; [--image-side PX])
   mmgen vqa fit --config configs/mllm/vqa.yaml --out DIR [--run-dir RUN] [--overwrite] [--ckpt_path CKPT]
                                                        train the MLLM from scratch (LightningCLI)
   mmgen vqa fit-tokensr --model DIR --out DIR [--run-dir RUN] [--overwrite] [...]
@@ -22,7 +23,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
 SUBCOMMANDS = ("fit", "fit-tokensr", "eval")
-HF_REGION = 4  # 4 x 4 of LLaVA-1.5's 24 x 24 visual grid: 36 regions, 64 SR tokens at 2x
+HF_REGION = 4  # 4 x 4 of LLaVA-1.5's 24 x 24 grid (36 regions) or Qwen2-VL's 16 x 16 at 448 px (16): 64 SR tokens at 2x
 
 
 def _add_blink_args(p: argparse.ArgumentParser) -> None:
@@ -43,9 +44,13 @@ def _parser_ask() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True, help="image file (png/jpg/...)")
     p.add_argument("--question", required=True, help='e.g. "what color is the circle ?"')
-    p.add_argument("--model", default=None, help="MLLM dir (save_pretrained), or a local Hugging Face LLaVA folder "
-                   "(config.json with model_type 'llava', safetensors weights, processor files); default: packaged model")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (Hugging Face LLaVA)")
+    p.add_argument("--model", default=None, help="MLLM dir (save_pretrained), or a local Hugging Face LLaVA or Qwen2-VL "
+                   "folder (config.json with model_type 'llava' or 'qwen2_vl', safetensors weights, processor files); "
+                   "default: packaged model")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (Hugging Face models)")
+    p.add_argument("--image-side", type=int, default=None,
+                   help="Qwen2-VL: images are resized to this square size in pixels (default 448: 16 x 16 merged "
+                        "tokens for Qwen2-VL-7B); Blink tiles one token grid")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--blink", action="store_true", help="Blink with trained TokenSR")
@@ -304,9 +309,9 @@ def _eval(args) -> int:
 def _ask(args) -> int:
     import torch
 
-    from .hf import is_llava_folder
+    from .hf import hf_model_type
 
-    if is_llava_folder(args.model):
+    if hf_model_type(args.model) is not None:
         return _ask_hf(args)
 
     from .blink import Blink, BlinkTrace
@@ -341,17 +346,17 @@ def _ask(args) -> int:
 
 
 def _ask_hf(args) -> int:
-    """`mmgen vqa --model LLAVA_FOLDER`: greedy answer from a local Hugging Face LLaVA, Blink on the prompt."""
+    """`mmgen vqa --model HF_FOLDER`: greedy answer from a local Hugging Face LLaVA or Qwen2-VL, Blink on the prompt."""
     from .blink import Blink, BlinkTrace
-    from .hf import default_layers, encode_prompts, load_llava
+    from .hf import QWEN2VL_SIDE, default_layers, load_hf
     from .image import load_image
 
     device = _device(args.device)
-    decoder, processor = load_llava(args.model, device)
+    decoder, processor = load_hf(args.model, device, image_side=args.image_side or QWEN2VL_SIDE)
     image, notes = load_image(args.image, args.max_side)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    ids, mask, pixels = encode_prompts(processor, [image], [args.question], device=device)
+    ids, mask, pixels = decoder.encode(processor, [image], [args.question], device)
     blink = trace = cfg = None
     if args.blink or args.blink_interp or args.show_saliency:
         bank = load_tokensr(args.tokensr, args.model, device) if args.blink else None

@@ -125,15 +125,18 @@ def print_accuracy(results: dict[str, dict[str, float]], title: str = "vanilla")
 
 
 @torch.no_grad()
-def _time(run, batch, device) -> float:
-    """Wall time of one batch."""
+def _time(run, batch, device, cpu: bool = False) -> float | tuple[float, float]:
+    """Wall time of one batch; with ``cpu`` (wall, CPU time of this thread): on a shared CPU the
+    thread's own CPU time leaves out the time other jobs held the core, so its ratios move less
+    with the machine's load than wall time's (one thread only: OMP_NUM_THREADS=1)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.thread_time()
     run(batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    return (wall, time.thread_time() - c) if cpu else wall
 
 
 @torch.no_grad()

@@ -50,37 +50,76 @@ from .blink import Blink, concentration, gather_region, region_scores, saliency,
 
 
 LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"  # LLaVA-1.5's conversation template
+# Qwen2-VL's chat template for one image and one question (the processor expands the image pad)
+QWEN2VL_PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+QWEN2VL_SIDE = 448  # pixels: 16 x 16 merged tokens for Qwen2-VL's 14-pixel patches merged 2 x 2
+FAMILIES = {"llava": "LLaVA", "qwen2_vl": "Qwen2-VL"}  # config.json model_type -> the family Blink drives
 
 
-def is_llava_folder(path: str | Path | None) -> bool:
-    """A local Hugging Face LLaVA folder (config.json with model_type "llava")?"""
+def hf_model_type(path: str | Path | None) -> str | None:
+    """The ``model_type`` of a local Hugging Face folder's config.json (None: no such folder, e.g. one of
+    mmgen's own model folders)."""
     if path is None or not (Path(path) / "config.json").is_file():
-        return False
+        return None
     try:
-        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == "llava"
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def load_hf(path: str | Path, device=None, dtype: torch.dtype | None = None, image_side: int = QWEN2VL_SIDE):
+    """A local LLaVA or Qwen2-VL folder, told apart by its config's model_type -> (decoder, processor);
+    ``image_side``: the square size Qwen2-VL images are resized to (see :class:`Qwen2VLDecoder`)."""
+    kind = hf_model_type(path)
+    if kind == "llava":
+        return load_llava(path, device, dtype)
+    if kind == "qwen2_vl":
+        return load_qwen2vl(path, device, dtype, image_side)
+    raise ValueError(f"{path} holds a Hugging Face model of type {kind!r}; Blink drives "
+                     + " and ".join(f"{name} (model_type {t!r})" for t, name in FAMILIES.items()) + " folders")
+
+
+def _load_frozen(model_class, path: str | Path, device, dtype: torch.dtype | None, family: str):
+    """(frozen model in eval mode on ``device``, processor) from a local folder; nothing is downloaded.
+    dtype: float16 on CUDA, float32 otherwise."""
+    from transformers import AutoProcessor
+
+    device = torch.device(device or "cpu")
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    try:
+        model = model_class.from_pretrained(str(path), local_files_only=True, use_safetensors=True, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"cannot load the {family} folder {path} (it needs config.json, *.safetensors weights and "
+                         f"the processor files): {str(e).splitlines()[0]}") from e
+    model.requires_grad_(False)
+    return model.to(device).eval(), processor
 
 
 def load_llava(path: str | Path, device=None, dtype: torch.dtype | None = None):
     """A local LLaVA folder (safetensors weights + processor files; nothing is downloaded)
     -> (LlavaDecoder over the frozen model, processor).  dtype: float16 on CUDA, float32 otherwise."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    device = torch.device(device or "cpu")
-    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    try:
-        model = LlavaForConditionalGeneration.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                                              dtype=dtype)
-        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the LLaVA folder {path} (it needs config.json, *.safetensors weights and "
-                         f"the processor files): {str(e).splitlines()[0]}") from e
-    model.requires_grad_(False)
-    return LlavaDecoder(model.to(device).eval()), processor
+    model, processor = _load_frozen(LlavaForConditionalGeneration, path, device, dtype, "LLaVA")
+    return LlavaDecoder(model), processor
 
 
-def encode_prompts(processor, images, questions: list[str], template: str = LLAVA_PROMPT, device=None):
+def load_qwen2vl(path: str | Path, device=None, dtype: torch.dtype | None = None, image_side: int = QWEN2VL_SIDE):
+    """A local Qwen2-VL folder -> (Qwen2VLDecoder for ``image_side`` x ``image_side`` images, processor)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    model, processor = _load_frozen(Qwen2VLForConditionalGeneration, path, device, dtype, "Qwen2-VL")
+    vc = model.config.vision_config
+    cell = vc.patch_size * vc.spatial_merge_size
+    if image_side % cell or image_side < cell:
+        raise ValueError(f"--image-side {image_side} must be a multiple of this Qwen2-VL's merged token size ({cell} "
+                         "pixels)")
+    return Qwen2VLDecoder(model, (image_side // cell,) * 2), processor
+
+
+def encode_prompts(processor, images, questions: list[str], template: str = LLAVA_PROMPT, device=None,
+                   **processor_kwargs):
     """Images (uint8 [H, W, 3] arrays or PIL images) + questions -> (input_ids, attention_mask,
     pixel_values), right-padded (the layout :meth:`LlavaDecoder.prepare` needs)."""
     from PIL import Image
@@ -90,7 +129,7 @@ def encode_prompts(processor, images, questions: list[str], template: str = LLAV
     if tok is not None:
         tok.padding_side = "right"
     enc = processor(text=[template.format(question=q) for q in questions], images=pil, padding=True,
-                    return_tensors="pt")
+                    return_tensors="pt", **processor_kwargs)
     return tuple(enc[k].to(device) if device is not None else enc[k]
                  for k in ("input_ids", "attention_mask", "pixel_values"))
 
@@ -161,9 +200,15 @@ class LlavaDecoder:
         vc = model.config.vision_config
         self.grid = tuple(grid) if grid is not None else (vc.image_size // vc.patch_size,) * 2
 
+    prompt = LLAVA_PROMPT
+
     @property
     def dtype(self) -> torch.dtype:
         return self.head.weight.dtype
+
+    def encode(self, processor, images, questions: list[str], device=None):
+        """Images + questions in the family's prompt -> (input_ids, attention_mask, pixel_values)."""
+        return encode_prompts(processor, images, questions, self.prompt, device)
 
     # ------------------------------------------------------------------ input
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -401,6 +446,19 @@ class Qwen2VLDecoder(LlavaDecoder):
             raise ValueError("Qwen2VLDecoder drives full-attention layers only (this config has sliding-window layers)")
         vc = model.config.vision_config
         self.spatial_merge, self.patch, self.temporal = vc.spatial_merge_size, vc.patch_size, vc.temporal_patch_size
+
+    prompt = QWEN2VL_PROMPT
+
+    def encode(self, processor, images, questions: list[str], device=None):
+        """Images resized to the decoder's pixel size (bicubic), then the processor at exactly that size."""
+        from PIL import Image
+
+        side = self.spatial_merge * self.patch
+        h, w = self.grid[0] * side, self.grid[1] * side
+        pil = [(im if isinstance(im, Image.Image) else Image.fromarray(im)).convert("RGB").resize((w, h), Image.BICUBIC)
+               for im in images]
+        return encode_prompts(processor, pil, questions, self.prompt, device,
+                              size={"shortest_edge": h * w, "longest_edge": h * w})
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Flattened patches of B images of the decoder's size -> merged visual tokens [B, gh*gw, C]."""

@@ -231,8 +231,9 @@ class TinyLlava(PretrainedModel):
             return self.set_extra(state, extra + self.position_embedding(extra_pos), extra_pos, extra_active)
         return self._finish(state)
 
-    def _finish(self, state: DecoderState) -> DecoderState:
-        """Recompute rope and mask after the sequence changed."""
+    def _finish(self, state: DecoderState, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> DecoderState:
+        """Recompute the mask (and the rope, unless ``rope`` of these positions is given) after the
+        sequence changed."""
         L, device = state.h.shape[1], state.h.device
         causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
         mask = causal
@@ -244,7 +245,7 @@ class TinyLlava(PretrainedModel):
             hidden = slot[None, :] & ~state.extra_active[:, None]  # [B, L]
             eye = torch.eye(L, dtype=torch.bool, device=device)
             mask = ((causal[None] & ~hidden[:, None, :]) | eye)[:, None]
-        return replace(state, rope=self.rope(state.pos), mask=mask)
+        return replace(state, rope=self.rope(state.pos) if rope is None else rope, mask=mask)
 
     def set_extra(self, state: DecoderState, extra: torch.Tensor | None, extra_pos: torch.Tensor | None,
                   extra_active: torch.Tensor | None = None) -> DecoderState:
@@ -268,12 +269,13 @@ class TinyLlava(PretrainedModel):
         return self._finish(replace(state, h=h, pos=pos, n_extra=extra.shape[1], extra_active=extra_active))
 
     def select(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
-        """The samples ``index`` (Long [b]) of a batch state (rope and mask rebuilt for them)."""
+        """The samples ``index`` (Long [b]) of a batch state (their rotary rows, the mask rebuilt)."""
         per_sample = lambda t: t[index] if t is not None and t.ndim >= 3 else t  # noqa: E731
         return self._finish(replace(
             state, h=state.h[index], pos=per_sample(state.pos),
             extra_active=None if state.extra_active is None else state.extra_active[index],
-            text_lengths=None if state.text_lengths is None else state.text_lengths[index]))
+            text_lengths=None if state.text_lengths is None else state.text_lengths[index]),
+            rope=tuple(per_sample(t) for t in state.rope))
 
     def merge(self, states: list[DecoderState]) -> DecoderState:
         """One batch from states of the same layout (sequence length, appended-block size), in order."""
@@ -281,20 +283,24 @@ class TinyLlava(PretrainedModel):
         if any(s.h.shape[1] != first.h.shape[1] or s.n_extra != first.n_extra for s in states):
             raise ValueError("merge needs states with the same sequence layout")
         if all(s.pos.ndim == 2 and torch.equal(s.pos, first.pos) for s in states):
-            pos = first.pos
+            pos, rope = first.pos, first.rope
         else:
             pos = torch.cat([s.pos if s.pos.ndim == 3 else s.pos.expand(s.h.shape[0], -1, -1) for s in states])
+            rope = tuple(torch.cat([t if t.ndim == 3 else t.expand(s.h.shape[0], -1, -1) for s, t in
+                                    zip(states, ts)]) for ts in zip(*(s.rope for s in states)))
         cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
         return self._finish(replace(
             first, h=torch.cat([s.h for s in states]), pos=pos,
-            extra_active=cat([s.extra_active for s in states]), text_lengths=cat([s.text_lengths for s in states])))
+            extra_active=cat([s.extra_active for s in states]), text_lengths=cat([s.text_lengths for s in states])),
+            rope=rope)
 
     def run_layer(self, i: int, state: DecoderState) -> DecoderState:
         return replace(state, h=self.layers[i](state.h, state.rope, state.mask))
 
     def query_keys(self, i: int, state: DecoderState, with_rope: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer i's query of the last question token and keys of the visual tokens, recomputed
-        from the layer input (norm1 -> q_proj / k_proj; RoPE when ``with_rope``).
+        from the layer input (norm1 -> q_proj / k_proj; RoPE when ``with_rope``); the layer itself
+        projects them again (reusing them measured no faster: README, Blink rows).
         -> q [B, H, D], k [B, H, Nv, D]."""
         blk = self.layers[i]
         attn = blk.attn

@@ -23,7 +23,8 @@ from torch import nn
 
 KERNELS = ("auto", "grouped", "loop")
 FFNS = ("dense", "moe", "mohd", "moue")
-BIAS_SCHEDULES = ("constant", "cosine")
+BIAS_SCHEDULES = ("constant", "cosine", "exp")
+BIAS_RATE_END = 1e-4  # moe_bias_schedule "exp": the rate at the end of the run (ERNIE 5.0's rate)
 _GROUPED_OK: dict[tuple, bool] = {}
 
 
@@ -184,6 +185,10 @@ def sparse_ffn_kwargs(config, dense_hidden: int, ffns: tuple[str, ...] = FFNS) -
     schedule = c.get("moe_bias_schedule", "constant")
     if schedule not in BIAS_SCHEDULES:
         raise ValueError(f"moe_bias_schedule={schedule!r} must be one of {BIAS_SCHEDULES}")
+    end = c.get("moe_bias_rate_end", BIAS_RATE_END)
+    if schedule == "exp" and not 0 < end <= c.get("moe_bias_rate", 1e-3):
+        raise ValueError(f"moe_bias_rate_end={end} must be in (0, moe_bias_rate={c.get('moe_bias_rate', 1e-3)}] "
+                         f"for moe_bias_schedule='exp'")
     if ffn == "dense":
         return None
     if ffn == "mohd":
@@ -261,12 +266,16 @@ def update_routing_bias(module: nn.Module, rate_scale: float = 1.0) -> list[torc
     return list(counts)
 
 
-def bias_rate_scale(schedule: str, step: int, total_steps: int | None) -> float:
+def bias_rate_scale(schedule: str, step: int, total_steps: int | None, end_ratio: float = 1.0) -> float:
     """Factor on ``bias_rate`` at optimiser step ``step`` of ``total_steps``: "constant" 1; "cosine"
-    decays from 1 to 0 over the run (large steps while the router moves fast, then small ones so
-    the sign updates stop shaking the choice of tokens near a tie)."""
+    decays from 1 to 0 over the run; "exp" decays geometrically from 1 to ``end_ratio`` (=
+    moe_bias_rate_end / moe_bias_rate).  Why decay: the bias must move fast while the router does
+    (early), but a constant sign step larger than the gaps between tokens' affinities keeps
+    flipping whole groups of tokens between experts (the bias oscillates around the balance)."""
     if schedule == "cosine" and total_steps:
         return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    if schedule == "exp" and total_steps:
+        return end_ratio ** (min(step, total_steps) / total_steps)
     return 1.0
 
 
@@ -274,8 +283,11 @@ def balance_step(model: nn.Module, step: int, total_steps: int | None = None) ->
     """What a training loop calls after every optimiser step (VideoAR's and the MLLM's): the
     loss-free bias update at the rate of the model config's ``moe_bias_schedule``.  Returns the
     step's MaxVio (mean over the bias owners that routed tokens), None when none did."""
-    schedule = dict(getattr(model, "config", {})).get("moe_bias_schedule", "constant")
-    counts = [c for c in update_routing_bias(model, bias_rate_scale(schedule, step, total_steps)) or () if c.sum() > 0]
+    config = dict(getattr(model, "config", {}))
+    rate = config.get("moe_bias_rate", 1e-3)
+    end_ratio = config.get("moe_bias_rate_end", BIAS_RATE_END) / rate if rate else 1.0
+    scale = bias_rate_scale(config.get("moe_bias_schedule", "constant"), step, total_steps, end_ratio)
+    counts = [c for c in update_routing_bias(model, scale) or () if c.sum() > 0]
     return sum(map(max_violation, counts)) / len(counts) if counts else None
 
 

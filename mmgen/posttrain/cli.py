@@ -64,11 +64,14 @@ def rl_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-per-step", type=int, default=2)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear lr warm-up over the first N steps")
     p.add_argument("--kl-coef", type=float, default=0.05)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--curiosity", action="store_true", help="CD-RLHF intrinsic curiosity bonus")
     p.add_argument("--eta", type=float, default=0.06)
     p.add_argument("--icm-lr", type=float, default=1e-5)
+    p.add_argument("--drop-mean", action="store_true",
+                   help="whiten the intrinsic reward to zero mean (the authors' code) instead of keeping its mean")
     return p
 
 
@@ -172,8 +175,8 @@ def _rl(args) -> int:
     reference = load_pipeline(args.ref, args.device).transformer if args.ref else None
     try:
         cfg = RLConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-                       lr=args.lr, kl_coef=args.kl_coef, temperature=args.temperature, curiosity=args.curiosity,
-                       eta=args.eta, icm_lr=args.icm_lr, seed=args.seed)
+                       lr=args.lr, warmup_steps=args.warmup_steps, kl_coef=args.kl_coef, temperature=args.temperature, curiosity=args.curiosity,
+                       eta=args.eta, icm_lr=args.icm_lr, keep_mean=not args.drop_mean, seed=args.seed)
         trainer = GRPOTrainer(pipe, prompts, cfg, reference)
     except ValueError as exc:
         raise UserError(str(exc)) from None

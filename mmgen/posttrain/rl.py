@@ -18,7 +18,8 @@ latent frames. Plain GRPO: ``A_bit = A`` (the video's advantage). With curiosity
 an intrinsic-curiosity module predicts the reference model's next hidden state from its
 current one and the sampled token; its error, whitened over the batch keeping its mean and
 scaled by ``eta``, is added to ``A_bit`` only for bits where the sample differs from the
-greedy bit (the policy's top-1).
+greedy bit (the policy's top-1): a per-bit reward, as CD-RLHF's is per token, never summed into
+the video's reward (:func:`bit_advantages`).
 
 "Next state" for a bitwise next-scale model: the reference model's final hidden state at the
 same (centre-mapped) place in the next group (the next scale of the frame, or the next
@@ -49,12 +50,16 @@ class RLConfig:
     prompts_per_step: int = 2
     group_size: int = 4
     lr: float = 5e-5
+    warmup_steps: int = 0  # linear lr warm-up: step i uses lr * min(1, (i + 1) / warmup_steps)
     kl_coef: float = 0.05  # CD-RLHF's KL coefficient
     temperature: float = 1.0  # rollout temperature (log-probs use the same)
     num_frames: int = 17
     curiosity: bool = False
     eta: float = 0.06  # intrinsic reward scale (CD-RLHF)
     icm_lr: float = 1e-5  # the ICM's own Adam (CD-RLHF)
+    # whitening of the intrinsic reward keeps its mean (the paper / issue); False: zero mean, as the
+    # authors' code does in effect (its whiten is called with the default that drops the mean)
+    keep_mean: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -62,6 +67,8 @@ class RLConfig:
             raise ValueError(f"GRPO needs a group of >= 2 samples per prompt, got {self.group_size}")
         if self.steps < 1 or self.prompts_per_step < 1:
             raise ValueError("steps and prompts_per_step must be >= 1")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.temperature <= 0:
             raise ValueError(f"rollout temperature must be > 0, got {self.temperature}")
 
@@ -84,8 +91,8 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 
 class CuriosityModule(nn.Module):
     """ICM without an inverse model: encoder phi (h -> 2h -> 2h -> h) and forward model
-    f(phi(s), a) -> phi(s'); per-token error 0.5 * mean (phi(s') - f)^2 is both its loss and the
-    intrinsic reward."""
+    f(phi(s), a) -> phi(s'); the per-token error 0.5 * ||phi(s') - f|| (L2 norm, as in CD-RLHF's
+    code) is both its loss and the intrinsic reward."""
 
     def __init__(self, hidden: int, action: int):
         super().__init__()
@@ -94,7 +101,7 @@ class CuriosityModule(nn.Module):
 
     def forward(self, s: torch.Tensor, a: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
         pred = self.forward_model(torch.cat([self.phi(s), a], dim=-1))
-        return 0.5 * (self.phi(s_next) - pred).pow(2).mean(-1)
+        return 0.5 * (self.phi(s_next) - pred).norm(dim=-1)
 
 
 def next_state_index(layout) -> torch.Tensor:
@@ -135,12 +142,25 @@ class _LastHidden:
         self.handle.remove()
 
 
-def whiten_keep_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def bit_advantages(adv: torch.Tensor, r_int: torch.Tensor | None, not_greedy: torch.Tensor,
+                   eta: float) -> torch.Tensor:
+    """Per-bit advantage [B, L, d]: the video's group-normalised advantage ``adv`` [B] on every bit,
+    plus ``eta`` x the token's intrinsic reward ``r_int`` [B, L] on the bits that differ from the
+    greedy bit. The intrinsic reward stays per bit, as CD-RLHF's per-token reward does: summed
+    into the video's reward before the group normalisation it would mostly cancel out."""
+    out = adv[:, None, None].expand(not_greedy.shape)
+    if r_int is None:
+        return out
+    return out + eta * r_int[..., None] * not_greedy
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, keep_mean: bool = True) -> torch.Tensor:
+    """Unit variance over the ``mask``ed entries; their mean is kept or moved to 0."""
     vals = x[mask]
     if vals.numel() < 2:
         return x
     mean, std = vals.mean(), vals.std()
-    return (x - mean) / (std + 1e-8) + mean
+    return (x - mean) / (std + 1e-8) + (mean if keep_mean else 0.0)
 
 
 class GRPOTrainer:
@@ -159,13 +179,17 @@ class GRPOTrainer:
         self.ref.requires_grad_(False).eval()
         self.q = pipe.tokenizer.quantizer
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        # Adam's first updates move every weight by about the full lr whatever the gradient's size
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda i: min(1.0, (i + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
         width = self.policy.config.width
         self.icm = CuriosityModule(width, width).to(self.policy.device) if cfg.curiosity else None
         self.icm_opt = torch.optim.Adam(self.icm.parameters(), lr=cfg.icm_lr) if self.icm is not None else None
         self.rng = np.random.default_rng(cfg.seed)
 
     def _rollout(self, prompts: list[str], seeds: list[int]) -> list[torch.Tensor]:
-        return self.pipe(prompts, num_frames=self.cfg.num_frames, guidance=1.0,
+        # the policy's own distribution: no CFG, no nucleus cut (the log-probs assume the full one)
+        return self.pipe(prompts, num_frames=self.cfg.num_frames, guidance=1.0, top_p=1.0,
                          temperature={"coarse": self.cfg.temperature, "fine": self.cfg.temperature},
                          seed=seeds, output_type="latent", progress=False).frames
 
@@ -199,8 +223,8 @@ class GRPOTrainer:
         log_ratio = ref_logp - logp
         kl_tok = (log_ratio.exp() - log_ratio - 1).sum(-1)  # k3 per bit, summed over the token's bits
 
-        bit_adv = adv.to(policy.device)[:, None, None].expand_as(logp)
-        stats = {}
+        not_greedy = (logits.detach() >= 0) != (bits > 0)
+        r_int, stats = None, {}
         if self.icm is not None:
             states = hidden.value.detach()
             hidden.close()
@@ -212,11 +236,12 @@ class GRPOTrainer:
             self.icm_opt.zero_grad(set_to_none=True)
             icm_loss.backward()
             self.icm_opt.step()
-            r_int = whiten_keep_mean(err.detach(), valid) * valid
-            not_greedy = (logits.detach() >= 0) != (bits > 0)
-            bit_adv = bit_adv + c.eta * r_int[..., None] * not_greedy
+            r_int = whiten(err.detach(), valid, c.keep_mean) * valid
+            # the bonus's net push towards the non-greedy bits (its noise averages out)
+            push = (r_int[..., None] * not_greedy).sum() / not_greedy.sum().clamp(min=1)
             stats.update(icm_loss=icm_loss.item(), intrinsic=err.detach()[valid].mean().item(),
-                         not_greedy=float(not_greedy.float().mean()))
+                         intrinsic_push=c.eta * push.item())
+        bit_adv = bit_advantages(adv.to(policy.device), r_int, not_greedy, c.eta)
         pg = -((bit_adv * logp).sum(-1) * w_tok).sum(-1) / frames
         kl = (kl_tok * w_tok).sum(-1) / frames
         loss = (pg + c.kl_coef * kl).mean()
@@ -224,13 +249,14 @@ class GRPOTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         self.opt.step()
+        self.sched.step()
         policy.eval()
         div = float(np.mean([pixel_diversity(videos[g * c.group_size:(g + 1) * c.group_size])
                              for g in range(len(chosen))]))
         # a group whose rewards are all equal has zero advantage: no policy-gradient signal from it
         return {"step": step, "reward": float(rewards.mean()), "kl": kl.mean().item(), "loss": loss.item(),
                 "diversity": div, "flat_groups": float((spread == 0).float().mean()),
-                "group_std": float(spread.mean()), **stats}
+                "group_std": float(spread.mean()), "not_greedy": float(not_greedy.float().mean()), **stats}
 
     def run(self) -> list[dict]:
         torch.manual_seed(self.cfg.seed)
