@@ -18,10 +18,8 @@ settings: held-out concept prompts (reward = mean of colour/shape/size/motion/co
 and shape accuracy alone) and 8 of the old circle prompts (forgetting = base score -
 fine-tuned score); plus the teacher-forced bit loss on 16 encoded held-out and 16 old clips.
 
-The tokenizer bounds what any fine-tuning can reach: ``--part ceiling`` scores encoded-then-
-decoded real clips of each shape. (With the default tokenizer no square clip reads as a square
-after the round trip, so the codes a generator learns to imitate for "square" do not decode to
-squares; most diamond clips still read as diamonds.)
+The tokenizer bounds what any fine-tuning can reach: ``--part ceiling`` scores real clips of
+each shape after the round trip through the codes (bench/tokenizer_bench.py's ceiling).
 
 RL (``--part rl``): the under-trained model is the base LoRA-fine-tuned for only
 ``--under-steps`` steps on the concept (a fresh generator trained from scratch for 200 steps

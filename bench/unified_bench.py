@@ -29,6 +29,7 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
 * reading: caption-only training (``--steps`` x ``--batch`` rows of the latent cache, the shipped
   architecture, no generation rows), then greedy captions of held-out clips. ``--inputs``: ``gen``
   (the generation inputs, as before the fix), ``own`` (:func:`mmgen.ar.unified.video_inputs`),
+  ``latent`` (the continuous latent before quantisation, per clip RMS 1, at every scale: a lead),
   ``oracle`` (the colour one-hot written into every cell: is the text <- video path itself able to
   learn?), ``celloracle`` (written only into the 2 finest cells per frame that differ most from the
   frame's median: can the text find a few cells?); the oracles report training loss only.
@@ -163,17 +164,24 @@ def probe_part(args) -> list[dict]:
     cache = LatentCache(args.cache)
     objects = [parse_caption(c) for c in cache.captions]
     idx = [i for i, o in enumerate(objects) if len(o) == 1]
+    z = torch.stack([cache[i]["latent"] for i in idx])
     with torch.no_grad():
-        codes = q.residual_pass(torch.stack([cache[i]["latent"] for i in idx]))[0]
+        codes = q.residual_pass(z)[0]
+    latent = z.permute(0, 2, 3, 4, 1)
     rows = []
     for name, cells in (("own (video_inputs, finest group)", video_inputs(q, codes)[-1]),
-                        ("gen (next_scale_inputs, finest group)", q.next_scale_inputs(codes)[-1])):
+                        ("gen (next_scale_inputs, finest group)", q.next_scale_inputs(codes)[-1]),
+                        ("continuous latent (before quantisation, RMS 1)", latent / latent.pow(2).mean().sqrt())):
         x = cells.flatten(2, 3)
         weight = (x - x.median(2, keepdim=True).values).norm(dim=-1, keepdim=True)
         X = torch.cat([x.mean(2).flatten(1), ((x * weight).sum(2) / (weight.sum(2) + 1e-6)).flatten(1)], 1)
         X = (X - X.mean(0)) / (X.std(0) + 1e-6)
         fit, test = slice(0, len(X) * 3 // 4), slice(len(X) * 3 // 4, len(X))
-        row = {"part": "probe", "features": name, "clips": len(X)}
+        # signal vs noise of the cells: a plain background's cells differ from their frame's median
+        # cell too (the bit codes of near-zero latents flip); the most object-like cell stands out by this much
+        row = {"part": "probe", "features": name, "clips": len(X),
+               "median_cell_deviation": round(weight.median(2).values.mean().item(), 2),
+               "max_cell_deviation": round(weight.max(2).values.mean().item(), 2)}
         for field in FIELDS:
             labels = [getattr(objects[i][0], field) for i in idx]
             names = sorted(set(labels))
@@ -216,14 +224,17 @@ def reading_part(args) -> list[dict]:
     cache = LatentCache(args.cache)
     objects = [parse_caption(c) for c in cache.captions]
     colors = [list(COLORS).index(o[0].color) for o in objects]
-    gen = yaml_generator()
+    gen = yaml_generator() | ({"qk_norm": False} if args.no_qk_norm else {})
     model = VideoAR(bits=q.bits, scales=q.scales, **gen)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
 
-    def seen(codes, idx=None):
+    def seen(codes, idx=None, z=None):
         if args.inputs == "gen":
             return q.next_scale_inputs(codes)
+        if args.inputs == "latent":  # the continuous latent, per clip RMS 1, resized to every scale
+            z = (z / z.pow(2).mean((1, 2, 3, 4), keepdim=True).sqrt()).transpose(1, 2)
+            return [q.down_to(z, k) for k in range(len(q.scales))]
         x = video_inputs(q, codes)
         if args.inputs in ("oracle", "celloracle"):
             hot = torch.nn.functional.one_hot(torch.tensor([colors[i] for i in idx]), q.bits).float() * 3
@@ -243,7 +254,8 @@ def reading_part(args) -> list[dict]:
     for _ in range(args.steps):
         idx = rng.sample(range(len(cache)), args.batch)
         with torch.no_grad():
-            inputs = seen(q.residual_pass(torch.stack([cache[i]["latent"] for i in idx]))[0], idx)
+            z = torch.stack([cache[i]["latent"] for i in idx])
+            inputs = seen(q.residual_pass(z)[0], idx, z)
         text, targets = text_sequences(model.words, [""] * len(idx), [caption_of(objects[i]) for i in idx], gen["text_len"])
         loss, _ = text_loss(model(model.null_condition(len(idx)), inputs, text=text)[1], targets)
         opt.zero_grad()
@@ -252,17 +264,17 @@ def reading_part(args) -> list[dict]:
         opt.step()
         warmup.step()
         losses.append(loss.item())
-    row = {"part": "reading", "inputs": args.inputs, "seed": args.seed, "steps": args.steps, "batch": args.batch,
+    row = {"part": "reading", "inputs": args.inputs, "qk_norm": gen.get("qk_norm", True), "seed": args.seed, "steps": args.steps, "batch": args.batch,
            "seconds": round(time.perf_counter() - t0, 1),
            "text_loss_first_25": round(statistics.mean(losses[:25]), 3),
            "text_loss_last_25": round(statistics.mean(losses[-25:]), 3)}
-    if args.inputs in ("gen", "own"):
+    if args.inputs in ("gen", "own", "latent"):
         model.eval()
         tok = VideoTokenizer.from_pretrained(args.tokenizer).eval()
         with torch.no_grad():
             for n, clips in _held_out(CAPTION_SEED, args.clips).items():
-                codes = tok.tokenize(torch.stack([s.frames for s in clips]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)
-                texts = [model.words.decode(r) for r in generate_text(model, seen(codes))]
+                z = tok.encode(torch.stack([s.frames for s in clips]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)
+                texts = [model.words.decode(r) for r in generate_text(model, seen(q.residual_pass(z)[0], z=z))]
                 per = [r for s, t in zip(clips, texts) for r in score_caption(t, s.objects)]
                 row.update({f"{n}obj_{f}": round(sum(r[f] for r in per) / len(per), 3) for f in FIELDS})
     return [row]
@@ -383,7 +395,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="unified steps (genonly runs half)")
     p.add_argument("--cache", default="runs/unified/latents", help="latent cache of scripts/build_unified_model.sh")
     p.add_argument("--runs", default="runs/unified_bench")
-    p.add_argument("--inputs", choices=("gen", "own", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
+    p.add_argument("--inputs", choices=("gen", "own", "latent", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
+    p.add_argument("--no-qk-norm", action="store_true", help="reading: the generator without QK-norm")
     p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/default/tokenizer"), help="visible / reading")
     p.add_argument("--log", default="runs/unified_bench/results.jsonl")
     args = p.parse_args()
