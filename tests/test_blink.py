@@ -228,7 +228,7 @@ def test_random_region_ablation_ignores_saliency(model, batch):
         Blink(cfg, None).run(model, model.prepare(images, ids, lengths), trace_r)
         Blink(BlinkConfig(layers=(1, 3), mode="interp", tau_exp=0.0, tau_drop=0.0), None).run(
             model, model.prepare(images, ids, lengths), trace_s)
-    salient = concentration(region_scores(trace_r.saliency[0], model.grid, 2))[1]
+    salient = concentration(region_scores(trace_r.saliency[0], model.grid, cfg.region))[1]
     assert torch.equal(salient, trace_s.top[0])
     assert not torch.equal(trace_r.top[0], trace_s.top[0])
 

@@ -73,8 +73,11 @@ def _parser_sub(name: str) -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, default=1500)
         p.add_argument("--batch-size", type=int, default=24)
         p.add_argument("--lr", type=float, default=2e-3)
-        p.add_argument("--layers", type=int, nargs=2, default=(1, 3), metavar=("START", "END"))
-        p.add_argument("--region", type=int, default=2)
+        from .blink import BlinkConfig
+
+        p.add_argument("--layers", type=int, nargs=2, default=BlinkConfig().layers, metavar=("START", "END"))
+        p.add_argument("--region", type=int, default=BlinkConfig().region,
+                       help="region side in tokens: Blink must run with the region its TokenSR was trained for")
         p.add_argument("--hidden", type=int, default=64, help="TokenSR convolution width")
         p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the zoom hidden-state match")
         p.add_argument("--kd-weight", type=float, default=1.0,

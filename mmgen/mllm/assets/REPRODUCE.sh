@@ -5,9 +5,9 @@
 # visual hidden states + grounding loss; zoom-view augmentation, a quarter of it off-target;
 # absolute visual position embedding; QA scenes with small and large objects only), then TokenSR
 # with the MLLM frozen (1500 steps, zoom hidden-state MSE + answer distillation from the zoomed
-# view, width 64, images of every object size; regions: the asked-about object's tile or, half of
-# the time and for questions without one, the tile Blink's saliency picks).  About 11 + 12
-# minutes on 2 idle cores.  The wall-clock
+# view, width 64, images of every object size; regions of one token, Blink's default: the asked-about
+# object's tile or, half of the time and for questions without one, the tile Blink's saliency picks).
+# About 11 + 12 minutes on 2 idle cores (the packaged TokenSR: 6 minutes on one thread).  The wall-clock
 # caps (--trainer.max_time, --max-minutes) only bind on a busy machine, and then the result differs from the packaged
 # one by how far training got (see the training logs).
 set -euo pipefail
@@ -17,7 +17,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 REPO="$(cd "$HERE/../../.." && pwd)"
 mmgen vqa fit --config "$REPO/configs/mllm/vqa.yaml" --out "$WORK/vqa" --trainer.max_time 00:00:40:00
 mmgen vqa fit-tokensr --model "$WORK/vqa" --out "$WORK/vqa/tokensr" --run-dir "$WORK/tokensr-run" --seed 0 --steps 1500 \
-  --hidden 64 --kd-weight 1 --max-minutes 30
+  --hidden 64 --kd-weight 1 --region 1 --max-minutes 30
 for part in vqa vqa/tokensr; do
   dest="$HERE/${part#vqa/}"
   mkdir -p "$dest"
