@@ -191,7 +191,8 @@ def fit_tokensr(decoder, processor, items, base: BlinkConfig, out: str, steps: i
     from mmgen.mllm.tokensr import TokenSRBank
 
     layers = tuple(range(*base.layers))
-    bank = TokenSRBank(layers=layers, dim=decoder.text_config.hidden_size, hidden=hidden, factor=base.factor).to(device)
+    bank = TokenSRBank(layers=layers, dim=decoder.text_config.hidden_size, hidden=hidden, factor=base.factor,
+                      region=base.region).to(device)
     opt = torch.optim.AdamW(bank.parameters(), lr=lr)
     step = 0
     while step < steps:

@@ -106,6 +106,18 @@ def test_config_validation():
         Blink(BlinkConfig(mode="tokensr"), None)
 
 
+def test_tokensr_serves_only_the_region_and_factor_it_was_trained_for(tmp_path):
+    TokenSRBank((1, 2), 16, hidden=8, region=1).save_pretrained(tmp_path / "sr")
+    bank = TokenSRBank.from_pretrained(tmp_path / "sr")
+    assert bank.config.region == 1
+    Blink(BlinkConfig(region=1), bank)
+    with pytest.raises(ValueError, match="trained for region 1 but BlinkConfig.region is 2"):
+        Blink(BlinkConfig(region=2), bank)
+    with pytest.raises(ValueError, match="factor"):
+        Blink(BlinkConfig(region=1, factor=3), bank)
+    Blink(BlinkConfig(region=2), TokenSRBank((1, 2), 16, hidden=8))  # not recorded (older folders): allowed
+
+
 # ------------------------------------------------------------------ exactness and behaviour on the MLLM
 def test_blink_never_expanding_is_bit_identical_to_vanilla(model, batch):
     images, ids, lengths = batch

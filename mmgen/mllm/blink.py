@@ -242,6 +242,14 @@ class Blink(nn.Module):
             missing = [i for i in range(*self.config.layers) if i not in tokensr]
             if missing:
                 raise ValueError(f"TokenSR weights have no module for Blink layers {missing}")
+            trained = tokensr.config.region
+            if trained is not None and trained != self.config.region:
+                raise ValueError(f"TokenSR weights were trained for region {trained} but BlinkConfig.region is "
+                                 f"{self.config.region}: use region {trained}, or train a TokenSR for it "
+                                 f"(`mmgen vqa fit-tokensr --region {self.config.region}`)")
+            if tokensr.config.factor != self.config.factor:
+                raise ValueError(f"TokenSR weights upsample by factor {tokensr.config.factor} but "
+                                 f"BlinkConfig.factor is {self.config.factor}")
         self.tokensr = tokensr
 
     def upsample(self, layer: int, region: torch.Tensor) -> torch.Tensor:

@@ -222,7 +222,7 @@ class TokenSRModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model.eval().requires_grad_(False)
-        self.bank = TokenSRBank(tuple(range(*layers)), model.config.dim, hidden, factor)
+        self.bank = TokenSRBank(tuple(range(*layers)), model.config.dim, hidden, factor, region)
 
     def train(self, mode: bool = True):  # the frozen MLLM stays in eval mode
         super().train(mode)

@@ -43,10 +43,13 @@ class TokenSR(nn.Module):
 
 class TokenSRBank(PretrainedModel):
     """The TokenSR modules of all Blink layers, saved/loaded as one model folder.
-    ``bank[layer]`` -> the TokenSR of that decoder layer."""
+    ``bank[layer]`` -> the TokenSR of that decoder layer.  ``region``: the region side (tokens) it
+    was trained on; TokenSR convolves over the whole region, so it serves that size only (None:
+    not recorded, folders written before it was)."""
 
     @register_to_config
-    def __init__(self, layers: tuple[int, ...] = (1, 2), dim: int = 64, hidden: int = 32, factor: int = 2):
+    def __init__(self, layers: tuple[int, ...] = (1, 2), dim: int = 64, hidden: int = 32, factor: int = 2,
+                 region: int | None = None):
         super().__init__()
         self.srs = nn.ModuleDict({str(i): TokenSR(dim, hidden, factor) for i in layers})
 
