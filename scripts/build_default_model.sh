@@ -5,9 +5,12 @@
 #   TOKENIZER=DIR scripts/build_default_model.sh    # another exported tokenizer folder
 #
 # Steps: (1) the tokenizer: by default the shipped one (mmgen/assets/default/tokenizer), else
-# TOKENIZER=DIR, or TOKENIZER=train: the shipped one trained on for TOKENIZER_STEPS (default 3000)
-# steps with configs/tokenizer/moving_shapes_shapes.yaml in $RUN/tokenizer_fit (its round-trip
-# shape ceiling in $RUN/tokenizer_fit/ceiling.txt); copied to $RUN/tokenizer;
+# TOKENIZER=DIR, or TOKENIZER=train: TOKENIZER_BASE (default the shipped one) trained on for
+# TOKENIZER_STEPS (default 3000) steps with configs/tokenizer/moving_shapes_shapes.yaml in
+# $RUN/tokenizer_fit (its round-trip shape ceiling in $RUN/tokenizer_fit/ceiling.txt); copied to
+# $RUN/tokenizer. The shipped tokenizer is the previous one (scripts/build_default_model_v1.sh's)
+# trained on this way, so the shipped model is rebuilt by the defaults, and from scratch by
+# TOKENIZER=train TOKENIZER_BASE=<the v1 build's tokenizer export>;
 # (2) latent cache of the full MovingShapes grammar with paraphrased captions, held-out (colour,
 # shape) pairs and templates excluded (mmgen.data.captions); (3) curriculum: stage I on the first
 # 2 latent frames (configs/generator/moving_shapes_default_stage1.yaml), stage II on whole clips
@@ -19,7 +22,7 @@
 # A stage is done only when its checkpoint reached its max_steps: a run stopped early (killed,
 # or MAX_TIME, a Lightning duration such as 00:00:45:00 per invocation of a stage; default no
 # cap) exits with a message and the next invocation resumes it. The first invocation records
-# TOKENIZER, TOKENIZER_STEPS, NUM_SAMPLES, STEPS1 and STEPS2 in $RUN/build.env and later ones reuse them (an
+# TOKENIZER, TOKENIZER_STEPS, TOKENIZER_BASE, NUM_SAMPLES, STEPS1 and STEPS2 in $RUN/build.env and later ones reuse them (an
 # explicit different value is refused: it would change the cache or the schedule mid-run), so
 # `RUN=R OUT=O bash scripts/build_default_model.sh` resumes a build.
 set -euo pipefail
@@ -40,6 +43,7 @@ if [ -f "$RUN/build.env" ]; then
 fi
 TOKENIZER=${TOKENIZER:-}
 TOKENIZER_STEPS=${TOKENIZER_STEPS:-3000}
+TOKENIZER_BASE=${TOKENIZER_BASE:-mmgen/assets/default/tokenizer}
 NUM_SAMPLES=${NUM_SAMPLES:-4096}
 STEPS1=${STEPS1:-}
 STEPS2=${STEPS2:-}
@@ -48,8 +52,9 @@ OUT=${OUT:-mmgen/assets/default}
 EVAL=${EVAL:-1}
 
 if [ ! -f "$RUN/build.env" ]; then
-  printf 'TOKENIZER=%s\nTOKENIZER_STEPS=%s\nNUM_SAMPLES=%s\nSTEPS1=%s\nSTEPS2=%s\n' "${TOKENIZER:-mmgen/assets/default/tokenizer}" \
-      "$TOKENIZER_STEPS" "$NUM_SAMPLES" "$STEPS1" "$STEPS2" > "$RUN/build.env.tmp"
+  printf 'TOKENIZER=%s\nTOKENIZER_STEPS=%s\nTOKENIZER_BASE=%s\nNUM_SAMPLES=%s\nSTEPS1=%s\nSTEPS2=%s\n' \
+      "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$TOKENIZER_STEPS" "$TOKENIZER_BASE" "$NUM_SAMPLES" "$STEPS1" "$STEPS2" \
+      > "$RUN/build.env.tmp"
   mv "$RUN/build.env.tmp" "$RUN/build.env"
 fi
 stamp() { echo "$1 $(date -u +%FT%TZ) $SECONDS" >> "$RUN/stage_times.txt"; }
@@ -66,7 +71,7 @@ if [ "$TOKENIZER" = train ] && [ ! -d "$RUN/tokenizer" ]; then
   resume=()
   [ -f "$fit/checkpoints/last.ckpt" ] && resume=(--ckpt_path "$fit/checkpoints/last.ckpt")
   echo "== (1) tokenizer, $TOKENIZER_STEPS steps -> $fit ${resume[*]:+(resuming)}"; stamp tokenizer-start
-  mmgen tokenizer fit --config configs/tokenizer/moving_shapes_shapes.yaml --model.schedule steps \
+  mmgen tokenizer fit --config configs/tokenizer/moving_shapes_shapes.yaml --model.schedule steps --model.init_from "$TOKENIZER_BASE" \
       --trainer.max_steps "$TOKENIZER_STEPS" --trainer.max_time null --trainer.default_root_dir "$fit" \
       --trainer.logger.init_args.save_dir "$fit" --trainer.callbacks.init_args.dirpath "$fit/checkpoints" "${resume[@]}"
   reached=$(ckpt_step "$fit/checkpoints/last.ckpt")

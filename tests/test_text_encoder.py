@@ -230,8 +230,10 @@ def test_shipped_model_names_the_nearest_of_its_captions():
     from mmgen.pipelines.prompts import FAR_SIMILARITY, prompt_report
 
     model = VideoAR.from_pretrained(Path(__file__).parent.parent / "mmgen/assets/default/transformer")
-    fields, notes = prompt_report(model, ["a red circle moving right", "a large white diamond staying still"])
-    assert fields["a red circle moving right"]["nearest_training_caption"] == "a large red circle moving right"
-    assert fields["a red circle moving right"]["nearest_similarity"] > FAR_SIMILARITY
-    assert fields["a large white diamond staying still"]["nearest_similarity"] < FAR_SIMILARITY
+    fields, notes = prompt_report(model, ["a red circle moving right", "a purple hexagon spinning slowly"])
+    near = fields["a red circle moving right"]
+    assert near["nearest_training_caption"] in model.config.train_captions
+    assert all(w in near["nearest_training_caption"].lower() for w in ("red", "circle", "right"))
+    assert near["nearest_similarity"] > FAR_SIMILARITY
+    assert fields["a purple hexagon spinning slowly"]["nearest_similarity"] < FAR_SIMILARITY
     assert len(notes) == 1 and "far from anything" in notes[0]

@@ -1,5 +1,6 @@
-"""Recipe of the default model shipped in ``mmgen/assets/default`` (built by
-``scripts/build_default_model_v1.sh``; configs ``configs/generator/moving_shapes_default.yaml`` and
+"""Recipe of the first (v1) default model, byte-level, shipped in ``mmgen/assets/default`` until the
+full-grammar MiniLM model replaced it; its 32 captions remain a benchmark set (``legacy32``) and
+post-training's "old prompts" (built by ``scripts/build_default_model_v1.sh``; configs ``configs/generator/moving_shapes_default.yaml`` and
 ``configs/sample/default.yaml``).
 
 The default model must learn *colour* and *motion direction* from text within tens of
