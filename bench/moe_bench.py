@@ -378,6 +378,8 @@ def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str |
         out["corruption"] = False
     if sparse:
         out.update(balance(module, val_batches))
+        out.update({f"train_inputs_{k}": v for k, v in balance(module, val_batches, train_inputs=True, draws=3).items()
+                    if k.startswith("maxvio")})
         out["curve"] = curve.points
     captions = [c for b in val_batches for c in b["caption"]][:prompts]
     subs = SUBMODELS if model.elastic is not None else {"full": {}}
@@ -487,6 +489,13 @@ def table(rows: list[dict]) -> str:
         r0 = next(r for rs in by.values() for r in rs if "tokens_all" in r)
         lines.append(f"\n{r0['steps']} steps x {r0['batch']} clips = {r0['tokens']} training tokens per run; MaxVio over "
                      f"{r0.get('tokens_all', '-')} held-out tokens per layer ({r0.get('tokens_real', '-')} without text padding)")
+    trained_on = {v: rs for v, rs in by.items() if all("train_inputs_maxvio_all" in r for r in rs)}
+    if trained_on:
+        lines += ["", "MaxVio of the same held-out clips on training inputs (history corruption and condition dropout "
+                      "as in training, 3 draws: the inputs the bias balances), all tokens (worst layer)"]
+        lines += [f"- {v}: {_fmt([r['train_inputs_maxvio_all'] for r in rs], 3)} "
+                  f"({_mean([r['train_inputs_maxvio_all_max'] for r in rs]):.3f}; per seed "
+                  + ", ".join(f"{r['train_inputs_maxvio_all']:.3f}" for r in rs) + ")" for v, rs in trained_on.items()]
     if floor:
         steady = [f"maxvio_steady[{r:g}]" for r in STEADY_RATES]
         lines += ["", "| seed-0 model | MaxVio measured (worst layer) | MaxVio on training inputs (worst layer) "
