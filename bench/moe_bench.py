@@ -23,7 +23,9 @@ routed groups of 32 dims).  Reported per variant over seeds (mean +- std):
   tokens (text padding left out) and over visual tokens; a curve on one held-out batch of 32
   clips every ``--curve-every`` steps;
 * floor (``--part floor``): the lowest MaxVio the sign update alone reaches on a saved router's
-  held-out affinities (is the imbalance the tokens' or the bias's?);
+  held-out affinities (is the imbalance the tokens' or the bias's?), and the MaxVio of the same
+  model on training inputs (history corruption and condition dropout drawn as in training: the
+  inputs the bias balanced; ``--no-corruption`` trains without the history corruption);
 * train tok/s (``--part timing``): one process, 1 thread, variants one after the other, steady
   state after 5 warm-up steps; run it through /work/wt/heavy;
 * active FFN / total parameters (FFN active = what one token runs).
@@ -104,14 +106,15 @@ def _held_out(module, loader) -> float:
     return sum(losses) / len(losses)
 
 
-def _real_tokens(module, batch) -> "torch.Tensor":
-    """bool [B, L]: the tokens of the sequence that are not text padding (all visual tokens)."""
+def _real_tokens(module, batch, cond=None) -> "torch.Tensor":
+    """bool [B, L]: the tokens of the sequence that are not text padding (all visual tokens);
+    ``cond``: the prefix tokens the forward used (default: the batch's captions)."""
     import torch
 
     from mmgen.ar.text import PAD_ID
 
     model = module.model
-    prefix = module.condition(batch, 0.0).ne(PAD_ID)
+    prefix = (module.condition(batch, 0.0) if cond is None else cond).ne(PAD_ID)
     visual = model.layout(FRAMES).num_visual
     return torch.cat([prefix, prefix.new_ones(prefix.shape[0], visual)], 1)
 
@@ -133,10 +136,14 @@ def _add_counts(total: dict, model, real) -> None:
                 total[f"tokens_{name}"] = total.get(f"tokens_{name}", 0) + picked.numel() // picked.shape[-1]
 
 
-def balance(module, batches) -> dict:
+def balance(module, batches, train_inputs: bool = False, draws: int = 1) -> dict:
     """MaxVio (max load / mean load - 1) per sparse layer over every token of ``batches`` (eval,
     teacher forcing), the DeepSeek way: one global count per layer.  -> {"maxvio_<set>": mean
-    over layers, "maxvio_<set>_max": worst layer, "tokens_<set>": tokens counted}."""
+    over layers, "maxvio_<set>_max": worst layer, "tokens_<set>": tokens counted}.
+
+    ``train_inputs``: the inputs the bias balanced in training instead (history corruption and
+    condition dropout as ARModule draws them; ``draws`` passes, seeded 0..draws-1), the routing
+    of the same weights and bias; the clean teacher-forced inputs otherwise."""
     import torch
 
     from mmgen.nn.moe import max_violation
@@ -145,9 +152,18 @@ def balance(module, batches) -> dict:
     module.eval()
     total: dict = {}
     with torch.no_grad():
-        for batch in batches:
-            module._step(batch, train=False)
-            _add_counts(total, module.model, _real_tokens(module, batch))
+        for draw in range(draws if train_inputs else 1):
+            if train_inputs:
+                torch.manual_seed(draw)
+            for batch in batches:
+                if train_inputs:
+                    _, _, inputs, cond, keep = module._inputs(batch, True)
+                    module.model(cond, inputs, keep)
+                    real = _real_tokens(module, batch, cond)
+                else:
+                    module._step(batch, train=False)
+                    real = _real_tokens(module, batch)
+                _add_counts(total, module.model, real)
     module.train(was_training)
     out = {k: v for k, v in total.items() if k.startswith("tokens_")}
     for name, layers in total.items():
@@ -227,7 +243,9 @@ def floors(save: str, cache: str) -> list[dict]:
         module = make_module(variant, 0)
         module.model.load_state_dict(VideoAR.from_pretrained(str(folder)).state_dict())
         batches = list(loaders(cache, 6, 0)[1])
-        row = {"variant": variant, "floor": True, **balance(module, batches), **bias_floor(module, batches)}
+        trained_on = {f"train_inputs_{k}": v for k, v in balance(module, batches, train_inputs=True, draws=3).items()
+                      if k.startswith("maxvio")}
+        row = {"variant": variant, "floor": True, **balance(module, batches), **trained_on, **bias_floor(module, batches)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -296,7 +314,7 @@ def active_ffn_params(config) -> int:
 
 
 def make_module(variant: str, seed: int, bias_rate: float | None = None, bias_schedule: str | None = None,
-                elastic_weight: float | None = None, bias_rate_end: float | None = None):
+                elastic_weight: float | None = None, bias_rate_end: float | None = None, corruption: bool = True):
     from mmgen.ar.training import ARModule
 
     pl.seed_everything(seed, verbose=False)
@@ -310,7 +328,7 @@ def make_module(variant: str, seed: int, bias_rate: float | None = None, bias_sc
     if bias_rate_end is not None:
         gen["moe_bias_rate_end"] = bias_rate_end
     return ARModule(preset=None, generator=gen, tokenizer=str(TOKENIZER), lr=1e-3, warmup_steps=20,
-                    corruption={"enabled": True, "p_max": 0.25, "delta": 0.01})
+                    corruption={"enabled": corruption, "p_max": 0.25, "delta": 0.01})
 
 
 def loaders(cache: str, batch: int, seed: int):
@@ -328,14 +346,14 @@ def loaders(cache: str, batch: int, seed: int):
 def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str | None = None,
         curve_every: int = 10, prompts: int = 16, bias_rate: float | None = None,
         bias_schedule: str | None = None, elastic_weight: float | None = None,
-        bias_rate_end: float | None = None) -> dict:
+        bias_rate_end: float | None = None, corruption: bool = True) -> dict:
     """Train one variant (quality run: no timing); held-out loss, balance (final and curve), adherence."""
     import torch
 
     from mmgen.ar.flops import forward_flops
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    module = make_module(variant, seed, bias_rate, bias_schedule, elastic_weight, bias_rate_end)
+    module = make_module(variant, seed, bias_rate, bias_schedule, elastic_weight, bias_rate_end, corruption)
     train, val = loaders(cache, batch, seed)
     val_batches = list(val)
     sparse = module.model.sparse_ffn is not None
@@ -356,8 +374,12 @@ def run(variant: str, seed: int, steps: int, batch: int, cache: str, save: str |
            "bias_schedule": model.config.get("moe_bias_schedule") if sparse else None,
            "bias_rate_end": model.config.get("moe_bias_rate_end") if sparse else None,
            "elastic_weight": model.elastic.weight if model.elastic is not None else None}
+    if not corruption:
+        out["corruption"] = False
     if sparse:
         out.update(balance(module, val_batches))
+        out.update({f"train_inputs_{k}": v for k, v in balance(module, val_batches, train_inputs=True, draws=3).items()
+                    if k.startswith("maxvio")})
         out["curve"] = curve.points
     captions = [c for b in val_batches for c in b["caption"]][:prompts]
     subs = SUBMODELS if model.elastic is not None else {"full": {}}
@@ -437,6 +459,8 @@ def _label(r: dict) -> str:
         extra.append(r["bias_schedule"] + (f" to {r['bias_rate_end']:g}" if r["bias_schedule"] == "exp" else ""))
     if r.get("elastic_weight") not in (None, 1.0):
         extra.append(f"sub-model weight {r['elastic_weight']:g}")
+    if r.get("corruption") is False:
+        extra.append("no history corruption")
     if r.get("steps", 100) != 100:  # a log may hold runs of several lengths
         extra.append(f"{r['steps']} steps")
     return r["variant"] + (f" ({', '.join(extra)})" if extra else "")
@@ -465,14 +489,24 @@ def table(rows: list[dict]) -> str:
         r0 = next(r for rs in by.values() for r in rs if "tokens_all" in r)
         lines.append(f"\n{r0['steps']} steps x {r0['batch']} clips = {r0['tokens']} training tokens per run; MaxVio over "
                      f"{r0.get('tokens_all', '-')} held-out tokens per layer ({r0.get('tokens_real', '-')} without text padding)")
+    trained_on = {v: rs for v, rs in by.items() if all("train_inputs_maxvio_all" in r for r in rs)}
+    if trained_on:
+        lines += ["", "MaxVio of the same held-out clips on training inputs (history corruption and condition dropout "
+                      "as in training, 3 draws: the inputs the bias balances), all tokens (worst layer)"]
+        lines += [f"- {v}: {_fmt([r['train_inputs_maxvio_all'] for r in rs], 3)} "
+                  f"({_mean([r['train_inputs_maxvio_all_max'] for r in rs]):.3f}; per seed "
+                  + ", ".join(f"{r['train_inputs_maxvio_all']:.3f}" for r in rs) + ")" for v, rs in trained_on.items()]
     if floor:
         steady = [f"maxvio_steady[{r:g}]" for r in STEADY_RATES]
-        lines += ["", "| seed-0 model | MaxVio measured (worst layer) | lowest MaxVio any bias reaches on these affinities "
+        lines += ["", "| seed-0 model | MaxVio measured (worst layer) | MaxVio on training inputs (worst layer) "
+                  "| lowest MaxVio any bias reaches on these affinities "
                   "(worst layer) | median k-th/(k+1)-th affinity gap | " + " | ".join(f"MaxVio kept by a constant step {r:g}"
                                                                                 for r in STEADY_RATES) + " |",
-                  "|---" * (4 + len(steady)) + "|"]
+                  "|---" * (5 + len(steady)) + "|"]
         lines += [f"| {v} | {r['maxvio_all']:.3f} ({r['maxvio_all_max']:.3f}) "
-                  f"| {r['maxvio_floor']:.3f} ({r['maxvio_floor_max']:.3f}) | {r.get('gap_median', float('nan')):.4f} | "
+                  + (f"| {r['train_inputs_maxvio_all']:.3f} ({r['train_inputs_maxvio_all_max']:.3f}) "
+                     if "train_inputs_maxvio_all" in r else "| - ")
+                  + f"| {r['maxvio_floor']:.3f} ({r['maxvio_floor_max']:.3f}) | {r.get('gap_median', float('nan')):.4f} | "
                   + " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in steady) + " |"
                   for v, r in ((v, rs[-1]) for v, rs in floor.items())]
     curves = {v: rs for v, rs in by.items() if rs[0].get("curve")}
@@ -525,6 +559,8 @@ def main() -> None:
     ap.add_argument("--bias-schedule", help="override moe_bias_schedule (constant / cosine / exp)")
     ap.add_argument("--bias-rate-end", type=float, help="override moe_bias_rate_end (the exp schedule's last rate)")
     ap.add_argument("--elastic-weight", type=float, help="override the elastic sub-model loss weight (default 1)")
+    ap.add_argument("--no-corruption", action="store_true",
+                    help="train without the history corruption (the bias then balances clean teacher-forced inputs)")
     ap.add_argument("--cache", default="runs/moe_bench/cache")
     ap.add_argument("--train-clips", type=int, default=512)
     ap.add_argument("--val-clips", type=int, default=64)
@@ -549,7 +585,7 @@ def main() -> None:
             with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
                 futures = [pool.submit(run, v, s, args.steps, args.batch, args.cache, args.save, args.curve_every,
                                        args.prompts, args.bias_rate, args.bias_schedule, args.elastic_weight,
-                                       args.bias_rate_end)
+                                       args.bias_rate_end, not args.no_corruption)
                            for v, s in jobs]
                 for f in futures:
                     _append(log, f.result())

@@ -191,6 +191,24 @@ def test_elastic_settings_validated_and_depth_runs_a_prefix():
         parse_setting("width=half")
 
 
+def test_depth_only_submodel_does_not_move_the_balance_counts():
+    """A depth sub-model keeps every layer's top-k and experts, but its forward is still a
+    sub-model's: it must not add to the counts that move the bias, nor replace the full model's
+    routing statistics (design: counts come from full-model training forwards only)."""
+    m = _tiny_moe(elastic=dict(depths=[2])).train()
+    inputs = [torch.randn(2, 2, h, w, 8) for h, w in m.scales]
+    m(["ab", "cd"], inputs)
+    counts = [mm.step_counts.clone() for mm in moe_layers(m)]
+    last = [mm.last_choice.clone() for mm in moe_layers(m)]
+    m.set_submodel(depth=2)
+    m(["ab", "cd"], [torch.randn_like(x) for x in inputs])  # other inputs: a counted forward would show
+    m.set_submodel()
+    assert all(torch.equal(a, mm.step_counts) for a, mm in zip(counts, moe_layers(m)))
+    assert all(torch.equal(a, mm.last_choice) for a, mm in zip(last, moe_layers(m)))
+    m(["ab", "cd"], inputs)  # the full model counts again
+    assert all(torch.equal(2 * a, mm.step_counts) for a, mm in zip(counts, moe_layers(m)))
+
+
 def test_elastic_step_trains_full_and_sub_model_in_one_backward():
     import random
 

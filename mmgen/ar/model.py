@@ -298,7 +298,8 @@ class VideoAR(PretrainedModel):
         if expert_mask is None and experts is not None and experts < ffn["n_experts"]:
             expert_mask = torch.arange(ffn["n_experts"]) < experts
         self.active_depth = None if depth == cfg.depth else depth
-        set_submodel(self, None if top_k == ffn["top_k"] else top_k, expert_mask)
+        top_k = None if top_k == ffn["top_k"] else top_k
+        set_submodel(self, top_k, expert_mask, submodel=bool(self.active_depth or top_k or expert_mask is not None))
 
     def _active_blocks(self):
         return self.blocks[:self.active_depth] if self.active_depth else self.blocks

@@ -108,6 +108,7 @@ class SparseMoE(nn.Module):
         self.register_buffer("step_counts", torch.zeros(n_experts), persistent=False)
         self.active_top_k: int | None = None  # elastic sparsity
         self.active_experts: torch.Tensor | None = None  # elastic width: bool [n_experts]
+        self.in_submodel = False  # any elastic sub-model (a depth one too): no balance counts, no statistics
         self.aux_loss: torch.Tensor | None = None
         self.last_choice: torch.Tensor | None = None  # Long [..., k] of the last forward (statistics)
 
@@ -148,7 +149,7 @@ class SparseMoE(nn.Module):
         out = torch.zeros_like(flat).index_add_(0, token, ys)
         if self.shared is not None:
             out = out + self.shared(flat)
-        if self.active_top_k is None and self.active_experts is None:  # statistics of the full model only
+        if not self.in_submodel and self.active_top_k is None and self.active_experts is None:  # full model only
             if self.training and torch.is_grad_enabled():
                 self._count(counts)
             self.last_choice = choice.detach().reshape(*shape[:-1], k)
@@ -297,11 +298,17 @@ def aux_loss(module: nn.Module) -> torch.Tensor | None:
     return torch.stack(losses).sum() if losses else None
 
 
-def set_submodel(module: nn.Module, top_k: int | None = None, experts: torch.Tensor | None = None) -> None:
+def set_submodel(module: nn.Module, top_k: int | None = None, experts: torch.Tensor | None = None,
+                 submodel: bool | None = None) -> None:
     """Elastic sparsity/width on every MoE layer: ``top_k`` (None = each layer's default) and a
-    bool mask of usable experts (None = all)."""
+    bool mask of usable experts (None = all).  ``submodel``: whether the forwards from now on are
+    a sub-model's (then they neither count for the bias nor replace the routing statistics); None =
+    whether ``top_k`` or ``experts`` is set (a depth sub-model sets it True with neither)."""
+    if submodel is None:
+        submodel = top_k is not None or experts is not None
     for m in moe_layers(module):
         if top_k is not None and not 1 <= top_k <= m.n_experts:
             raise ValueError(f"elastic top_k={top_k} must be in 1..moe_experts={m.n_experts}")
         m.active_top_k = top_k
         m.active_experts = None if experts is None else experts.to(m.expert_bias.device)
+        m.in_submodel = submodel

@@ -73,6 +73,7 @@ class UniversalMoE(SparseMoE):
 
         self.shared = SwiGLU(dim, n_shared * self.expert_hidden) if n_shared else None
         self.active_top_k = self.active_experts = self.aux_loss = self.last_choice = None
+        self.in_submodel = False
 
     w_gate = property(lambda self: self.pool.w_gate[self.window_index])
     w_up = property(lambda self: self.pool.w_up[self.window_index])
