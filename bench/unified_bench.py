@@ -233,8 +233,7 @@ def reading_part(args) -> list[dict]:
         if args.inputs == "gen":
             return q.next_scale_inputs(codes)
         if args.inputs == "latent":  # the continuous latent, per clip RMS 1, resized to every scale
-            z = (z / z.pow(2).mean((1, 2, 3, 4), keepdim=True).sqrt()).transpose(1, 2)
-            return [q.down_to(z, k) for k in range(len(q.scales))]
+            return model.latent_inputs(z)
         x = video_inputs(q, codes)
         if args.inputs in ("oracle", "celloracle"):
             hot = torch.nn.functional.one_hot(torch.tensor([colors[i] for i in idx]), q.bits).float() * 3
