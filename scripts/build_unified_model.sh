@@ -11,6 +11,10 @@
 #     resumes from its last checkpoint;
 # (3) export -> $OUT (pipeline folder: `mmgen caption --model $OUT` and `mmgen sample --model $OUT`).
 # The held-out benchmark (bench/unified_bench.py) renders clips of other seeds, never in the cache.
+# Understanding rows reading the continuous latent instead of the bit codes (generator
+# understand_input: latent; the cache already holds that latent, so only the config differs):
+#   RUN=runs/unified_latent CONFIG=configs/generator/unified_latent.yaml OUT=runs/unified_latent/export \
+#       scripts/build_unified_model.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
