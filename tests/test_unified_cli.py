@@ -79,8 +79,9 @@ def test_sample_rejects_words_outside_the_vocabulary(folders, capsys):
     assert not list(out.glob("*.mp4"))
 
 
-def test_shipped_config_vocabulary_is_the_grammar():
-    cfg = yaml.safe_load((ROOT / "configs/generator/unified.yaml").read_text())
+@pytest.mark.parametrize("config", ["unified.yaml", "unified_latent.yaml"])
+def test_shipped_config_vocabulary_is_the_grammar(config):
+    cfg = yaml.safe_load((ROOT / "configs/generator" / config).read_text())
     assert cfg["model"]["generator"]["text_vocab"] == grammar_words()
     shipped = ROOT / "mmgen/assets/unified/transformer/config.json"
     if shipped.is_file():
