@@ -19,8 +19,8 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
   clips: each field right. Two-object clips, per object: colour = the object's colour is named,
   shape/size/motion = those of the predicted object of that colour. Plus question accuracy
   (one-object clips; count, colour, shape, size, motion) with the same model.
-* train: ``mmgen ar fit-unified --config configs/generator/unified.yaml`` on the shipped build's
-  latent cache; ``unified`` = half the rows understanding, ``genonly`` = none, with half the
+* train: ``mmgen ar fit-unified --config configs/generator/unified.yaml`` (the bit-code reader) on
+  the build's latent cache; ``unified`` = half the rows understanding, ``genonly`` = none, with half the
   steps, so both see the same number of generation rows (video tokens with a loss) in
   expectation; everything else (architecture incl. the unused text head, lr schedule, batch,
   corruption, early-scale weighting) is the same.
@@ -233,8 +233,7 @@ def reading_part(args) -> list[dict]:
         if args.inputs == "gen":
             return q.next_scale_inputs(codes)
         if args.inputs == "latent":  # the continuous latent, per clip RMS 1, resized to every scale
-            z = (z / z.pow(2).mean((1, 2, 3, 4), keepdim=True).sqrt()).transpose(1, 2)
-            return [q.down_to(z, k) for k in range(len(q.scales))]
+            return model.latent_inputs(z)
         x = video_inputs(q, codes)
         if args.inputs in ("oracle", "celloracle"):
             hot = torch.nn.functional.one_hot(torch.tensor([colors[i] for i in idx]), q.bits).float() * 3
@@ -281,7 +280,7 @@ def reading_part(args) -> list[dict]:
 
 
 def yaml_generator() -> dict:
-    """The shipped unified generator's fields (configs/generator/unified.yaml), without MTP heads."""
+    """The bit-code unified generator's fields (configs/generator/unified.yaml), without MTP heads."""
     import yaml
 
     from mmgen.ar.presets import preset_config

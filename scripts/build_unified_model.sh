@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# Reproduce the unified model shipped in mmgen/assets/unified (CPU: ~12 min of one idle core for 330 steps).
+# Reproduce the unified model shipped in mmgen/assets/unified (CPU: ~38 min of one core for 3200 steps).
 #
 #   scripts/build_unified_model.sh          # everything; stops and resumes safely (run it again)
 #
 # (1) latent cache: 2048 MovingShapes clips (seed 0; 1-2 objects, every colour/shape/size/motion,
 #     plain background, canonical captions, 9 frames -> 3 latent frames) encoded with the default
 #     model's tokenizer (mmgen/assets/default/tokenizer: no tokenizer training);
-# (2) `mmgen ar fit-unified --config configs/generator/unified.yaml`: half the rows generate video
-#     from the caption, half caption the clip or answer a question about it; an interrupted run
-#     resumes from its last checkpoint;
+# (2) `mmgen ar fit-unified --config configs/generator/unified_latent.yaml`: half the rows generate
+#     video from the caption, half caption the clip or answer a question about it, reading the
+#     clip's continuous latent (understand_input: latent); an interrupted run resumes from its last
+#     checkpoint;
 # (3) export -> $OUT (pipeline folder: `mmgen caption --model $OUT` and `mmgen sample --model $OUT`).
 # The held-out benchmark (bench/unified_bench.py) renders clips of other seeds, never in the cache.
+# The earlier build whose understanding rows read the bit codes (captions at chance, issue 16):
+#   RUN=runs/unified_codes CONFIG=configs/generator/unified.yaml OUT=runs/unified_codes/export \
+#       scripts/build_unified_model.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-RUN=${RUN:-runs/unified}
+RUN=${RUN:-runs/unified_latent}
 NUM_SAMPLES=${NUM_SAMPLES:-2048}
-CONFIG=${CONFIG:-configs/generator/unified.yaml}
+CONFIG=${CONFIG:-configs/generator/unified_latent.yaml}
 OUT=${OUT:-mmgen/assets/unified}
 TOKENIZER=mmgen/assets/default/tokenizer
 mkdir -p "$RUN"

@@ -232,3 +232,94 @@ def test_training_feeds_understanding_rows_the_whole_clean_clip(tmp_path):
     own = layout.flatten_visual(video_inputs(q, clean))
     assert torch.allclose(seen[0][1], own[1], atol=1e-5)  # the understanding row: its own clean content
     assert not torch.allclose(seen[0][0], own[0], atol=1e-3)  # the generation row: history (and corrupted)
+
+
+def _latent(B=2, F=2, bits=8, seed=0):
+    """A continuous latent [B, d, t, h, w] at the finest scale of BASE (4 x 4)."""
+    return torch.randn(B, bits, F, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
+def test_understand_input_codes_is_the_model_before():
+    """The default (codes) builds the same weights as before the option existed and ignores a latent."""
+    torch.manual_seed(0)
+    before = VideoAR(**BASE, text_vocab=grammar_words(), text_len=16).eval()
+    codes = _unified(understand_input="codes")
+    assert before.state_dict().keys() == codes.state_dict().keys() and not hasattr(codes, "latent_proj")
+    for k, v in before.state_dict().items():
+        assert torch.equal(v, codes.state_dict()[k]), k
+    x, text = _inputs(), torch.randint(5, 20, (2, 16))
+    plain = codes(["", ""], x, text=text)
+    with_latent = codes(["", ""], x, text=text, latent=_latent())
+    assert torch.equal(plain[0], with_latent[0]) and torch.equal(plain[1][0], with_latent[1][0])
+    with pytest.raises(ValueError, match="understand_input"):
+        VideoAR(**BASE, understand_input="latent")  # no text head: nothing reads the latent
+    with pytest.raises(ValueError, match="understand_input"):
+        _unified(understand_input="pixels")
+
+
+def test_understand_input_latent_reads_the_latent_in_caption_rows_only():
+    """understand_input="latent": an understanding row's text depends on the latent, not on its codes;
+    a generation row (all-padding text) depends on its codes, not on the latent."""
+    m = _unified(understand_input="latent")
+    assert set(m.state_dict()) - set(_unified().state_dict()) == {"latent_proj.weight"}  # its own projection
+    torch.nn.init.normal_(m.out_proj.weight, std=1.0)  # zero at init: the visual logits would not move
+    x, z = _inputs(), _latent()
+    text = torch.zeros(2, 16, dtype=torch.long)
+    text[0] = torch.randint(5, 20, (16,))  # row 0 captions, row 1 generates
+    cond = ["", "a big red circle"]
+    visual, heads = m(cond, x, text=text, latent=z)
+    other_codes = [v.clone() for v in x]
+    for v in other_codes:
+        v[:, 1:] *= -1  # every group but <SOS> (0, 0)
+    v2, h2 = m(cond, other_codes, text=text, latent=z)
+    assert torch.allclose(heads[0][0], h2[0][0], atol=1e-6)  # caption row: codes unread
+    assert not torch.allclose(visual[1], v2[1], atol=1e-4)  # generation row: reads its codes
+    v3, h3 = m(cond, x, text=text, latent=_latent(seed=1))
+    assert not torch.allclose(heads[0][0], h3[0][0], atol=1e-4)  # caption row: reads the latent
+    assert torch.allclose(visual[1], v3[1], atol=1e-6)  # generation row: latent unread
+    scaled = m(cond, x, text=text, latent=z * 7.0)[1][0]
+    assert torch.allclose(heads[0][0], scaled[0], atol=1e-4)  # per clip RMS 1: the overall scale is unread
+    with pytest.raises(ValueError, match="pass latent="):
+        m(cond, x, text=text)
+    assert torch.equal(m(cond, x)[1], m(cond, x, latent=z)[1])  # no text: every row generates
+
+
+def test_understand_input_latent_cached_caption_equals_recompute_and_roundtrip(tmp_path):
+    m = _unified(understand_input="latent", mtp_heads=1)
+    for p in m.text_head.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    x, z = _inputs(B=3, seed=1), _latent(B=3, seed=2)
+    for question in (None, "what shape is the red object?"):
+        cached = generate_text(m, x, question, latent=z)
+        assert cached == generate_text(m, x, question, use_cache=False, latent=z)
+        assert any(len(r) > 1 for r in cached)
+    m.save_pretrained(tmp_path)
+    back = VideoAR.from_pretrained(tmp_path).eval()
+    assert back.config.understand_input == "latent"
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+    assert generate_text(back, x, latent=z) == generate_text(m, x, latent=z)
+
+
+def test_training_step_with_latent_understanding(tmp_path):
+    """UnifiedModule passes the cache's continuous latent; the understanding row trains latent_proj."""
+    from mmgen.ar.training import load_tokenizer
+    from mmgen.ar.unified_training import UnifiedModule
+    from mmgen.data.latents import tokenize_dataset
+    from mmgen.data.moving_shapes import MovingShapes
+    from mmgen.data.unified import UnifiedLatents
+
+    torch.manual_seed(0)
+    tokenize_dataset(MovingShapes(2, size=16, num_frames=5, seed=3), load_tokenizer(config=TOKENIZER), tmp_path)
+    data = UnifiedLatents(str(tmp_path), understand_ratio=0.0)
+    module = UnifiedModule(preset=None, generator={**BASE, "max_text_len": 16, "text_vocab": grammar_words(),
+                                                    "text_len": 20, "understand_input": "latent"},
+                           tokenizer_config=TOKENIZER)
+    items = [data[i] for i in range(2)]
+    batch = {"caption": [it["caption"] for it in items], "query": ["", ""], "answer": ["", data.captions[1]],
+             "latent": torch.stack([it["latent"] for it in items])}
+    loss, _ = module._step(batch, train=True)
+    loss.backward()
+    m = module.model
+    assert m.latent_proj.weight.grad.abs().sum() > 0  # the caption row's text loss
+    assert m.out_proj.weight.grad.abs().sum() > 0  # the generation row's visual loss

@@ -17,11 +17,11 @@ from mmgen.tokenizer.model import VideoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pipeline(unified: bool) -> VideoARPipeline:
+def _pipeline(unified: bool, understand_input: str = "codes") -> VideoARPipeline:
     torch.manual_seed(0)
     tok = VideoTokenizer(base_channels=8, channel_mult=(1, 1, 1), temporal_downsample=(True, True), patch_size=1,
                          norm_groups=4, latent_dim=4, scales=(1, 2, 4), sample_size=16, num_frames=9)
-    extra = dict(text_vocab=grammar_words(), text_len=12, mtp_heads=1) if unified else {}
+    extra = dict(text_vocab=grammar_words(), text_len=12, mtp_heads=1, understand_input=understand_input) if unified else {}
     model = VideoAR(bits=4, scales=[(1, 1), (2, 2), (4, 4)], num_frames=2, width=32, depth=2, heads=2,
                     max_text_len=16, attn_backend="sdpa", **extra)
     return VideoARPipeline(tokenizer=tok.eval(), transformer=model.eval(), fps=8, sampling={"guidance": 2.0})
@@ -31,6 +31,7 @@ def _pipeline(unified: bool) -> VideoARPipeline:
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("unified")
     _pipeline(True).save_pretrained(root / "unified")
+    _pipeline(True, "latent").save_pretrained(root / "unified_latent")
     _pipeline(False).save_pretrained(root / "plain")
     g = torch.Generator().manual_seed(0)
     write_video(root / "clip.mp4", torch.randint(0, 255, (5, 16, 16, 3), generator=g, dtype=torch.uint8))
@@ -39,8 +40,9 @@ def folders(tmp_path_factory):
     return root
 
 
-def test_one_folder_captions_and_samples(folders, tmp_path, capsys):
-    model = str(folders / "unified")
+@pytest.mark.parametrize("name", ["unified", "unified_latent"])
+def test_one_folder_captions_and_samples(folders, tmp_path, capsys, name):
+    model = str(folders / name)
     assert mmgen_main(["caption", "--video", str(folders / "clip.mp4"), "--model", model, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["frames_read"] == 5 and isinstance(record["caption"], str)
@@ -77,8 +79,9 @@ def test_sample_rejects_words_outside_the_vocabulary(folders, capsys):
     assert not list(out.glob("*.mp4"))
 
 
-def test_shipped_config_vocabulary_is_the_grammar():
-    cfg = yaml.safe_load((ROOT / "configs/generator/unified.yaml").read_text())
+@pytest.mark.parametrize("config", ["unified.yaml", "unified_latent.yaml"])
+def test_shipped_config_vocabulary_is_the_grammar(config):
+    cfg = yaml.safe_load((ROOT / "configs/generator" / config).read_text())
     assert cfg["model"]["generator"]["text_vocab"] == grammar_words()
     shipped = ROOT / "mmgen/assets/unified/transformer/config.json"
     if shipped.is_file():

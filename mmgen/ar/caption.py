@@ -1,6 +1,7 @@
 """Text out of a unified VideoAR (:mod:`mmgen.ar.unified`): captions and answers about a video.
 
-The video is tokenized, fed as teacher-forced groups after the null prompt, then the text is
+The video is encoded and tokenized, fed as teacher-forced groups after the null prompt (its
+codes, or its continuous latent for a model with ``understand_input="latent"``), then the text is
 decoded greedily one word at a time: ``<caption>`` (or ``<question> words <answer>``) and the
 model's words up to ``<eos>``. Decoding uses the model's KV cache (``VideoAR.new_cache`` with
 ``text_len``, ``feed_video``: the prefix and the whole video in one chunk, then ``forward_text``
@@ -40,23 +41,24 @@ def text_prompt(model: VideoAR, question: str | None) -> list[int]:
 
 @torch.no_grad()
 def generate_text(model: VideoAR, inputs: Sequence[torch.Tensor], question: str | None = None,
-                  use_cache: bool = True) -> list[list[int]]:
+                  use_cache: bool = True, latent: torch.Tensor | None = None) -> list[list[int]]:
     """Greedy text ids (without ``<eos>``) per row after the video ``inputs``
-    (:func:`mmgen.ar.unified.video_inputs` of the clip's codes: list[K] of [B, t, h_k, w_k, d])."""
+    (:func:`mmgen.ar.unified.video_inputs` of the clip's codes: list[K] of [B, t, h_k, w_k, d]);
+    ``latent``: the clips' continuous latent, which a model with ``understand_input="latent"`` reads."""
     start = text_prompt(model, question)
     B, F = inputs[0].shape[:2]
     S = model.config.text_len
     rows = torch.tensor(start, device=model.device).expand(B, -1)
     if use_cache:
         cache = model.new_cache(B, F, text_len=S)
-        model.feed_video(cache, model.null_condition(B), inputs)
+        model.feed_video(cache, model.null_condition(B), inputs, latent)
         logits = model.forward_text(cache, rows)[0]
     done = torch.zeros(B, dtype=torch.bool, device=model.device)
     while rows.shape[1] < S and not done.all():
         if not use_cache:
             text = torch.full((B, S), PAD, dtype=torch.long, device=model.device)
             text[:, :rows.shape[1]] = rows
-            _, full = model(model.null_condition(B), inputs, text=text)
+            _, full = model(model.null_condition(B), inputs, text=text, latent=latent)
             logits = full[0][:, :rows.shape[1]]
         token = torch.where(done, EOS, logits[:, -1].argmax(-1))
         rows = torch.cat([rows, token[:, None]], dim=1)
@@ -88,6 +90,7 @@ def describe(pipe, videos: Sequence[torch.Tensor], question: str | None = None) 
                              f"{n} (its {model.config.num_frames} latent frames)")
     clips = torch.stack([resize_video(v[:n], pipe.frame_size) for v in videos])  # [B, n, H, W, 3]
     x = clips.to(pipe.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-    codes = pipe.tokenizer.tokenize(x.to(pipe.tokenizer.dtype))
-    ids = generate_text(model, video_inputs(pipe.tokenizer.quantizer, codes), question)
+    z = pipe.tokenizer.encode(x.to(pipe.tokenizer.dtype))  # the continuous latent, as the training cache holds it
+    codes = pipe.tokenizer.quantize(z).codes
+    ids = generate_text(model, video_inputs(pipe.tokenizer.quantizer, codes), question, latent=z)
     return [model.words.decode(row) for row in ids]

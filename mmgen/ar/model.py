@@ -44,12 +44,13 @@ from . import text as text_tokens
 from .layout import GroupLayout
 from .text_encoder import MINILM, load_text_encoder
 from .unified import TextHead
-from .words import WordVocab, split_words
+from .words import PAD, WordVocab, split_words
 
 CONDITIONS = ("class", "text")
 TEXT_NULLS = ("empty", "learned")
 SIMILARITY_TOKENS = 64  # prompt length read when a byte-level model measures similarity with MiniLM
 HEADS = ("bits", "index")
+UNDERSTAND_INPUTS = ("codes", "latent")
 
 
 class ARCache:
@@ -129,6 +130,12 @@ class VideoAR(PretrainedModel):
         the same transformer also writes captions/answers after a video; None = byte prompts, no
         text head. text_len: text tokens after the video in a [video -> text] sequence;
         mtp_heads: extra multi-token-prediction heads (token t+2, t+3, ...) trained alongside
+        understand_input: what the video groups of an understanding row (a row with text) read:
+          "codes" (the inputs given, :func:`mmgen.ar.unified.video_inputs`, through ``in_proj``)
+          or "latent" (the tokenizer encoder's continuous latent before quantisation, per clip
+          RMS 1, resized to every scale, through its own ``latent_proj``: the bit codes of a
+          small object are too noisy to be read at this size, issue 16). Generation rows always
+          read the codes.
 
     Runtime choices, arguments but not saved config (old configs that hold them still load):
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU);
@@ -157,7 +164,7 @@ class VideoAR(PretrainedModel):
                  sgt_max_layers: int = 3, sgt_keep_heads: int = 2, sgt_ema: float = 0.5,
                  itt_layers: Sequence[int] | None = None, itt_steps: int = 2, itt_frac: float = 0.5,
                  loop_layers: Sequence[int] | None = None, text_vocab: Sequence[str] | None = None,
-                 text_len: int = 24, mtp_heads: int = 0):
+                 text_len: int = 24, mtp_heads: int = 0, understand_input: str = "codes"):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -171,6 +178,9 @@ class VideoAR(PretrainedModel):
                              f"alone (sgt={sgt}, itt_layers={itt_layers}, loop_layers={loop_layers})")
         if text_vocab is not None and (cond != "text" or text_encoder is not None):
             raise ValueError("VideoAR: text_vocab (the unified model) needs cond='text' without a text_encoder")
+        if understand_input not in UNDERSTAND_INPUTS or (understand_input != "codes" and text_vocab is None):
+            raise ValueError(f"VideoAR: understand_input={understand_input!r} must be one of {UNDERSTAND_INPUTS}; "
+                             "'latent' needs text_vocab (a unified model)")
         self.words = WordVocab(text_vocab) if text_vocab is not None else None
         self.scales = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in scales]
         self.prefix_len = 1 if cond == "class" else max_text_len
@@ -212,6 +222,8 @@ class VideoAR(PretrainedModel):
         self.out_proj = nn.Linear(width, self.out_dim, bias=False)
         if self.words is not None:
             self.text_head = TextHead(width, self.words.VOCAB_SIZE, mtp_heads)
+        if understand_input == "latent":
+            self.latent_proj = nn.Linear(bits, width, bias=False)
         self._layouts: dict[tuple[int, int], GroupLayout] = {}
         self._init_weights()
 
@@ -446,15 +458,47 @@ class VideoAR(PretrainedModel):
                              "generator has a bit head (use head='index')")
 
     # ------------------------------------------------------------------ pieces
-    def _embed_visual(self, feats: torch.Tensor, scale_id: torch.Tensor, sos_at: slice | None) -> torch.Tensor:
+    def _embed_visual(self, feats: torch.Tensor, scale_id: torch.Tensor, sos_at: slice | None,
+                      proj: nn.Linear | None = None) -> torch.Tensor:
         if feats.shape[-1] != self.config.bits:
             raise ValueError(f"visual inputs have {feats.shape[-1]} features, the model expects bits={self.config.bits}")
-        x = self.in_proj(feats.to(self.in_proj.weight.dtype)) + self.scale_embed(scale_id)
+        proj = proj or self.in_proj
+        x = proj(feats.to(proj.weight.dtype)) + self.scale_embed(scale_id)
         if sos_at is not None:  # group (0, 0) has no history: its input is the <SOS> embedding
             sos = (self.sos + self.scale_embed.weight[0]).to(x.dtype)
             x = x.clone()
             x[:, sos_at] = sos
         return x
+
+    def latent_inputs(self, latent: torch.Tensor) -> list[torch.Tensor]:
+        """The tokenizer encoder's continuous latent ``[B, d, t, h, w]`` (before quantisation) as the
+        video of understanding rows: per clip RMS 1 (clips differ in overall energy, not in what
+        they show), area-resized to every scale, one ``[B, t, h_k, w_k, d]`` tensor per scale."""
+        B, d, t, h, w = latent.shape
+        z = latent.to(self.device, torch.float32)
+        z = z / z.pow(2).mean((1, 2, 3, 4), keepdim=True).sqrt().clamp_min(1e-6)
+        frames = z.transpose(1, 2).reshape(B * t, d, h, w)
+        out = []
+        for size in self.scales:
+            x = frames if (h, w) == size else nn.functional.interpolate(frames, size=size, mode="area")
+            out.append(x.reshape(B, t, d, *size).permute(0, 1, 3, 4, 2))
+        return out
+
+    def _embed_video(self, layout: GroupLayout, inputs: Sequence[torch.Tensor], latent: torch.Tensor | None,
+                     understand: torch.Tensor | None) -> torch.Tensor:
+        """Embedded visual groups [B, V, width]: ``inputs`` through ``in_proj``; with
+        ``understand_input="latent"`` the rows where ``understand`` (bool [B]) is set read ``latent``
+        through ``latent_proj`` instead."""
+        P, V = layout.prefix_len, layout.num_visual
+        scale_id, sos_at = layout.scale_id[P:P + V].to(self.device), layout.visual_slice(0, 0)
+        x = self._embed_visual(layout.flatten_visual([i.to(self.device) for i in inputs]), scale_id, sos_at)
+        if self.config.understand_input != "latent" or understand is None or not understand.any():
+            return x
+        if latent is None:
+            raise ValueError("this model's understanding rows read the continuous latent "
+                             "(understand_input='latent'): pass latent= (tokenizer.encode of the clip)")
+        seen = self._embed_visual(layout.flatten_visual(self.latent_inputs(latent)), scale_id, sos_at, self.latent_proj)
+        return torch.where(understand.to(self.device).view(-1, 1, 1), seen, x)
 
     def _rope(self, pos: torch.Tensor):
         return self.rope(pos.to(self.device))
@@ -464,7 +508,7 @@ class VideoAR(PretrainedModel):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, cond, inputs: Sequence[torch.Tensor], frame_keep: torch.Tensor | None = None,
-                frame_offset: int = 0, text: torch.Tensor | None = None):
+                frame_offset: int = 0, text: torch.Tensor | None = None, latent: torch.Tensor | None = None):
         """Teacher-forced logits for every visual token.
 
         cond: see :meth:`condition_tokens` (prefix token ids Long [B, P] are accepted as-is).
@@ -474,14 +518,16 @@ class VideoAR(PretrainedModel):
           training clip can stand for frames far into a long windowed sample (0 = the plain layout).
         text: unified models, word ids Long [B, S] after the video; then the result is (visual logits,
         text logits per head: list of float32 [B, S, vocab], see :class:`mmgen.ar.unified.TextHead`).
+          A row with text (first word not padding) is an understanding row, the others generate.
+        latent: the clips' continuous latent [B, d, t, h, w] (tokenizer.encode), read by understanding
+          rows instead of ``inputs`` when ``understand_input="latent"`` (see :meth:`latent_inputs`).
         Returns float32 logits [B, L_visual, out_dim] in layout order (frame, scale, row, col).
         """
         layout = self.layout(inputs[0].shape[1], 0 if text is None else text.shape[1])
         prefix = self.embed_condition(self.condition_tokens(cond))
-        feats = layout.flatten_visual(inputs)
         P, V = layout.prefix_len, layout.num_visual
-        scale_id = layout.scale_id[P:P + V].to(self.device)
-        parts = [prefix, self._embed_visual(feats, scale_id, layout.visual_slice(0, 0))]
+        understand = None if text is None else text[:, 0].to(self.device) != PAD
+        parts = [prefix, self._embed_video(layout, inputs, latent, understand)]
         x = torch.cat(parts if text is None else [*parts, self.cond_embed(text.to(self.device))], dim=1)
         pos = layout.pos
         if frame_offset:
@@ -551,15 +597,15 @@ class VideoAR(PretrainedModel):
                                 layout.group_id[start:stop].to(self.device))
 
     @torch.no_grad()
-    def feed_video(self, cache: ARCache, cond, inputs: Sequence[torch.Tensor]) -> None:
-        """Feed the prefix and a whole video (teacher-forced groups, ``inputs`` as in :meth:`forward`)
-        in one chunk into a fresh cache of :meth:`new_cache` with ``text_len``, ready for :meth:`forward_text`."""
+    def feed_video(self, cache: ARCache, cond, inputs: Sequence[torch.Tensor], latent: torch.Tensor | None = None) -> None:
+        """Feed the prefix and a whole video (teacher-forced groups, ``inputs`` and ``latent`` as in
+        :meth:`forward`, every row an understanding row) in one chunk into a fresh cache of
+        :meth:`new_cache` with ``text_len``, ready for :meth:`forward_text`."""
         layout = cache.layout
         if cache.next_group != 0 or not layout.text_len:
             raise RuntimeError("feed_video needs a fresh cache from new_cache(..., text_len=N)")
-        P, V = layout.prefix_len, layout.num_visual
-        feats = layout.flatten_visual([x.to(self.device) for x in inputs])
-        video = self._embed_visual(feats, layout.scale_id[P:P + V].to(self.device), layout.visual_slice(0, 0))
+        P = layout.prefix_len
+        video = self._embed_video(layout, inputs, latent, torch.ones(cache.batch_size, dtype=torch.bool))
         self._feed_chunk(cache, torch.cat([self.embed_condition(self.condition_tokens(cond)), video], dim=1))
         cache.next_group = P + layout.num_frames * layout.num_scales
 

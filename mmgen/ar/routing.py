@@ -54,8 +54,8 @@ def collect_routing(model, tokenizer, num_clips: int = 16, batch_size: int = 8, 
     for start in range(0, num_clips, batch_size):
         items = [data[i] for i in range(start, min(num_clips, start + batch_size))]
         video = torch.stack([it["video"] for it in items]).to(model.device)
-        _, codes = corrupted_history(tokenizer.quantizer, tokenizer.encode(video)[:, :, :frames],
-                                     CorruptionConfig(enabled=False))
+        latent = tokenizer.encode(video)[:, :, :frames]
+        _, codes = corrupted_history(tokenizer.quantizer, latent, CorruptionConfig(enabled=False))
         inputs = tokenizer.quantizer.next_scale_inputs(codes)
         layout = model.layout(frames)
         if cfg.cond == "text":  # cut to the model's prefix (bytes or words)
@@ -70,7 +70,7 @@ def collect_routing(model, tokenizer, num_clips: int = 16, batch_size: int = 8, 
         _add(total[GENERATE], model.routing_counts({**masks, **_scale_masks(model, layout, layout.length)}))
         if model.words is not None:  # a unified model: also caption the same clips
             text, _ = text_sequences(model.words, [""] * len(items), [it["caption"] for it in items], cfg.text_len)
-            model(model.null_condition(len(items)), inputs, text=text)
+            model(model.null_condition(len(items)), inputs, text=text, latent=latent)
             long = model.layout(frames, cfg.text_len)
             words = torch.cat([torch.zeros(len(items), long.prefix_len + long.num_visual, dtype=torch.bool),
                                text != model.words.PAD_ID], 1)

@@ -12,7 +12,10 @@ kinds of training sequence share every weight:
   words only (a question is input). The video of such a row is input only: no visual loss, so
   "video tokens trained on" counts generation rows alone. Its groups carry their OWN content
   (:func:`video_inputs`), not the generation inputs: those hold only what precedes a group, so
-  the finest scale of every frame (most of a small object) would never reach the text.
+  the finest scale of every frame (most of a small object) would never reach the text. With the
+  generator's ``understand_input="latent"`` they read the tokenizer encoder's continuous latent
+  instead (:meth:`~mmgen.ar.model.VideoAR.latent_inputs`, through the model's own
+  ``latent_proj``): the bit codes of a small object are too noisy to be read at this size.
 
 A text token is a group of one (:class:`~mmgen.ar.layout.GroupLayout` ``text_len``) with the
 uni-RoPE position ``(s + j, s + j, s + j)`` just past the video. Optional multi-token prediction

@@ -4,8 +4,10 @@
 ``mmgen ar fit`` plus the arguments below) over :class:`mmgen.data.unified.UnifiedLatents` rows.
 One forward per batch: every row is ``[prefix | video | text]``; generation rows carry the
 visual loss (their text is padding), understanding rows the text loss (their prefix is the null
-prompt; their video is the clean clip, every group its own content: :func:`video_inputs`). Corruption, Random Frame Mask, CFG dropout, EMA, the optimiser and export are
-ARModule's.
+prompt; their video is the clean clip, every group its own content: :func:`video_inputs`, or,
+with the generator's ``understand_input="latent"``, the continuous latent the cache holds, which
+the model reads through its own projection). Corruption, Random Frame Mask, CFG dropout, EMA, the
+optimiser and export are ARModule's.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ class UnifiedModule(ARModule):
             rows = understand.view(-1, 1, 1, 1, 1)
             inputs = [torch.where(rows, s, i) for s, i in zip(seen, inputs)]
         text, text_targets = text_sequences(model.words, batch["query"], batch["answer"], model.config.text_len)
-        visual, text_logits = model(cond, inputs, keep, text=text)
+        visual, text_logits = model(cond, inputs, keep, text=text, latent=z)
         layout = model.layout(z.shape[2])
         v_loss, acc = visual_loss(visual, layout.flatten_visual(targets), ~understand,
                                   scale_weights(layout, hp.scale_alpha))

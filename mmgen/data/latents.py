@@ -12,7 +12,10 @@ Encoding is the expensive part of a step for small generators, so ``mmgen ar tok
                                     captions ("hidden" float16 [U, L, dim]; "captions" in its metadata),
                                     written by the first fit that needs them (ARModule.on_fit_start)
 
-Latents (not codes) are stored so that Cross-Frame Error Correction can re-quantise them.
+Latents (not codes) are stored so that Cross-Frame Error Correction can re-quantise them, and so
+that a unified model whose understanding rows read the continuous latent (generator
+``understand_input="latent"``, :meth:`mmgen.ar.model.VideoAR.latent_inputs`) trains from the same
+cache: the codes of both readings are derived from it on the fly.
 """
 from __future__ import annotations
 
