@@ -311,7 +311,7 @@ class VideoAR(PretrainedModel):
             expert_mask = torch.arange(ffn["n_experts"]) < experts
         self.active_depth = None if depth == cfg.depth else depth
         top_k = None if top_k == ffn["top_k"] else top_k
-        set_submodel(self, top_k, expert_mask, submodel=bool(self.active_depth or top_k or expert_mask is not None))
+        set_submodel(self, top_k, expert_mask, depth_only=self.active_depth is not None)
 
     def _active_blocks(self):
         return self.blocks[:self.active_depth] if self.active_depth else self.blocks
@@ -327,14 +327,17 @@ class VideoAR(PretrainedModel):
         B, L = layers[0].last_choice.shape[:2]
         if masks is None:
             layout = self.layout((L - self.prefix_len) // sum(h * w for h, w in self.scales))
-            P, V = layout.prefix_len, layout.num_visual
-            scale_id = torch.full((L,), -1, dtype=torch.long)
-            scale_id[P:P + V] = layout.scale_id[P:P + V]  # a unified model's text after the video: no scale
-            masks = {self.config.cond: torch.arange(L) < P}
-            masks.update({f"scale{k}": scale_id == k for k in range(len(self.scales))})
+            masks = {self.config.cond: torch.arange(L) < layout.prefix_len, **self.scale_masks(layout, L)}
         return {name: torch.stack([torch.bincount(m.last_choice[mask.to(m.last_choice.device).expand(B, L)].flatten(),
                                                   minlength=m.n_experts).cpu() for m in layers])
                 for name, mask in masks.items()}
+
+    def scale_masks(self, layout: GroupLayout, length: int | None = None) -> dict[str, torch.Tensor]:
+        """{"scale0": bool [length], ...}: each scale's visual tokens in a sequence laid out as
+        ``layout`` (its prefix and any text after the video belong to no scale), padded with False
+        to ``length`` (default ``layout.length``)."""
+        scale_id = nn.functional.pad(layout.scale_id, (0, (length or layout.length) - layout.length), value=-1)
+        return {f"scale{k}": scale_id == k for k in range(len(self.scales))}
 
     # ------------------------------------------------------------------ layout & condition
     def layout(self, num_frames: int | None = None, text_len: int = 0) -> GroupLayout:

@@ -20,15 +20,9 @@ import torch
 from mmgen.io import save_figure
 
 from .corruption import CorruptionConfig, corrupted_history
+from .text import PAD_ID as BYTE_PAD
 
 GENERATE, CAPTION = "text -> video", "video -> text"
-
-
-def _scale_masks(model, layout, length: int) -> dict[str, torch.Tensor]:
-    P, V = layout.prefix_len, layout.num_visual
-    scale_id = torch.full((length,), -1, dtype=torch.long)
-    scale_id[P:P + V] = layout.scale_id[P:P + V]
-    return {f"scale{k}": scale_id == k for k in range(len(model.scales))}
 
 
 def _add(total: dict, counts: dict) -> None:
@@ -61,28 +55,22 @@ def collect_routing(model, tokenizer, num_clips: int = 16, batch_size: int = 8, 
         if cfg.cond == "text":  # cut to the model's prefix (bytes or words)
             cond = [it["caption"] if model.words else it["caption"][:cfg.max_text_len] for it in items]
             tokens = model.condition_tokens(cond)
-            masks = {"text": torch.cat([tokens.cpu() != (model.words.PAD_ID if model.words else _byte_pad()),
+            masks = {"text": torch.cat([tokens.cpu() != (model.words.PAD_ID if model.words else BYTE_PAD),
                                         torch.zeros(len(items), layout.num_visual, dtype=torch.bool)], 1)}
         else:
             tokens = model.condition_tokens([it["label"] for it in items])
             masks = {"class": torch.arange(layout.length) < layout.prefix_len}
         model(tokens, inputs)
-        _add(total[GENERATE], model.routing_counts({**masks, **_scale_masks(model, layout, layout.length)}))
+        _add(total[GENERATE], model.routing_counts({**masks, **model.scale_masks(layout)}))
         if model.words is not None:  # a unified model: also caption the same clips
             text, _ = text_sequences(model.words, [""] * len(items), [it["caption"] for it in items], cfg.text_len)
             model(model.null_condition(len(items)), inputs, text=text, latent=latent)
             long = model.layout(frames, cfg.text_len)
             words = torch.cat([torch.zeros(len(items), long.prefix_len + long.num_visual, dtype=torch.bool),
                                text != model.words.PAD_ID], 1)
-            _add(total.setdefault(CAPTION, {}), model.routing_counts({**_scale_masks(model, long, long.length),
+            _add(total.setdefault(CAPTION, {}), model.routing_counts({**model.scale_masks(long),
                                                                       "text": words}))
     return total
-
-
-def _byte_pad() -> int:
-    from .text import PAD_ID
-
-    return PAD_ID
 
 
 def overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
