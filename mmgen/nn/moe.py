@@ -149,7 +149,7 @@ class SparseMoE(nn.Module):
         out = torch.zeros_like(flat).index_add_(0, token, ys)
         if self.shared is not None:
             out = out + self.shared(flat)
-        if not self.in_submodel and self.active_top_k is None and self.active_experts is None:  # full model only
+        if not self.in_submodel:  # statistics of the full model only
             if self.training and torch.is_grad_enabled():
                 self._count(counts)
             self.last_choice = choice.detach().reshape(*shape[:-1], k)
@@ -299,13 +299,11 @@ def aux_loss(module: nn.Module) -> torch.Tensor | None:
 
 
 def set_submodel(module: nn.Module, top_k: int | None = None, experts: torch.Tensor | None = None,
-                 submodel: bool | None = None) -> None:
+                 depth_only: bool = False) -> None:
     """Elastic sparsity/width on every MoE layer: ``top_k`` (None = each layer's default) and a
-    bool mask of usable experts (None = all).  ``submodel``: whether the forwards from now on are
-    a sub-model's (then they neither count for the bias nor replace the routing statistics); None =
-    whether ``top_k`` or ``experts`` is set (a depth sub-model sets it True with neither)."""
-    if submodel is None:
-        submodel = top_k is not None or experts is not None
+    bool mask of usable experts (None = all); ``depth_only``: a shallower sub-model with neither.
+    A sub-model's forwards neither count for the bias nor replace the routing statistics."""
+    submodel = depth_only or top_k is not None or experts is not None
     for m in moe_layers(module):
         if top_k is not None and not 1 <= top_k <= m.n_experts:
             raise ValueError(f"elastic top_k={top_k} must be in 1..moe_experts={m.n_experts}")
