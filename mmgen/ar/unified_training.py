@@ -42,7 +42,7 @@ class UnifiedModule(ARModule):
         z, targets, inputs, cond, keep = self._inputs(batch, train)
         understand = torch.tensor([bool(a) for a in batch["answer"]], device=z.device)
         cond = torch.where(understand[:, None], model.null_condition(len(understand)), cond)
-        if understand.any():  # understanding rows read the whole clean clip (no corruption)
+        if understand.any() and model.config.understand_input == "codes":  # the whole clean clip (no corruption)
             q = self.tokenizer.quantizer
             seen = video_inputs(q, q.residual_pass(z)[0])
             rows = understand.view(-1, 1, 1, 1, 1)
