@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader
 from mmgen.nn.moe import aux_loss, balance_step
 from mmgen.nn.schedule import warmup_cosine_schedule
 
-from .blink import concentration, gather_region, region_scores, saliency, super_resolve, tokens_to_grid
+from .blink import BlinkConfig, concentration, gather_region, region_scores, saliency, super_resolve, tokens_to_grid
 from .data import COLORS, NORMAL_SIZES, QUADRANTS, SHAPES, VQADataset
 from .model import TinyLlava, zoom_view
 from .text import WORD_TO_ID, batch_encode
@@ -216,8 +216,8 @@ class MLLMModule(L.LightningModule):
 
 
 class TokenSRModule(L.LightningModule):
-    def __init__(self, model: TinyLlava, layers: tuple[int, int] = (1, 3), region: int = 1, factor: int = 2,
-                 hidden: int = 32, lr: float = 2e-3, total_steps: int = 1000, target_prob: float = 0.5,
+    def __init__(self, model: TinyLlava, layers: tuple[int, int] = BlinkConfig.layers, region: int = BlinkConfig.region,
+                 factor: int = BlinkConfig.factor, hidden: int = 32, lr: float = 2e-3, total_steps: int = 1000, target_prob: float = 0.5,
                  mse_weight: float = 1.0, kd_weight: float = 1.0, ce_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
