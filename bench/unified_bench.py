@@ -19,8 +19,9 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
   clips: each field right. Two-object clips, per object: colour = the object's colour is named,
   shape/size/motion = those of the predicted object of that colour. Plus question accuracy
   (one-object clips; count, colour, shape, size, motion) with the same model.
-* train: ``mmgen ar fit-unified --config configs/generator/unified.yaml`` (the bit-code reader) on
-  the build's latent cache; ``unified`` = half the rows understanding, ``genonly`` = none, with half the
+* train: ``mmgen ar fit-unified --config CONFIG`` (default configs/generator/unified_latent.yaml,
+  the shipped model's; configs/generator/unified.yaml is the bit-code reader) on the build's latent
+  cache; ``unified`` = half the rows understanding, ``genonly`` = none, with half the
   steps, so both see the same number of generation rows (video tokens with a loss) in
   expectation; everything else (architecture incl. the unused text head, lr schedule, batch,
   corruption, early-scale weighting) is the same.
@@ -294,7 +295,7 @@ def train_part(args) -> list[dict]:
     out = Path(args.runs) / f"{args.variant}-s{args.seed}"
     steps = args.steps if args.variant == "unified" else args.steps // 2
     ratio = 0.5 if args.variant == "unified" else 0.0
-    cmd = [sys.executable, "-m", "mmgen.cli", "ar", "fit-unified", "--config", "configs/generator/unified.yaml",
+    cmd = [sys.executable, "-m", "mmgen.cli", "ar", "fit-unified", "--config", args.config,
            "--seed_everything", str(args.seed), "--data.train.init_args.path", args.cache,
            "--data.train.init_args.understand_ratio", str(ratio), "--data.train.init_args.seed", str(args.seed),
            "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--model.warmup_steps", "10",
@@ -307,7 +308,7 @@ def train_part(args) -> list[dict]:
     subprocess.run([sys.executable, "-m", "mmgen.cli", "ar", "export", str(ckpt), str(out / "export"),
                     "--sampling", "configs/sample/unified.yaml", "--overwrite"], check=True, cwd=ROOT)
     return [{"part": "train", "variant": args.variant, "seed": args.seed, "steps": steps, "batch": args.batch,
-             "seconds": round(seconds, 1), "model": str(out / "export")}]
+             "config": args.config, "seconds": round(seconds, 1), "model": str(out / "export")}]
 
 
 def adherence_part(args) -> list[dict]:
@@ -392,6 +393,7 @@ def main() -> None:
     p.add_argument("--variant", choices=("unified", "genonly"), default="unified")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=300, help="unified steps (genonly runs half)")
+    p.add_argument("--config", default="configs/generator/unified_latent.yaml", help="train: the generator config")
     p.add_argument("--cache", default="runs/unified/latents", help="latent cache of scripts/build_unified_model.sh")
     p.add_argument("--runs", default="runs/unified_bench")
     p.add_argument("--inputs", choices=("gen", "own", "latent", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
