@@ -298,7 +298,8 @@ def train_part(args) -> list[dict]:
     cmd = [sys.executable, "-m", "mmgen.cli", "ar", "fit-unified", "--config", args.config,
            "--seed_everything", str(args.seed), "--data.train.init_args.path", args.cache,
            "--data.train.init_args.understand_ratio", str(ratio), "--data.train.init_args.seed", str(args.seed),
-           "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--model.warmup_steps", "10",
+           "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--model.warmup_steps", str(args.warmup_steps),
+           "--model.tokenizer", args.tokenizer,
            "--data.batch_size", str(args.batch),
            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
     t0 = time.perf_counter()
@@ -398,7 +399,9 @@ def main() -> None:
     p.add_argument("--runs", default="runs/unified_bench")
     p.add_argument("--inputs", choices=("gen", "own", "latent", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
     p.add_argument("--no-qk-norm", action="store_true", help="reading: the generator without QK-norm")
-    p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/default/tokenizer"), help="visible / reading")
+    p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/default/tokenizer"),
+                   help="train / visible / reading: the tokenizer that made --cache")
+    p.add_argument("--warmup-steps", type=int, default=10, help="train (the shipped build: 30)")
     p.add_argument("--log", default="runs/unified_bench/results.jsonl")
     args = p.parse_args()
     log = Path(args.log)

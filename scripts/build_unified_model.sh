@@ -4,8 +4,10 @@
 #   scripts/build_unified_model.sh          # everything; stops and resumes safely (run it again)
 #
 # (1) latent cache: 2048 MovingShapes clips (seed 0; 1-2 objects, every colour/shape/size/motion,
-#     plain background, canonical captions, 9 frames -> 3 latent frames) encoded with the default
-#     model's tokenizer (mmgen/assets/default/tokenizer: no tokenizer training);
+#     plain background, canonical captions, 9 frames -> 3 latent frames) encoded with TOKENIZER
+#     (default: the shipped unified model's own, mmgen/assets/unified/tokenizer, which is the first
+#     default model's; no tokenizer training), copied to $RUN/tokenizer first so that exporting
+#     over $OUT never reads a folder it is replacing; fit refuses a cache of another tokenizer;
 # (2) `mmgen ar fit-unified --config configs/generator/unified_latent.yaml`: half the rows generate
 #     video from the caption, half caption the clip or answer a question about it, reading the
 #     clip's continuous latent (understand_input: latent); an interrupted run resumes from its last
@@ -23,8 +25,11 @@ RUN=${RUN:-runs/unified_latent}
 NUM_SAMPLES=${NUM_SAMPLES:-2048}
 CONFIG=${CONFIG:-configs/generator/unified_latent.yaml}
 OUT=${OUT:-mmgen/assets/unified}
-TOKENIZER=mmgen/assets/default/tokenizer
 mkdir -p "$RUN"
+if [ ! -d "$RUN/tokenizer" ]; then
+  cp -r "${TOKENIZER:-mmgen/assets/unified/tokenizer}" "$RUN/tokenizer.tmp" && mv "$RUN/tokenizer.tmp" "$RUN/tokenizer"
+fi
+TOKENIZER=$RUN/tokenizer
 
 if [ ! -f "$RUN/latents/meta.json" ]; then
   echo "== (1) latent cache ($NUM_SAMPLES clips)"

@@ -154,6 +154,36 @@ def test_latent_cache_roundtrip(tmp_path):
         LatentCache(str(tmp_path / "nothing"))
 
 
+def test_fit_refuses_a_latent_cache_written_by_another_tokenizer(tmp_path, caplog):
+    """A model trained on latents of tokenizer A but exported with tokenizer B draws noise: the
+    cache records its tokenizer's weights and fit checks them before the first step."""
+    import lightning.pytorch as pl
+
+    from mmgen.ar.training import load_tokenizer
+    from mmgen.data import MovingShapes
+    from mmgen.data.latents import ARDataModule, LatentCache, tokenize_dataset
+
+    torch.manual_seed(0)
+    writer = load_tokenizer(config=TOK)
+    tokenize_dataset(MovingShapes(4, size=32, num_frames=5), writer, tmp_path / "cache", batch_size=4)
+    writer.save_pretrained(str(tmp_path / "tok"))
+    cache = LatentCache(str(tmp_path / "cache"))
+    cache.check_tokenizer(load_tokenizer(str(tmp_path / "tok")))  # the same weights, saved and loaded
+
+    module = ARModule(preset=None, generator=GEN, tokenizer_config=TOK)  # freshly initialised: another tokenizer
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="written by another tokenizer"):
+        trainer.fit(module, datamodule=ARDataModule(cache, batch_size=2))
+    assert trainer.global_step == 0
+
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    del meta["tokenizer_sha256"]  # a cache from before the fingerprint: loads, and says it cannot check
+    (tmp_path / "cache" / "meta.json").write_text(json.dumps(meta))
+    LatentCache(str(tmp_path / "cache")).check_tokenizer(module.tokenizer)
+    assert "predates tokenizer fingerprints" in caplog.text
+
+
 def test_missing_tokenizer_folder_is_named(tmp_path):
     from mmgen.ar.training import load_tokenizer
 

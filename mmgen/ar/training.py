@@ -124,9 +124,12 @@ class ARModule(pl.LightningModule):
         self.model.load_state_dict(previous.state_dict())
 
     def on_fit_start(self) -> None:
+        train_set = getattr(self.trainer.datamodule, "train_set", None)
+        cache = train_set if isinstance(train_set, LatentCache) else getattr(train_set, "cache", None)
+        if isinstance(cache, LatentCache):
+            cache.check_tokenizer(self.tokenizer)
         # Encode the training captions once (stored in a latent cache for later stages and
         # resumes) and record them, so samplers can say how far a prompt is from them.
-        train_set = getattr(self.trainer.datamodule, "train_set", None)
         captions = getattr(train_set, "captions", None)
         encoder = self.model.text_encoder
         if not captions or encoder is None:

@@ -5,7 +5,8 @@ Video datasets yield ``{"video": float [C, T, H, W] in [-1, 1], "caption": str, 
 Encoding is the expensive part of a step for small generators, so ``mmgen ar tokenize``
 (:func:`tokenize_dataset`) can write the continuous latents once:
 
-    CACHE/meta.json                 {"num_samples", "latent_shape", "tokenizer": config, "shards": [...]}
+    CACHE/meta.json                 {"num_samples", "latent_shape", "tokenizer": config, "shards": [...],
+                                     "tokenizer_sha256": the encoder's weights (io.digest.tensors_sha256)}
     CACHE/shard-00000.safetensors   "latent" float16 [N, d, t, h, w], "label" int64 [N]
     CACHE/captions.jsonl            one JSON string per sample, in order
     CACHE/text-<sha12>-<L>.safetensors  optional: a frozen text encoder's prefix states of the unique
@@ -20,6 +21,7 @@ cache: the codes of both readings are derived from it on the fly.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -29,6 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmgen.io import atomic_path
+from mmgen.io.digest import tensors_sha256
+
+log = logging.getLogger(__name__)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -70,7 +75,8 @@ def tokenize_dataset(dataset: Dataset, tokenizer, out_dir: str | Path, batch_siz
         raise ValueError("tokenize: the dataset is empty")
     _atomic_write(out / "captions.jsonl",
                   lambda tmp: Path(tmp).write_text("".join(json.dumps(c) + "\n" for c in captions)))
-    meta = {"num_samples": n, "latent_shape": shape, "tokenizer": dict(tokenizer.config), "shards": shards}
+    meta = {"num_samples": n, "latent_shape": shape, "tokenizer": dict(tokenizer.config), "shards": shards,
+            "tokenizer_sha256": tensors_sha256(tokenizer.state_dict())}
     _atomic_write(out / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     return out
 
@@ -105,6 +111,20 @@ class LatentCache(Dataset):
                              f"{len(self.captions)} captions, meta says {self.meta['num_samples']}")
 
         self.root = root
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Refuse a tokenizer other than the one that wrote the cache: its codes and decoder would
+        not match the latents, and the trained generator would draw noise."""
+        recorded = self.meta.get("tokenizer_sha256")
+        if recorded is None:
+            log.warning("latent cache %s predates tokenizer fingerprints: cannot check that the model's "
+                        "tokenizer wrote it (re-tokenize with `mmgen ar tokenize` to have it checked)", self.root)
+            return
+        actual = tensors_sha256(tokenizer.state_dict())
+        if actual != recorded:
+            raise ValueError(f"latent cache {self.root} was written by another tokenizer (weights sha256 "
+                             f"{recorded[:12]}, the model's {actual[:12]}): pass the tokenizer folder that wrote "
+                             f"it (--model.tokenizer), or re-tokenize with `mmgen ar tokenize`")
 
     def __len__(self) -> int:
         return len(self.latents)
