@@ -18,9 +18,9 @@ PIN = Path(__file__).resolve().parent / "data" / "default_sample_pin.npz"
 # The weights the pin was made with; another asset needs a new pin, not a silent pass.
 WEIGHTS_SHA256 = {
     "tokenizer": "08585d8cb25ab7fb545eb7f295e2e05e6cdf4f6af059f0b2fc07c4236610688f",
-    "transformer": "463458b583be9a293f3a63daa2542a25a164422045ef711c2735cdd20a197920",
+    "transformer": "cd8736a08c4d4777148513a9f397bdf7754d1de54fd82e72b6a9ff1df1455b59",
 }
-CODES_SHA256 = "e0e1dfcc108904ab66915cc7eb3b245609939bbde039c290f224acba08456c57"
+CODES_SHA256 = "b3dd8aff7212be90cd8241f7ce87705a778d18f3411699e0820117480c67afd7"
 PROMPTS = ["a red circle moves right", "a blue square"]
 
 
