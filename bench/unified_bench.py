@@ -399,8 +399,8 @@ def main() -> None:
     p.add_argument("--runs", default="runs/unified_bench")
     p.add_argument("--inputs", choices=("gen", "own", "latent", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
     p.add_argument("--no-qk-norm", action="store_true", help="reading: the generator without QK-norm")
-    p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/default/tokenizer"),
-                   help="train / visible / reading: the tokenizer that made --cache")
+    p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/unified/tokenizer"),
+                   help="train / visible / reading: the tokenizer that made --cache (default: the unified build's)")
     p.add_argument("--warmup-steps", type=int, default=10, help="train (the shipped build: 30)")
     p.add_argument("--log", default="runs/unified_bench/results.jsonl")
     args = p.parse_args()

@@ -88,9 +88,7 @@ if [ "$TOKENIZER" = train ] && [ ! -d "$RUN/tokenizer" ]; then
 fi
 # The run works from its own copy of the tokenizer (the shipped one by default), so the cache,
 # the stages and the assembled folder all use the same weights whatever happens to the source.
-if [ ! -d "$RUN/tokenizer" ]; then
-  cp -r "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$RUN/tokenizer.tmp" && mv "$RUN/tokenizer.tmp" "$RUN/tokenizer"
-fi
+copy_tokenizer "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$RUN"
 TOKENIZER=$RUN/tokenizer
 
 if [ ! -f "$RUN/latents/meta.json" ]; then
