@@ -36,6 +36,9 @@ def test_outputs_and_types(pipe):
     assert len(pil) == 1 and len(pil[0]) == 9 and pil[0][0].size == (16, 16)
     latent = pipe(prompt="a red", num_frames=9, seed=0, output_type="latent", progress=False).frames
     assert [tuple(c.shape) for c in latent] == [(1, 3, 1, 1, 4), (1, 3, 2, 2, 4), (1, 3, 4, 4, 4)]
+    decoded = pipe.decode_codes(latent)
+    assert decoded.dtype == torch.uint8 and decoded.shape == (1, 9, 16, 16, 3)
+    assert (decoded.int() - torch.from_numpy(out.frames[:1] * 255).round().int()).abs().max() <= 1
     assert to_uint8_videos(out.frames)[0].dtype == np.uint8
 
 

@@ -128,6 +128,24 @@ def test_context_frames_are_kept_and_callback_sees_every_frame():
     assert not all(torch.equal(a[:, 1:], b[:, 1:]) for a, b in zip(out, other))
 
 
+def test_context_scales_force_the_coarse_layout_of_the_next_frame():
+    model = tiny_model()
+    q = BitwiseResidualQuantizer(BITS, SCALES)
+    K = len(SCALES)
+    real = sample_codes(model, q, [2], 2, generator=gens([7]))
+    context = [c[:, :1] if k < 1 else c[:, :0] for k, c in enumerate(real)]  # frame 0's first scale
+    out = sample_codes(model, q, [2], 2, generator=gens([0]), context=context, context_scales=1)
+    free = sample_codes(model, q, [2], 2, generator=gens([0]))
+    assert torch.equal(out[0][:, :1], real[0][:, :1])
+    assert not torch.equal(free[0][:, :1], real[0][:, :1])  # the forced scale is not what seed 0 draws
+    # the finer scales are sampled, conditioned on the forced layout
+    assert not all(torch.equal(a, b) for a, b in zip(out[1:], free[1:]))
+    with pytest.raises(ValueError, match="context_scales"):
+        sample_codes(model, q, [2], 2, generator=gens([0]), context=[c[:, :1] for c in real], context_scales=1)
+    with pytest.raises(ValueError, match="context_scales"):
+        sample_codes(model, q, [2], 2, context_scales=K)
+
+
 def test_progress_counts_forward_steps():
     model = tiny_model()
     steps = []

@@ -16,6 +16,7 @@ from mmgen.metrics.shapes import (
     expected_from_caption,
     expected_from_class,
     kurtosis_gap,
+    track_per_frame,
     score_video,
     summarize,
     ShapesConfig,
@@ -92,6 +93,20 @@ def test_hand_drawn_objects_on_noise():
     result = score_video(frames, expected_from_caption(
         "a large yellow square moving down and a small magenta diamond staying still"))
     assert result["all_correct"] == 1.0 and result["dynamic"] == 1.0
+
+
+def test_track_per_frame_finds_an_object_that_appears_late_and_ignores_specks():
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 60, (6, 64, 64, 3)).astype(np.uint8)
+    frames[1, 30, 30] = COLORS["cyan"]  # a codec speck, below the smallest object
+    for t in range(3, 6):
+        frames[t, 20:30, 8 + 2 * t:18 + 2 * t] = COLORS["cyan"]
+    track = track_per_frame(frames, "cyan")
+    assert np.isnan(track[:3]).all()
+    assert np.allclose(track[3:], [[12.5 + 2 * t, 24.5] for t in range(3, 6)])
+    assert np.isnan(track_per_frame(frames, "red")).all()
+    # fewer than presence_min of the frames: found per frame, absent from the video
+    assert detect_objects(frames, ShapesConfig(presence_min=0.6)) == []
 
 
 def test_shape_and_motion_rules():

@@ -189,7 +189,7 @@ def forward_steps(num_frames: int, num_scales: int) -> int:
 @torch.no_grad()
 def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: SamplerSettings | None = None,
                  generator: Generators = None, context: Sequence[torch.Tensor] | None = None,
-                 on_frame: FrameCallback | None = None, keep_codes: bool = True,
+                 context_scales: int = 0, on_frame: FrameCallback | None = None, keep_codes: bool = True,
                  progress: Callable[[int], None] | None = None,
                  kv_dtype: torch.dtype | None = None) -> list[torch.Tensor] | None:
     """Sample the codes of ``num_frames`` latent frames for a batch of conditions.
@@ -204,6 +204,9 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
         generator: one ``torch.Generator`` or one per video (reproducible per video).
         context: codes of the first ``t0`` latent frames (list[K] of [B, t0, h_k, w_k, d]) to
             continue from — teacher-forced, not sampled (video extension).
+        context_scales: also teacher-force the first this many scales of the frame after the
+            context (its coarse layout given, its details sampled); ``context[k]`` then holds
+            ``t0 + 1`` frames for those scales.
         on_frame: called as ``on_frame(t, [codes of frame t per scale, each [B, 1, h_k, w_k, d]])``
             when frame t is complete (streaming).
         keep_codes: return all codes; ``False`` keeps nothing (streaming, bounded memory).
@@ -224,12 +227,17 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
     B = tokens.shape[0]
     use_cfg = not settings.guidance.is_disabled()
     rows = torch.cat([tokens, model.null_condition(B)]) if use_cfg else tokens
-    context_frames = 0 if context is None else int(context[0].shape[1])
+    context_frames = 0 if context is None else int(context[-1].shape[1])
     if context is not None:
         if len(context) != K or any(c.shape[0] != B for c in context):
             raise ValueError(f"context must be {K} code tensors with batch {B}")
-        if context_frames > num_frames:
+        if context_frames + (context_scales > 0) > num_frames:
             raise ValueError(f"context has {context_frames} latent frames, more than the {num_frames} requested")
+    if not 0 <= context_scales < K or (context_scales and context is None):
+        raise ValueError(f"context_scales={context_scales}: expected 0..{K - 1}, and a context that holds them")
+    if context_scales and any(c.shape[1] != context_frames + (k < context_scales) for k, c in enumerate(context)):
+        raise ValueError(f"with context_scales={context_scales}, context[k] holds {context_frames + 1} frames for "
+                         f"k < {context_scales} and {context_frames} for the rest")
 
     if settings.use_cache:
         step = cached_stepper(model, rows, num_frames, window, kv_dtype)
@@ -249,7 +257,7 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
             x = quantizer.down_to(previous if k == 0 else f_hat, k)[:, 0]  # [B, h_k, w_k, d]
             logits = step(torch.cat([x, x]) if use_cfg else x, t, k)
             h, w = scales[k]
-            if t < context_frames:
+            if t < context_frames or (t == context_frames and k < context_scales):
                 code = context[k][:, t:t + 1].to(device)
                 code = code.float() if bits_head else code.long()
             else:

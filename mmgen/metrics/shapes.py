@@ -126,6 +126,37 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (1 + int(np.argmax(sizes)))
 
 
+def _min_area(h: int, w: int, cfg: ShapesConfig) -> int:
+    return max(4, int(cfg.min_area_frac * h * w))
+
+
+def _object_core(labels: np.ndarray, k: int, min_area: int) -> np.ndarray | None:
+    """The largest component of palette colour ``k`` in one frame's labels, or None when it is
+    smaller than ``min_area`` (codec speckles)."""
+    mask = labels == k
+    if mask.sum() < min_area:
+        return None
+    mask = _largest_component(mask)
+    return mask if mask.sum() >= min_area else None
+
+
+def track_per_frame(frames: np.ndarray, color: str, cfg: ShapesConfig = ShapesConfig()) -> np.ndarray:
+    """float [T, 2]: the (x, y) centroid of the ``color`` object in each frame of a uint8
+    [T, H, W, 3] video, NaN where none is found (the per-frame test of :func:`detect_objects`,
+    before ``presence_min`` and edge growing)."""
+    frames = np.asarray(frames)
+    labels = label_pixels(frames, cfg)
+    min_area = _min_area(frames.shape[1], frames.shape[2], cfg)
+    k = _COLOR_NAMES.index(color)
+    track = np.full((len(frames), 2), np.nan)
+    for i, frame_labels in enumerate(labels):
+        core = _object_core(frame_labels, k, min_area)
+        if core is not None:
+            ys, xs = np.nonzero(core)
+            track[i] = xs.mean(), ys.mean()
+    return track
+
+
 def _grow_edges(core: np.ndarray, claimed: np.ndarray, frame: np.ndarray, color: np.ndarray,
                 background: np.ndarray, cfg: ShapesConfig) -> np.ndarray:
     """Add the 1-pixel ring around ``core`` where the pixel is mostly object (and no other
@@ -212,7 +243,7 @@ def detect_objects(frames: torch.Tensor | np.ndarray, cfg: ShapesConfig = Shapes
     t, h, w, _ = frames.shape
     side = min(h, w)
     labels = label_pixels(frames, cfg)
-    min_area = max(4, int(cfg.min_area_frac * h * w))
+    min_area = _min_area(h, w, cfg)
     pixels = frames.astype(np.float32)
     # One background colour per frame: the median of the pixels no object claims.
     backgrounds = [np.median(pixels[i][labels[i] < 0], axis=0) if (labels[i] < 0).any()
@@ -221,11 +252,8 @@ def detect_objects(frames: torch.Tensor | np.ndarray, cfg: ShapesConfig = Shapes
     for k, color in enumerate(_COLOR_NAMES):
         per_frame = []
         for i in range(t):
-            mask = labels[i] == k
-            if mask.sum() < min_area:
-                continue
-            mask = _largest_component(mask)
-            if mask.sum() < min_area:
+            mask = _object_core(labels[i], k, min_area)
+            if mask is None:
                 continue
             mask = _grow_edges(mask, labels[i] >= 0, pixels[i], _PALETTE[k], backgrounds[i], cfg)
             area = int(mask.sum())

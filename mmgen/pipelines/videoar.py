@@ -302,7 +302,12 @@ class VideoARPipeline:
                          progress=update)
         return decoder.frames_out
 
-    # ------------------------------------------------------------------ extension
+    # ------------------------------------------------------------------ codes <-> frames, extension
+    @torch.no_grad()
+    def decode_codes(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Codes (``output_type="latent"``, :meth:`encode_frames`) -> uint8 ``[B, T, H, W, 3]``."""
+        return _video_to_uint8(self._decode(codes))
+
     def encode_frames(self, frames: torch.Tensor) -> list[torch.Tensor]:
         """uint8 ``[T, H, W, 3]`` (T = 1 + 4k, model frame size) -> codes list[K] of ``[1, t, h_k, w_k, d]``."""
         x = frames.to(self.device).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0
@@ -352,7 +357,7 @@ class VideoARPipeline:
                 with self._autocast():
                     codes = sample_codes(self.transformer, self.tokenizer.quantizer, cond, ctx_latent + new_latent,
                                          sampler, [gen], context=self.encode_frames(context), progress=update)
-                decoded = _video_to_uint8(self._decode(codes))[0]
+                decoded = self.decode_codes(codes)[0]
                 new = decoded[1 + f * (ctx_latent - 1):][: num_new_frames - have]
                 out.append(new)
                 have += new.shape[0]
