@@ -128,21 +128,6 @@ def test_context_frames_are_kept_and_callback_sees_every_frame():
     assert not all(torch.equal(a[:, 1:], b[:, 1:]) for a, b in zip(out, other))
 
 
-def test_systematic_coupling_keeps_each_bit_probability_and_moves_a_token_whole():
-    logits = torch.full((1, 16, 6), 6.0)
-    logits[0, :, :4] = -2.708  # every token: its first 4 bits on with p = 1/16 each, together
-    g = torch.Generator().manual_seed(0)
-    n = 4000
-    draws = torch.stack([sample_bits(logits, 1.0, generator=g, coupling="systematic")[0] for _ in range(n)])
-    assert (((draws > 0).float().mean(0) - torch.sigmoid(logits[0])).abs() <= 0.02).all()
-    whole = (draws[:, :, :4] > 0).all(-1).sum(-1)  # tokens per draw with all 4 bits on
-    assert ((whole >= 0) & (whole <= 2)).all() and (whole == 1).float().mean() > 0.8
-    independent = torch.stack([sample_bits(logits, 1.0, generator=g)[0] for _ in range(n)])
-    assert (independent[:, :, :4] > 0).all(-1).sum() < 5
-    with pytest.raises(ValueError, match="coupling"):
-        sample_bits(logits, coupling="joint")
-
-
 def test_context_scales_force_the_coarse_layout_of_the_next_frame():
     model = tiny_model()
     q = BitwiseResidualQuantizer(BITS, SCALES)

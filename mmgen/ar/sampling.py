@@ -50,19 +50,17 @@ def _uniform(shape: tuple[int, ...], generator: Generators, device: torch.device
 
 
 def sample_bits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0,
-                generator: Generators = None, coupling: str = "independent") -> torch.Tensor:
-    """Sample bits in {-1., +1.} from one logit per bit (``P(+1) = sigmoid``).
+                generator: Generators = None) -> torch.Tensor:
+    """Sample independent bits in {-1., +1.} from one logit per bit (``P(+1) = sigmoid``).
 
     Args:
-        logits: ``[B, ..., d]`` bit logits: a row's tokens, each of ``d`` bits.
+        logits: ``[B, ...]`` bit logits (any trailing shape).
         temperature: divides the logits; ``0`` is greedy (``+1`` where ``logit >= 0``).
         top_p: nucleus sampling over a bit's two outcomes: when the likelier outcome alone
             holds ``>= top_p`` of the mass it is taken deterministically, so only uncertain
             bits are sampled. ``1`` disables it. (Top-k is not offered: with two outcomes
             per bit, k=1 is greedy = ``temperature=0`` and k=2 changes nothing.)
         generator: one ``torch.Generator``, one per row, or ``None`` (global RNG).
-        coupling: how the draws of one row relate; every bit keeps its own probability either way.
-            ``"independent"``: each bit on its own. ``"systematic"``: see :func:`_systematic_bits`.
 
     Uniform draws are made for every bit whatever the settings, so the random stream — and
     therefore every later group — depends only on the seed and the shapes.
@@ -71,8 +69,6 @@ def sample_bits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if coupling not in COUPLINGS:
-        raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
     logits = logits.float()
     u = _uniform(tuple(logits.shape), generator, logits.device)
     greedy = logits >= 0
@@ -80,45 +76,11 @@ def sample_bits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1
         bits = greedy
     else:
         p_one = torch.sigmoid(logits / temperature)
-        bits = u < p_one if coupling == "independent" else _systematic_bits(p_one, u)
+        bits = u < p_one
         if top_p < 1.0:
             confident = torch.maximum(p_one, 1.0 - p_one) >= top_p
             bits = torch.where(confident, greedy, bits)
     return bits.float() * 2.0 - 1.0
-
-
-COUPLINGS = ("independent", "systematic")
-
-
-def _systematic_bits(p_one: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Bits with the marginals ``p_one`` ``[B, ..., d]``, coupled so that a token's bits leave
-    their likelier values together and the tokens of a row that leave them are few and spread.
-
-    Why: a factorised bit head spreads an uncertain choice, such as which cell of a coarse scale
-    holds a small object, over many tokens and bits; drawn independently, hardly any token gets
-    the object's whole code and the object is never drawn. Here each token gets one uniform
-    ``v``, and a bit takes its less likely value when ``v`` is below that value's probability
-    (so a token's bits move together, like one draw from a two-code mixture). The ``v`` of a
-    row's tokens come from systematic sampling over the tokens' largest minority probabilities
-    ``a``: one uniform offset, points one apart along their running sum; a token whose stretch
-    holds a point gets ``v`` = the point's position in it, the others keep their likely code. So
-    ``floor`` or ``ceil`` of ``sum(a)`` tokens leave it (independently: anywhere from none to
-    many), and each bit still takes its less likely value with exactly its probability.
-    """
-    shape = p_one.shape
-    p = p_one.reshape(shape[0], -1, shape[-1])  # [B, L, d]
-    uu = u.reshape(p.shape)
-    minority = torch.minimum(p, 1.0 - p)
-    a = minority.amax(-1)  # [B, L], each <= 1/2: at most one point per interval
-    upper = a.cumsum(-1)
-    lower = upper - a
-    offset = uu[:, :1, 0]  # [B, 1]: the row's systematic offset
-    point = torch.ceil(lower - offset) + offset  # the first point at or after each interval's start
-    hit = point < upper
-    # a token without a point keeps its likelier code (its v would lie above every minority probability)
-    leave = hit.unsqueeze(-1) & ((point - lower).unsqueeze(-1) < minority)
-    bits = torch.where(leave, p < 0.5, p >= 0.5)
-    return bits.reshape(shape)
 
 
 def sample_indices(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0,
@@ -155,7 +117,6 @@ class SamplerSettings:
     guidance: CFG schedule (:class:`GuidanceSchedule` or anything its ``parse`` takes).
     temperature: per-scale temperature (:class:`TemperatureSchedule` or its ``parse`` input).
     top_p: per-bit nucleus threshold (see :func:`sample_bits`).
-    coupling: ``"independent"`` or ``"systematic"`` bits within a group (see :func:`sample_bits`).
     use_cache: KV-cached decoding (fast) or full recomputation per group (reference).
     window: frames of keys/values kept; ``None`` = the model's ``frame_window`` (all frames
         if the model has none). Must not exceed what the model was trained to see.
@@ -164,7 +125,6 @@ class SamplerSettings:
     guidance: GuidanceSchedule = field(default_factory=GuidanceSchedule)
     temperature: TemperatureSchedule = field(default_factory=TemperatureSchedule)
     top_p: float = 1.0
-    coupling: str = "independent"
     use_cache: bool = True
     window: int | None = None
 
@@ -173,23 +133,20 @@ class SamplerSettings:
         object.__setattr__(self, "temperature", TemperatureSchedule.parse(self.temperature))
         if not 0.0 < float(self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
         if self.window is not None and int(self.window) < 1:
             raise ValueError(f"window must be >= 1 or None, got {self.window}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SamplerSettings":
         d = dict(d or {})
-        unknown = sorted(set(d) - {"guidance", "temperature", "top_p", "coupling", "use_cache", "window"})
+        unknown = sorted(set(d) - {"guidance", "temperature", "top_p", "use_cache", "window"})
         if unknown:
             raise ValueError(f"unknown sampler setting(s) {unknown}")
         return cls(**d)
 
     def to_dict(self) -> dict:
         return {"guidance": self.guidance.to_dict(), "temperature": self.temperature.to_dict(),
-                "top_p": float(self.top_p), "coupling": self.coupling, "use_cache": bool(self.use_cache),
-                "window": self.window}
+                "top_p": float(self.top_p), "use_cache": bool(self.use_cache), "window": self.window}
 
 
 # --------------------------------------------------------------------------- steppers
@@ -265,8 +222,6 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
     scales, K = model.scales, len(model.scales)
     if [tuple(s) for s in quantizer.scales] != scales:
         raise ValueError(f"quantizer scales {quantizer.scales} != model scales {scales}")
-    if not bits_head and settings.coupling != "independent":
-        raise ValueError(f"coupling={settings.coupling!r} needs a bit head; this model predicts code indices")
     window = model.decoding_window(settings.window)
     tokens = model.condition_tokens(cond)
     B = tokens.shape[0]
@@ -310,7 +265,7 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
                     logits = apply_cfg(*split_cfg_batch(logits, B), settings.guidance(t, k, num_frames, K))
                 tau = settings.temperature(t, k, num_frames, K)
                 if bits_head:
-                    code = sample_bits(logits, tau, settings.top_p, generator, settings.coupling).view(B, 1, h, w, d)
+                    code = sample_bits(logits, tau, settings.top_p, generator).view(B, 1, h, w, d)
                 else:
                     code = sample_indices(logits, tau, settings.top_p, generator).view(B, 1, h, w)
             f_hat = f_hat + quantizer.dequant_up(code, k)

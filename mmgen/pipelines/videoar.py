@@ -246,7 +246,7 @@ class VideoARPipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, class_labels: int | Sequence[int] | None = None,
                  num_frames: int = 17, guidance=None, temperature=None, top_p: float | None = None,
-                 coupling: str | None = None, window: int | None = None, use_cache: bool = True,
+                 window: int | None = None, use_cache: bool = True,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  seed: int | Sequence[int] | None = None, output_type: str = "np", return_dict: bool = True,
                  progress: bool = True, callback_on_frames: Callable[[np.ndarray], None] | None = None):
@@ -255,7 +255,7 @@ class VideoARPipeline:
         Args:
             prompt / class_labels: the conditions (exactly one; the kind the model was trained on).
             num_frames: video frames; rounded up to ``1 + 4k`` (with a warning).
-            guidance, temperature, top_p, coupling, window, use_cache: override the pipeline's default
+            guidance, temperature, top_p, window, use_cache: override the pipeline's default
                 sampling settings (see :class:`SamplerSettings`; ``guidance`` takes a number,
                 ``"adaptive"``, ``"linear:5:3"`` or a dict).
             generator / seed: one ``torch.Generator`` or one per video, or seeds (an int: video i
@@ -269,8 +269,7 @@ class VideoARPipeline:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r}: expected one of {OUTPUT_TYPES}")
         cond = self._condition(prompt, class_labels)
-        settings = self._settings(guidance=guidance, temperature=temperature, top_p=top_p, coupling=coupling,
-                                  window=window,
+        settings = self._settings(guidance=guidance, temperature=temperature, top_p=top_p, window=window,
                                   use_cache=use_cache)
         latent_frames = self.num_latent_frames(num_frames)
         generators = self._generators(len(cond), generator, seed)
