@@ -123,6 +123,7 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=4, help="sampling seeds per prompt or clip (0..N-1)")
     p.add_argument("--num-frames", type=int, default=17, help="video frames (presence)")
     p.add_argument("--temperature", help="override the model's sampling temperature (a number or 'coarse:fine')")
+    p.add_argument("--guidance", help="override the model's CFG schedule (a number, 'linear:5:3', ...)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
 
@@ -132,7 +133,7 @@ def main() -> int:
 
     torch.set_grad_enabled(False)
     pipe = VideoARPipeline.from_pretrained(args.model)
-    overrides = {"temperature": args.temperature} if args.temperature is not None else {}
+    overrides = {k: v for k, v in (("temperature", args.temperature), ("guidance", args.guidance)) if v is not None}
     print(f"model {args.model}, {args.seeds} sampling seeds each, settings {pipe.resolve_settings(**overrides)}")
     if args.part == "presence":
         rows = presence(pipe, args.per_size, args.seeds, args.num_frames, overrides)
