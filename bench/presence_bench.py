@@ -124,6 +124,7 @@ def main() -> int:
     p.add_argument("--num-frames", type=int, default=17, help="video frames (presence)")
     p.add_argument("--temperature", help="override the model's sampling temperature (a number or 'coarse:fine')")
     p.add_argument("--guidance", help="override the model's CFG schedule (a number, 'linear:5:3', ...)")
+    p.add_argument("--reveal-steps", type=int, help="override the passes over reveal groups (models with reveal_scales)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
 
@@ -133,7 +134,8 @@ def main() -> int:
 
     torch.set_grad_enabled(False)
     pipe = VideoARPipeline.from_pretrained(args.model)
-    overrides = {k: v for k, v in (("temperature", args.temperature), ("guidance", args.guidance)) if v is not None}
+    overrides = {k: v for k, v in (("temperature", args.temperature), ("guidance", args.guidance),
+                                   ("reveal_steps", args.reveal_steps)) if v is not None}
     print(f"model {args.model}, {args.seeds} sampling seeds each, settings {pipe.resolve_settings(**overrides)}")
     if args.part == "presence":
         rows = presence(pipe, args.per_size, args.seeds, args.num_frames, overrides)

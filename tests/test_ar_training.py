@@ -8,7 +8,7 @@ import yaml
 
 from mmgen.ar import VideoAR
 from mmgen.ar.cli import main
-from mmgen.ar.training import ARModule, NonFiniteLossError
+from mmgen.ar.training import ARModule, NonFiniteLossError, ar_loss
 
 TOK = dict(base_channels=8, latent_dim=16, sample_size=32, scales=[1, 2, 4], num_frames=5)
 GEN = dict(bits=16, scales=[[1, 1], [2, 2], [4, 4]], num_frames=2, width=64, depth=2, heads=4,
@@ -47,9 +47,9 @@ def test_frame_offset_draws_reach_the_model():
                       frame_offset_max=3)
     seen, forward = [], module.model.forward
 
-    def spy(cond, inputs, keep=None, frame_offset=0):
+    def spy(cond, inputs, keep=None, frame_offset=0, **kwargs):
         seen.append(frame_offset)
-        return forward(cond, inputs, keep, frame_offset)
+        return forward(cond, inputs, keep, frame_offset, **kwargs)
 
     module.model.forward = spy
     batch = _batch(2)
@@ -60,6 +60,30 @@ def test_frame_offset_draws_reach_the_model():
     assert seen[-1] == 0  # validation keeps the plain layout
     train = seen[:-1]
     assert set(train) == {0, 1, 2, 3} and 8 <= train.count(0) <= 32  # about half the batches unshifted
+
+
+def test_partial_reveal_shows_true_codes_and_scores_only_the_rest():
+    torch.manual_seed(0)
+    module = ARModule(preset=None, generator={**GEN, "reveal_scales": [2]}, tokenizer_config=TOK, reveal_p=1.0)
+    batch = _batch(4)
+    with torch.no_grad():
+        _, targets, inputs, cond, _ = module._inputs(batch, train=True)
+        revealed, scored = module._reveal(targets)
+    on = revealed[2].abs().amax(-1) > 0
+    assert not revealed[0].any() and not revealed[1].any()
+    assert torch.equal(revealed[2][on], targets[2][on]) and 0 < on.float().mean() < 1
+    layout = module.model.layout(targets[0].shape[1])
+    assert torch.equal(~scored, layout.flatten_visual([t.abs().amax(-1) > 0 for t in revealed]))
+    # the loss is the mean over the scored tokens only
+    logits = torch.randn(scored.shape[0], scored.shape[1], 16)
+    loss, _ = ar_loss(logits, targets, module.model, scored)
+    bits = (layout.flatten_visual(targets) > 0).float()
+    per_token = torch.nn.functional.binary_cross_entropy_with_logits(logits, bits, reduction="none").mean(-1)
+    assert torch.allclose(loss, per_token[scored].mean())
+    loss, _ = module._step(batch, train=True)  # the revealed codes reach the model
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="reveal_scales"):
+        ARModule(preset=None, generator=GEN, tokenizer_config=TOK, reveal_p=0.5)
 
 
 def _config(tmp_path, **trainer):

@@ -216,6 +216,8 @@ def model_dir(ckpts, tmp_path_factory):
     (["--temperature", "1:inf"], "temperature fine"),
     (["--top-p", "nan"], "top_p"),
     (["--window", "0"], "window"),
+    (["--reveal-steps", "0"], "reveal_steps"),
+    (["--reveal-steps", "3"], "trained with partial reveal"),
     (["--window", "2"], "trained without a frame window"),
     (["--seed", "-1"], "--seed"),
     (["--num-frames", "0"], "num_frames"),

@@ -10,10 +10,10 @@ SCALES = [(1, 1), (2, 2), (3, 3)]
 BITS = 6
 
 
-def tiny_model(cond="class", frame_window=None, seed=0):
+def tiny_model(cond="class", frame_window=None, seed=0, **config):
     torch.manual_seed(seed)
     model = VideoAR(bits=BITS, scales=SCALES, num_frames=3, width=32, depth=2, heads=2, cond=cond,
-                    num_classes=5, max_text_len=12, frame_window=frame_window, attn_backend="sdpa")
+                    num_classes=5, max_text_len=12, frame_window=frame_window, attn_backend="sdpa", **config)
     # the head starts at zero (every logit 0); give it weights so samples depend on the inputs
     torch.nn.init.normal_(model.out_proj.weight, std=0.5)
     return model.eval()
@@ -82,6 +82,51 @@ def test_cached_equals_recompute_text_model():
     cached = decode(model, prompts, 2, [1, 2], guidance=3.0)
     recomputed = decode(model, prompts, 2, [1, 2], guidance=3.0, use_cache=False)
     assert all(torch.equal(a, b) for a, b in zip(cached, recomputed))
+
+
+@pytest.mark.parametrize("frame_window", [None, 1])
+def test_reveal_passes_cached_equal_recompute_and_keep_what_they_reveal(frame_window):
+    model = tiny_model(frame_window=frame_window, reveal_scales=[1, 2])
+    cached = decode(model, [0, 3], 4, [7, 8], guidance=2.0, reveal_steps=3)
+    recomputed = decode(model, [0, 3], 4, [7, 8], guidance=2.0, reveal_steps=3, use_cache=False)
+    assert all(torch.equal(a, b) for a, b in zip(cached, recomputed))
+    one_pass = decode(model, [0, 3], 4, [7, 8], guidance=2.0)
+    assert torch.equal(cached[0][:, :1], one_pass[0][:, :1])  # scale 0 (1 token) is drawn once either way
+    assert not all(torch.equal(a, b) for a, b in zip(cached[1:], one_pass[1:]))  # the passes change the draw
+
+
+def test_rewind_group_restores_the_cache():
+    model = tiny_model(reveal_scales=[2])
+    cache = model.new_cache(1, 2)
+    model.prefill(cache, torch.tensor([[1]]))
+    model.forward_group(cache, None, 0, 0)
+    model.forward_group(cache, torch.randn(1, 2, 2, BITS), 0, 1)
+    x = torch.randn(1, 3, 3, BITS)
+    first = model.forward_group(cache, x, 0, 2)
+    length = cache.length
+    with pytest.raises(RuntimeError, match="rewind_group"):
+        model.rewind_group(cache, 0, 1)  # not the last group fed
+    model.rewind_group(cache, 0, 2)
+    assert cache.length == length - 9
+    assert torch.equal(model.forward_group(cache, x, 0, 2), first)
+    model.rewind_group(cache, 0, 2)
+    shown = torch.zeros(1, 3, 3, BITS)
+    shown[0, 1, 1] = 1.0  # one token revealed: the group's logits change
+    again = model.forward_group(cache, x, 0, 2, revealed=shown)
+    assert cache.length == length and not torch.allclose(first, again)
+
+
+def test_reveal_needs_a_model_trained_for_it():
+    with pytest.raises(ValueError, match="reveal_scales"):
+        VideoAR(bits=BITS, scales=SCALES, reveal_scales=[0])  # one token: nothing to reveal
+    with pytest.raises(ValueError, match="bit head"):
+        VideoAR(bits=BITS, scales=SCALES, reveal_scales=[1], head="index", codebook_size=8)
+    model = tiny_model()
+    with pytest.raises(ValueError, match="partial reveal"):
+        model(torch.tensor([1]), [torch.zeros(1, 3, h, w, BITS) for h, w in SCALES],
+              revealed=[torch.zeros(1, 3, h, w, BITS) for h, w in SCALES])
+    with pytest.raises(ValueError, match="reveal_steps"):
+        SamplerSettings(reveal_steps=0)
 
 
 def test_windowed_cache_evicts_and_equals_windowed_recompute():

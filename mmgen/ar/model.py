@@ -137,6 +137,13 @@ class VideoAR(PretrainedModel):
           small object are too noisy to be read at this size, issue 16). Generation rows always
           read the codes.
 
+      Partial reveal (off by default): reveal_scales: scales whose tokens may be drawn in several
+        passes (:func:`mmgen.ar.sampling.sample_codes`, ``reveal_steps``): a pass sees the codes
+        the earlier passes kept, each through ``reveal_proj`` added to its token. Trained with
+        :class:`mmgen.ar.training.ARModule`'s ``reveal_p``. Why: the tokens of one scale are
+        otherwise drawn independently, and a choice they must make together (which cell holds
+        a small object) is made by none of them (docs/design.md, issue 19).
+
     Runtime choices, arguments but not saved config (old configs that hold them still load):
       attn_backend: mmgen.nn.attention backend ("auto" = Flex on CUDA, SDPA on CPU);
         see :meth:`set_attention_backend`; every backend computes the same function
@@ -164,7 +171,8 @@ class VideoAR(PretrainedModel):
                  sgt_max_layers: int = 3, sgt_keep_heads: int = 2, sgt_ema: float = 0.5,
                  itt_layers: Sequence[int] | None = None, itt_steps: int = 2, itt_frac: float = 0.5,
                  loop_layers: Sequence[int] | None = None, text_vocab: Sequence[str] | None = None,
-                 text_len: int = 24, mtp_heads: int = 0, understand_input: str = "codes"):
+                 text_len: int = 24, mtp_heads: int = 0, understand_input: str = "codes",
+                 reveal_scales: Sequence[int] | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -183,6 +191,11 @@ class VideoAR(PretrainedModel):
                              "'latent' needs text_vocab (a unified model)")
         self.words = WordVocab(text_vocab) if text_vocab is not None else None
         self.scales = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in scales]
+        if any(not 0 <= k < len(self.scales) or self.scales[k][0] * self.scales[k][1] < 2 for k in reveal_scales or ()):
+            raise ValueError(f"VideoAR: reveal_scales={reveal_scales} must index scales of 2 or more tokens "
+                             f"(scales {self.scales})")
+        if reveal_scales and head != "bits":
+            raise ValueError("VideoAR: reveal_scales needs the bit head")
         self.prefix_len = 1 if cond == "class" else max_text_len
         self.out_dim = bits if head == "bits" else int(codebook_size)
 
@@ -224,6 +237,8 @@ class VideoAR(PretrainedModel):
             self.text_head = TextHead(width, self.words.VOCAB_SIZE, mtp_heads)
         if understand_input == "latent":
             self.latent_proj = nn.Linear(bits, width, bias=False)
+        if reveal_scales:
+            self.reveal_proj = nn.Linear(bits, width)  # its bias marks a token as revealed
         self._layouts: dict[tuple[int, int], GroupLayout] = {}
         self._init_weights()
 
@@ -487,14 +502,26 @@ class VideoAR(PretrainedModel):
             out.append(x.reshape(B, t, d, *size).permute(0, 1, 3, 4, 2))
         return out
 
+    def _reveal(self, x: torch.Tensor, revealed: torch.Tensor | None) -> torch.Tensor:
+        """Add the kept codes of revealed tokens (``revealed`` [B, L, d]: a token's code, 0 where not
+        revealed) to their embeddings ``x`` [B, L, width]."""
+        if revealed is None:
+            return x
+        if not self.config.reveal_scales:
+            raise ValueError("this model was not trained with partial reveal (reveal_scales)")
+        revealed = revealed.to(self.device, self.reveal_proj.weight.dtype)
+        on = revealed.abs().amax(-1, keepdim=True) > 0
+        return x + torch.where(on, self.reveal_proj(revealed), 0.0)
+
     def _embed_video(self, layout: GroupLayout, inputs: Sequence[torch.Tensor], latent: torch.Tensor | None,
-                     understand: torch.Tensor | None) -> torch.Tensor:
-        """Embedded visual groups [B, V, width]: ``inputs`` through ``in_proj``; with
-        ``understand_input="latent"`` the rows where ``understand`` (bool [B]) is set read ``latent``
-        through ``latent_proj`` instead."""
+                     understand: torch.Tensor | None, revealed: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Embedded visual groups [B, V, width]: ``inputs`` through ``in_proj`` (plus the revealed
+        codes, see :meth:`forward`); with ``understand_input="latent"`` the rows where ``understand``
+        (bool [B]) is set read ``latent`` through ``latent_proj`` instead."""
         P, V = layout.prefix_len, layout.num_visual
         scale_id, sos_at = layout.scale_id[P:P + V].to(self.device), layout.visual_slice(0, 0)
         x = self._embed_visual(layout.flatten_visual([i.to(self.device) for i in inputs]), scale_id, sos_at)
+        x = self._reveal(x, None if revealed is None else layout.flatten_visual([r.to(self.device) for r in revealed]))
         if self.config.understand_input != "latent" or understand is None or not understand.any():
             return x
         if latent is None:
@@ -511,7 +538,8 @@ class VideoAR(PretrainedModel):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, cond, inputs: Sequence[torch.Tensor], frame_keep: torch.Tensor | None = None,
-                frame_offset: int = 0, text: torch.Tensor | None = None, latent: torch.Tensor | None = None):
+                frame_offset: int = 0, text: torch.Tensor | None = None, latent: torch.Tensor | None = None,
+                revealed: Sequence[torch.Tensor] | None = None):
         """Teacher-forced logits for every visual token.
 
         cond: see :meth:`condition_tokens` (prefix token ids Long [B, P] are accepted as-is).
@@ -524,13 +552,15 @@ class VideoAR(PretrainedModel):
           A row with text (first word not padding) is an understanding row, the others generate.
         latent: the clips' continuous latent [B, d, t, h, w] (tokenizer.encode), read by understanding
           rows instead of ``inputs`` when ``understand_input="latent"`` (see :meth:`latent_inputs`).
+        revealed: partial reveal (``reveal_scales``): list[K] of [B, t, h_k, w_k, bits], each token's own
+          code where it is revealed and 0 elsewhere.
         Returns float32 logits [B, L_visual, out_dim] in layout order (frame, scale, row, col).
         """
         layout = self.layout(inputs[0].shape[1], 0 if text is None else text.shape[1])
         prefix = self.embed_condition(self.condition_tokens(cond))
         P, V = layout.prefix_len, layout.num_visual
         understand = None if text is None else text[:, 0].to(self.device) != PAD
-        parts = [prefix, self._embed_video(layout, inputs, latent, understand)]
+        parts = [prefix, self._embed_video(layout, inputs, latent, understand, revealed)]
         x = torch.cat(parts if text is None else [*parts, self.cond_embed(text.to(self.device))], dim=1)
         pos = layout.pos
         if frame_offset:
@@ -646,13 +676,16 @@ class VideoAR(PretrainedModel):
         cache.frame_rope = cos, sin
 
     @torch.no_grad()
-    def forward_group(self, cache: ARCache, inputs: torch.Tensor | None, t: int, k: int) -> torch.Tensor:
+    def forward_group(self, cache: ARCache, inputs: torch.Tensor | None, t: int, k: int,
+                      revealed: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, h_k*w_k, out_dim] (float32) of group (frame t, scale k).
 
         inputs: frame t's input at scale k, [B, h_k, w_k, bits] — ``next_scale_inputs(codes)[k][:, t]``
         during teacher forcing; while sampling: k > 0 -> ``down_to(sum of frame t's dequant_up so far, k)``,
         k = 0 -> ``down_to(previous frame's full latent, 0)``.  Ignored (may be None) for group (0, 0).
-        Groups must come in layout order, after :meth:`prefill`.
+        revealed: [B, h_k, w_k, bits], the codes kept so far (0 = not revealed; ``reveal_scales``).
+        Groups must come in layout order, after :meth:`prefill`; :meth:`rewind_group` takes the last
+        one back, to run it again.
         """
         layout = cache.layout
         g = layout.group_index(t, k)
@@ -671,6 +704,8 @@ class VideoAR(PretrainedModel):
                 raise ValueError(f"forward_group({t}, {k}): inputs must be [{B}, {h}, {w}, {d}], got {got}")
             x = self.in_proj(inputs.reshape(B, h * w, d).to(self.device, self.in_proj.weight.dtype))
             x = x + self.scale_embed.weight[k]
+        if revealed is not None:
+            x = self._reveal(x, revealed.reshape(B, h * w, d))
         if k == 0:
             self._start_frame(cache, t)
         offset = layout.group_slice(t, k).start - layout.group_slice(t, 0).start
@@ -678,3 +713,22 @@ class VideoAR(PretrainedModel):
         out = self._run_cached(cache, x, (cos, sin), None)
         cache.next_group = g + 1
         return self._output(out)
+
+    def reveal_groups(self, steps: int) -> set[int]:
+        """The scales drawn in ``steps`` passes (``SamplerSettings.reveal_steps``): ``reveal_scales``,
+        none for one pass."""
+        if steps > 1 and not self.config.reveal_scales:
+            raise ValueError(f"reveal_steps={steps} needs a model trained with partial reveal (reveal_scales); "
+                             "this one was not: use 1")
+        return set(self.config.reveal_scales or ()) if steps > 1 else set()
+
+    @torch.no_grad()
+    def rewind_group(self, cache: ARCache, t: int, k: int) -> None:
+        """Take group (t, k), the last one fed, out of the cache again (a later pass replaces it)."""
+        layout = cache.layout
+        if k == 0 or cache.next_group != layout.group_index(t, k) + 1:
+            raise RuntimeError(f"rewind_group: ({t}, {k}) is not the last group fed, or starts a frame")
+        n = layout.scales[k][0] * layout.scales[k][1]
+        for kv in cache.layers:
+            kv.pop(n)
+        cache.next_group -= 1

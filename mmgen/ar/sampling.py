@@ -9,7 +9,9 @@ prefix is one call). For group (t, k) the model sees
 
 which is exactly what ``quantizer.next_scale_inputs`` builds for teacher forcing.
 
-Two interchangeable steppers produce the logits of one group, ``step(inputs, t, k)``:
+Two interchangeable steppers produce the logits of one group, ``step(inputs, t, k, revealed=None)``,
+and ``step.rewind(t, k)`` takes the last group back before a model with partial reveal runs it
+again (``SamplerSettings.reveal_steps``):
 
 * :func:`cached_stepper` — the fast path: the model's KV-cached decoding state, one forward
   over the new group only. The model owns the cache, the frame window and its eviction
@@ -23,7 +25,6 @@ rows; the guided logits pick the bits, which then feed both halves.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +34,6 @@ from mmgen.ar.guidance import GuidanceSchedule, TemperatureSchedule, apply_cfg, 
 from mmgen.ar.model import VideoAR
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
-Stepper = Callable[[torch.Tensor | None, int, int], torch.Tensor]
 
 
 # --------------------------------------------------------------------------- bits
@@ -120,6 +120,9 @@ class SamplerSettings:
     use_cache: KV-cached decoding (fast) or full recomputation per group (reference).
     window: frames of keys/values kept; ``None`` = the model's ``frame_window`` (all frames
         if the model has none). Must not exceed what the model was trained to see.
+    reveal_steps: passes over each group of the model's ``reveal_scales`` (1 = one pass, as for
+        every other group). After pass i of n, the first round(L * i / n) tokens by the probability
+        of their drawn code are kept and shown to the next pass, which redraws the rest.
     """
 
     guidance: GuidanceSchedule = field(default_factory=GuidanceSchedule)
@@ -127,6 +130,7 @@ class SamplerSettings:
     top_p: float = 1.0
     use_cache: bool = True
     window: int | None = None
+    reveal_steps: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "guidance", GuidanceSchedule.parse(self.guidance))
@@ -135,28 +139,45 @@ class SamplerSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.window is not None and int(self.window) < 1:
             raise ValueError(f"window must be >= 1 or None, got {self.window}")
+        if int(self.reveal_steps) < 1:
+            raise ValueError(f"reveal_steps must be >= 1, got {self.reveal_steps}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SamplerSettings":
         d = dict(d or {})
-        unknown = sorted(set(d) - {"guidance", "temperature", "top_p", "use_cache", "window"})
+        unknown = sorted(set(d) - {"guidance", "temperature", "top_p", "use_cache", "window", "reveal_steps"})
         if unknown:
             raise ValueError(f"unknown sampler setting(s) {unknown}")
         return cls(**d)
 
     def to_dict(self) -> dict:
         return {"guidance": self.guidance.to_dict(), "temperature": self.temperature.to_dict(),
-                "top_p": float(self.top_p), "use_cache": bool(self.use_cache), "window": self.window}
+                "top_p": float(self.top_p), "use_cache": bool(self.use_cache), "window": self.window,
+                "reveal_steps": int(self.reveal_steps)}
 
 
 # --------------------------------------------------------------------------- steppers
 def cached_stepper(model: VideoAR, cond_tokens: torch.Tensor, num_frames: int, window: int | None,
-                   kv_dtype: torch.dtype | None = None) -> Stepper:
+                   kv_dtype: torch.dtype | None = None) -> "CachedStepper":
     """The fast path: the model's own decoding state (KV cache, window, eviction; see
     :class:`~mmgen.ar.model.ARCache`), prefix fed once; each call runs one group."""
     cache = model.new_cache(cond_tokens.shape[0], num_frames, window, kv_dtype)
     model.prefill(cache, cond_tokens)
-    return functools.partial(model.forward_group, cache)
+    return CachedStepper(model, cache)
+
+
+class CachedStepper:
+    """``step(inputs, t, k, revealed=None)`` -> logits of group (t, k) through the KV cache;
+    ``rewind(t, k)`` takes the group back out before it is run again (partial reveal)."""
+
+    def __init__(self, model: VideoAR, cache):
+        self.model, self.cache = model, cache
+
+    def __call__(self, inputs: torch.Tensor | None, t: int, k: int, revealed: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.forward_group(self.cache, inputs, t, k, revealed)
+
+    def rewind(self, t: int, k: int) -> None:
+        self.model.rewind_group(self.cache, t, k)
 
 
 class RecomputeStepper:
@@ -169,12 +190,18 @@ class RecomputeStepper:
         self.model, self.cond = model, cond_tokens
         rows, d = cond_tokens.shape[0], model.config.bits
         self.inputs = [torch.zeros(rows, num_frames, h, w, d, device=model.device) for h, w in model.scales]
+        self.revealed = [torch.zeros_like(x) for x in self.inputs] if model.config.reveal_scales else None
         self.layout = model.layout(num_frames)
 
     @torch.no_grad()
-    def __call__(self, inputs: torch.Tensor, t: int, k: int) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, t: int, k: int, revealed: torch.Tensor | None = None) -> torch.Tensor:
         self.inputs[k][:, t] = inputs
-        return self.model(self.cond, self.inputs)[:, self.layout.visual_slice(t, k)]
+        if revealed is not None:
+            self.revealed[k][:, t] = revealed
+        return self.model(self.cond, self.inputs, revealed=self.revealed)[:, self.layout.visual_slice(t, k)]
+
+    def rewind(self, t: int, k: int) -> None:
+        """Nothing to take back: every call recomputes the whole sequence."""
 
 
 # --------------------------------------------------------------------------- decoding loop
@@ -250,24 +277,31 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
     device = model.device
     previous = torch.zeros(B, 1, d, H, W, device=device)  # full latent of frame t-1 ([B, t, d, h, w])
     codes: list[list[torch.Tensor]] = [[] for _ in range(K)]
+
+    def draw(logits: torch.Tensor, t: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(code, guided logits) of group (t, k): bits [B, L, d] or indices [B, L]."""
+        if use_cfg:
+            logits = apply_cfg(*split_cfg_batch(logits, B), settings.guidance(t, k, num_frames, K))
+        tau = settings.temperature(t, k, num_frames, K)
+        sample = sample_bits if bits_head else sample_indices
+        return sample(logits, tau, settings.top_p, generator), logits
+
+    reveal = model.reveal_groups(settings.reveal_steps)
     for t in range(num_frames):
         f_hat = torch.zeros_like(previous)
         frame_codes = []
         for k in range(K):
             x = quantizer.down_to(previous if k == 0 else f_hat, k)[:, 0]  # [B, h_k, w_k, d]
-            logits = step(torch.cat([x, x]) if use_cfg else x, t, k)
+            x = torch.cat([x, x]) if use_cfg else x
             h, w = scales[k]
             if t < context_frames or (t == context_frames and k < context_scales):
+                step(x, t, k)
                 code = context[k][:, t:t + 1].to(device)
                 code = code.float() if bits_head else code.long()
+            elif k in reveal:
+                code = _draw_in_passes(step, x, t, k, draw, settings.reveal_steps, use_cfg).view(B, 1, h, w, d)
             else:
-                if use_cfg:
-                    logits = apply_cfg(*split_cfg_batch(logits, B), settings.guidance(t, k, num_frames, K))
-                tau = settings.temperature(t, k, num_frames, K)
-                if bits_head:
-                    code = sample_bits(logits, tau, settings.top_p, generator).view(B, 1, h, w, d)
-                else:
-                    code = sample_indices(logits, tau, settings.top_p, generator).view(B, 1, h, w)
+                code = draw(step(x, t, k), t, k)[0].view(B, 1, h, w, *([d] if bits_head else []))
             f_hat = f_hat + quantizer.dequant_up(code, k)
             frame_codes.append(code)
             if progress:
@@ -279,3 +313,27 @@ def sample_codes(model: VideoAR, quantizer, cond, num_frames: int, settings: Sam
             for k in range(K):
                 codes[k].append(frame_codes[k])
     return [torch.cat(c, dim=1) for c in codes] if keep_codes else None
+
+
+def _draw_in_passes(step, x: torch.Tensor, t: int, k: int, draw, passes: int, use_cfg: bool) -> torch.Tensor:
+    """Bits [B, L, d] of group (t, k) drawn in ``passes`` passes (``SamplerSettings.reveal_steps``):
+    each pass redraws the tokens not kept yet, seeing the kept ones' codes; after pass i the
+    round(L * i / passes) tokens whose drawn code is likeliest (under the guided logits) are kept."""
+    kept, code = None, None
+    for i in range(passes):
+        if i:
+            step.rewind(t, k)
+        revealed = None
+        if kept is not None:
+            shown = torch.where(kept.unsqueeze(-1), code, 0.0).view(code.shape[0], *x.shape[1:])
+            revealed = torch.cat([shown, shown]) if use_cfg else shown  # cond and uncond rows alike
+        drawn, guided = draw(step(x, t, k, revealed), t, k)
+        code = drawn if kept is None else torch.where(kept.unsqueeze(-1), code, drawn)
+        if i == passes - 1:
+            return code
+        score = torch.nn.functional.logsigmoid(guided * code).sum(-1)  # log P(drawn code) per token
+        if kept is not None:
+            score = score.masked_fill(kept, float("inf"))
+        top = score.topk(round(code.shape[1] * (i + 1) / passes), dim=1).indices
+        kept = torch.zeros_like(score, dtype=torch.bool).scatter(1, top, True)
+    return code

@@ -59,13 +59,19 @@ def load_tokenizer(path: str | None = None, config: dict | None = None):
     return tok.eval()
 
 
-def ar_loss(logits: torch.Tensor, targets: list[torch.Tensor], model: VideoAR) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, accuracy): bitwise BCE and bit accuracy, or CE and token accuracy for an index head."""
+def ar_loss(logits: torch.Tensor, targets: list[torch.Tensor], model: VideoAR,
+            scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, accuracy): bitwise BCE and bit accuracy, or CE and token accuracy for an index head;
+    ``scored`` (bool [B, L_visual], bit head) leaves out the tokens the model was shown."""
     layout = model.layout(targets[0].shape[1])
     target = layout.flatten_visual(targets)
     if model.config.head == "bits":
         bits01 = (target > 0).to(logits.dtype)
-        loss = F.binary_cross_entropy_with_logits(logits, bits01)
+        if scored is None:
+            loss = F.binary_cross_entropy_with_logits(logits, bits01)
+        else:
+            per_token = F.binary_cross_entropy_with_logits(logits, bits01, reduction="none").mean(-1)
+            loss = (per_token * scored).sum() / scored.sum().clamp_min(1)
         acc = ((logits > 0) == (target > 0)).float().mean()
     else:
         loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
@@ -86,6 +92,10 @@ class ARModule(pl.LightningModule):
       cond_dropout: probability of replacing a sample's condition by the null condition (CFG).
       corruption: CorruptionConfig fields (enabled, p_min, p_max, delta, time_dependent, inherit, self_correct).
       frame_mask_p: Random Frame Mask drop probability per past frame (0 = off; window = generator.frame_window).
+      reveal_p: partial reveal (generator ``reveal_scales``): per row and frame, each such scale's group
+        is, with this probability, shown a fraction r ~ U(0, 1) of its own tokens' codes (each token
+        with probability r), which are left out of the loss; 0 = off. Teaches the passes of
+        ``SamplerSettings.reveal_steps``.
       frame_offset_max: half of the training batches keep the plain layout (what a sample of a
         training clip's length sees); the other half start their frames at a random temporal position
         1..frame_offset_max after the prompt (0 = off), so a windowed model meets, in training, the
@@ -94,14 +104,14 @@ class ARModule(pl.LightningModule):
       compile_blocks: torch.compile each transformer block.
       fused_adamw: None = fused kernels whenever the parameters live on CUDA.
       init_from: start from the weights of an exported generator folder (a curriculum's next
-        stage); its config must match the one built here.
+        stage); its config must match the one built here, but for ``reveal_scales`` (added fresh).
     """
 
     def __init__(self, preset: str | None = "tiny", generator: dict | None = None, tokenizer: str | None = None,
                  tokenizer_config: dict | None = None, lr: float = 3e-4, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.05, warmup_steps: int = 100, min_lr_ratio: float = 0.1,
                  cond_dropout: float = 0.1, corruption: dict | None = None, frame_mask_p: float = 0.0,
-                 frame_offset_max: int = 0,
+                 frame_offset_max: int = 0, reveal_p: float = 0.0,
                  ema_decay: float | None = None, compile_blocks: bool = False, fused_adamw: bool | None = None,
                  init_from: str | None = None):
         super().__init__()
@@ -113,6 +123,8 @@ class ARModule(pl.LightningModule):
         self.tokenizer = load_tokenizer(tokenizer, tokenizer_config)
         self.model.check_tokenizer(self.tokenizer)
         self.corruption = CorruptionConfig(**(corruption or {}))
+        if reveal_p and not self.model.config.reveal_scales:
+            raise ValueError("reveal_p needs generator.reveal_scales (the scales to reveal)")
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay else None
         self._compiled = False
         self._elastic_rng = random.Random(0)
@@ -121,7 +133,12 @@ class ARModule(pl.LightningModule):
         previous = VideoAR.from_pretrained(folder)
         if previous.caption_memory is not None:
             self.model.register_buffer("caption_memory", previous.caption_memory.clone(), persistent=True)
-        self.model.load_state_dict(previous.state_dict())
+        missing, unexpected = self.model.load_state_dict(previous.state_dict(), strict=False)
+        # a stage may add partial reveal to a model trained without it: reveal_proj starts fresh
+        new = [k for k in missing if not k.startswith("reveal_proj.")]
+        if new or unexpected:
+            raise ValueError(f"init_from {folder}: its weights do not fit this generator config "
+                             f"(missing {new[:4]}, unexpected {unexpected[:4]}); use the config it was trained with")
 
     def on_fit_start(self) -> None:
         train_set = getattr(self.trainer.datamodule, "train_set", None)
@@ -214,12 +231,27 @@ class ARModule(pl.LightningModule):
         self.log("train/moe_aux", extra)
         return extra
 
+    def _reveal(self, targets: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A partial-reveal draw (see ``reveal_p``): the revealed codes per scale (0 = not shown)
+        and which tokens the loss scores."""
+        revealed = [torch.zeros_like(c) for c in targets]
+        shown = [torch.zeros(c.shape[:4], dtype=torch.bool, device=c.device) for c in targets]
+        for k in self.model.config.reveal_scales:
+            B, t, h, w = targets[k].shape[:4]
+            rows = torch.rand(B, t, 1, 1, device=targets[k].device) < self.hparams.reveal_p
+            fraction = torch.rand(B, t, 1, 1, device=targets[k].device)
+            shown[k] = rows & (torch.rand(B, t, h, w, device=targets[k].device) < fraction)
+            revealed[k] = torch.where(shown[k].unsqueeze(-1), targets[k], 0.0)
+        return revealed, ~self.model.layout(targets[0].shape[1]).flatten_visual(shown)
+
     def _step(self, batch: dict, train: bool):
         z, targets, inputs, cond, keep = self._inputs(batch, train)
         offset = 0
         if train and self.hparams.frame_offset_max and torch.rand(()) < 0.5:
             offset = int(torch.randint(1, self.hparams.frame_offset_max + 1, ()))
-        loss, acc = ar_loss(self.model(cond, inputs, keep, offset), targets, self.model)
+        revealed, scored = self._reveal(targets) if train and self.hparams.reveal_p else (None, None)
+        logits = self.model(cond, inputs, keep, offset, revealed=revealed)
+        loss, acc = ar_loss(logits, targets, self.model, scored)
         if train:
             loss = loss + self._moe_aux_loss()
             if self.model.elastic is not None:

@@ -36,6 +36,8 @@ class UnifiedModule(ARModule):
         if self.model.words is None or self.model.config.head != "bits":
             raise ValueError("UnifiedModule trains a unified VideoAR: set generator.text_vocab "
                              "(mmgen.data.unified.grammar_words()) with the bits head")
+        if self.hparams.reveal_p:
+            raise ValueError("UnifiedModule does not train partial reveal (reveal_p); use ARModule")
 
     def _step(self, batch: dict, train: bool):
         hp, model = self.hparams, self.model

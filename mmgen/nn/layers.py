@@ -84,6 +84,12 @@ class KVCache:
         self.length += n
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
+    def pop(self, n: int) -> None:
+        """Forget the last ``n`` entries (here and in every child cache)."""
+        self.length -= n
+        for child in self.children.values():
+            child.pop(n)
+
     def drop(self, start: int, n: int) -> None:
         """Remove the ``n`` entries from ``start`` on, moving the later ones down."""
         keep = slice(start + n, self.length)

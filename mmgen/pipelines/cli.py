@@ -65,7 +65,7 @@ def read_prompts_file(path: str) -> list[str]:
 
 
 def load_settings(path: str | None) -> dict:
-    """Sampling settings from a YAML file (keys: guidance, temperature, top_p, window, batch_size)."""
+    """Sampling settings from a YAML file (keys: guidance, temperature, top_p, window, reveal_steps, batch_size)."""
     if path is None:
         return {}
     try:
@@ -77,7 +77,7 @@ def load_settings(path: str | None) -> dict:
         raise UserError(f"sampling config {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"sampling config {path} must be a mapping, got {type(data).__name__}")
-    known = {"guidance", "temperature", "top_p", "window", "batch_size"}
+    known = {"guidance", "temperature", "top_p", "window", "reveal_steps", "batch_size"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UserError(f"sampling config {path}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -86,11 +86,13 @@ def load_settings(path: str | None) -> dict:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="pipeline folder (default: the model shipped with mmgen)")
-    p.add_argument("--config", help="sampling settings YAML (guidance, temperature, top_p, window, batch_size)")
+    p.add_argument("--config", help="sampling settings YAML (guidance, temperature, top_p, window, reveal_steps, batch_size)")
     p.add_argument("--guidance", help="CFG schedule: a number, 'adaptive[:1:5:10]' or 'linear[:5:3]' "
                    "(default: the model's)")
     p.add_argument("--temperature", help="sampling temperature: a number or 'coarse:fine' (default: the model's)")
     p.add_argument("--top-p", type=float, help="per-bit nucleus threshold in (0, 1] (default: the model's)")
+    p.add_argument("--reveal-steps", type=int, help="passes over the groups of a model trained with partial "
+                   "reveal (its reveal_scales; default: the model's)")
     p.add_argument("--window", type=int, help="frames of history kept while decoding (models trained with a "
                    "frame window; bounds memory; default: the model's)")
     p.add_argument("--attn-backend", default="auto", choices=("auto", "sdpa", "flex", "xformers"),
@@ -113,7 +115,7 @@ def _settings(args: argparse.Namespace) -> dict:
     from mmgen.ar.sampling import SamplerSettings
 
     settings = load_settings(args.config)
-    for key in ("guidance", "temperature", "top_p", "window"):
+    for key in ("guidance", "temperature", "top_p", "window", "reveal_steps"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value

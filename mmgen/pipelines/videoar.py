@@ -170,6 +170,7 @@ class VideoARPipeline:
         merged.update({k: v for k, v in overrides.items() if v is not None})
         settings = SamplerSettings.from_dict(merged)
         self.transformer.decoding_window(settings.window)
+        self.transformer.reveal_groups(settings.reveal_steps)
         return settings.to_dict()
 
     def num_latent_frames(self, num_frames: int) -> int:
@@ -246,7 +247,7 @@ class VideoARPipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] | None = None, class_labels: int | Sequence[int] | None = None,
                  num_frames: int = 17, guidance=None, temperature=None, top_p: float | None = None,
-                 window: int | None = None, use_cache: bool = True,
+                 window: int | None = None, use_cache: bool = True, reveal_steps: int | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  seed: int | Sequence[int] | None = None, output_type: str = "np", return_dict: bool = True,
                  progress: bool = True, callback_on_frames: Callable[[np.ndarray], None] | None = None):
@@ -255,7 +256,7 @@ class VideoARPipeline:
         Args:
             prompt / class_labels: the conditions (exactly one; the kind the model was trained on).
             num_frames: video frames; rounded up to ``1 + 4k`` (with a warning).
-            guidance, temperature, top_p, window, use_cache: override the pipeline's default
+            guidance, temperature, top_p, window, use_cache, reveal_steps: override the pipeline's default
                 sampling settings (see :class:`SamplerSettings`; ``guidance`` takes a number,
                 ``"adaptive"``, ``"linear:5:3"`` or a dict).
             generator / seed: one ``torch.Generator`` or one per video, or seeds (an int: video i
@@ -270,7 +271,7 @@ class VideoARPipeline:
             raise ValueError(f"output_type={output_type!r}: expected one of {OUTPUT_TYPES}")
         cond = self._condition(prompt, class_labels)
         settings = self._settings(guidance=guidance, temperature=temperature, top_p=top_p, window=window,
-                                  use_cache=use_cache)
+                                  use_cache=use_cache, reveal_steps=reveal_steps)
         latent_frames = self.num_latent_frames(num_frames)
         generators = self._generators(len(cond), generator, seed)
         # Frames are decoded as each latent frame completes and kept as uint8: memory holds neither
