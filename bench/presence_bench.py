@@ -11,7 +11,7 @@ left/right/up/down ones in a range narrowed along their axis, so that the travel
 frame). Per row: the share of videos whose object is found in the first frame, in the last frame,
 in >= presence_min of the frames (what ``mmgen eval shapes`` counts as drawn) and the frame in
 which it is first found (median). The per-frame test is
-:func:`mmgen.metrics.shapes.presence_per_frame`.
+:func:`mmgen.metrics.shapes.track_per_frame` (not found = NaN).
 
 layout: the first frames of real MovingShapes clips (seed 5, plain background) with one small
 object that starts anywhere; the model draws frame 0 from the clip's caption with its first s
