@@ -10,6 +10,8 @@
     python bench/unified_bench.py visible --clips 32           # what the finest scale carries
     python bench/unified_bench.py reading --inputs own --steps 250   # caption-only training, no generation rows
     python bench/unified_bench.py probe                         # linear probes of pooled video features
+    # why unification costs generation: the text gradient swamps the visual one on the shared blocks
+    python bench/unified_bench.py balance --model DIR/transformer --text-weight 1.0 --batch 32
 
 Every part appends rows to ``--log`` (default runs/unified_bench/results.jsonl), so the parts can
 run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the README rows.
@@ -36,6 +38,9 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
   frame's median: can the text find a few cells?); the oracles report training loss only.
 * probe: linear probes of colour / shape / size / motion of the one-object training clips from pooled
   finest-group features (own content vs generation inputs): is the information there at all?
+* balance: one batch of ``--batch`` training rows of ``--cache`` through ``--config``'s module with
+  ``--model``'s weights: the visual and the (weighted) text gradient on the shared blocks (see
+  :func:`balance_part`); why unification slows generation.
 * adherence: ``--prompts`` canonical captions of held-out clips (seed 2000), one video each
   (sampling seed 0, the pipeline's default settings), scored by mmgen.metrics.shapes.
 """
@@ -200,6 +205,37 @@ def probe_part(args) -> list[dict]:
     return rows
 
 
+def balance_part(args) -> list[dict]:
+    """How the two directions share the transformer's blocks in one training batch: gradient norms of
+    the visual loss and of the text loss (times ``text_weight``) on the shared ``blocks.*`` weights,
+    their cosine, and per weight element the visual share of the squared gradient, which is what
+    Adam divides by (a median far below 0.5 = the text sets the step size of the visual updates)."""
+    import torch
+    import yaml
+    from torch.utils.data import default_collate
+
+    from mmgen.ar.unified_training import UnifiedModule
+    from mmgen.data.unified import UnifiedLatents
+
+    torch.manual_seed(args.seed)
+    cfg = yaml.safe_load((ROOT / args.config).read_text())["model"] | {"tokenizer": args.tokenizer}
+    if args.text_weight is not None:
+        cfg["text_weight"] = args.text_weight
+    module = UnifiedModule(**cfg, init_from=args.model)
+    data = UnifiedLatents(args.cache, understand_ratio=0.5, seed=args.seed)
+    batch = default_collate([data[i] for i in range(args.batch)])
+    v_loss, t_loss, _, _ = module.losses(batch, train=True)
+    shared = [p for n, p in module.model.named_parameters() if n.startswith("blocks.")]
+    g_v = torch.cat([g.flatten() for g in torch.autograd.grad(v_loss, shared, retain_graph=True)])
+    g_t = torch.cat([g.flatten() for g in torch.autograd.grad(module.hparams.text_weight * t_loss, shared)])
+    share = g_v.pow(2) / (g_v.pow(2) + g_t.pow(2)).clamp_min(1e-30)
+    return [{"part": "balance", "model": args.model, "text_weight": module.hparams.text_weight, "rows": args.batch,
+             "visual_loss": round(v_loss.item(), 4), "text_loss": round(t_loss.item(), 4),
+             "grad_visual": round(g_v.norm().item(), 4), "grad_text": round(g_t.norm().item(), 4),
+             "cosine": round(torch.nn.functional.cosine_similarity(g_v, g_t, dim=0).item(), 4),
+             "visual_share_median": round(share.median().item(), 4)}]
+
+
 def _canonical(sample) -> str:
     from mmgen.data.moving_shapes import ObjectSpec, caption_of
 
@@ -291,8 +327,14 @@ def yaml_generator() -> dict:
     return {k: v for k, v in gen.items() if k not in ("bits", "scales")} | {"mtp_heads": 0}
 
 
+def _run_dir(args) -> Path:
+    """runs/<variant>[-tw<text weight>]-s<seed>: one folder per trained arm."""
+    weight = "" if args.text_weight is None else f"-tw{args.text_weight:g}"
+    return Path(args.runs) / f"{args.variant}{weight}-s{args.seed}"
+
+
 def train_part(args) -> list[dict]:
-    out = Path(args.runs) / f"{args.variant}-s{args.seed}"
+    out = _run_dir(args)
     steps = args.steps if args.variant == "unified" else args.steps // 2
     ratio = 0.5 if args.variant == "unified" else 0.0
     cmd = [sys.executable, "-m", "mmgen.cli", "ar", "fit-unified", "--config", args.config,
@@ -301,6 +343,7 @@ def train_part(args) -> list[dict]:
            "--trainer.max_steps", str(steps), "--trainer.max_time", "null", "--model.warmup_steps", str(args.warmup_steps),
            "--model.tokenizer", args.tokenizer,
            "--data.batch_size", str(args.batch),
+           *(["--model.text_weight", str(args.text_weight)] if args.text_weight is not None else []),
            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -309,7 +352,7 @@ def train_part(args) -> list[dict]:
     subprocess.run([sys.executable, "-m", "mmgen.cli", "ar", "export", str(ckpt), str(out / "export"),
                     "--sampling", "configs/sample/unified.yaml", "--overwrite"], check=True, cwd=ROOT)
     return [{"part": "train", "variant": args.variant, "seed": args.seed, "steps": steps, "batch": args.batch,
-             "config": args.config, "seconds": round(seconds, 1), "model": str(out / "export")}]
+             "config": args.config, "text_weight": args.text_weight, "seconds": round(seconds, 1), "model": str(out / "export")}]
 
 
 def adherence_part(args) -> list[dict]:
@@ -320,7 +363,7 @@ def adherence_part(args) -> list[dict]:
     from mmgen.pipelines.videoar import VideoARPipeline, to_uint8_videos
 
     torch.set_grad_enabled(False)
-    model = args.model or str(Path(args.runs) / f"{args.variant}-s{args.seed}" / "export")
+    model = args.model or str(_run_dir(args) / "export")
     pipe = VideoARPipeline.from_pretrained(model)
     clips = _held_out(PROMPT_SEED, args.prompts)
     prompts = [caption_of([ObjectSpec(**{f: o[f] for f in ("shape", "color", "size", "motion")}) for o in s.objects])
@@ -331,7 +374,8 @@ def adherence_part(args) -> list[dict]:
         videos = pipe(prompt=chunk, num_frames=CLIP["num_frames"], seed=0, progress=False).frames
         for p, frames in zip(chunk, to_uint8_videos(videos)):
             scores.append(score_video(torch.from_numpy(frames), expected_from_caption(p)))
-    row = {"part": "adherence", "variant": args.variant, "seed": args.seed, "model": model, "prompts": len(prompts)}
+    row = {"part": "adherence", "variant": args.variant, "seed": args.seed, "model": model, "prompts": len(prompts),
+           "text_weight": args.text_weight}
     for key in (*FIELDS, "all_correct"):
         values = [s[key] for s in scores if s[key] is not None]
         row[key] = sum(values) / len(values)
@@ -362,7 +406,7 @@ def _ms(values: list[float]) -> str:
 def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
-        if r["part"] in ("visible", "reading", "probe"):
+        if r["part"] in ("visible", "reading", "probe", "balance"):
             lines.append(json.dumps(r))
         elif r["part"] == "caption":
             lines.append(f"caption {r['objects']}-object ({r['clips']} clips, {r['model']}): " +
@@ -375,10 +419,12 @@ def table(rows: list[dict]) -> str:
         lines.append("| variant | seeds | " + " | ".join(("colour", "shape", "size", "motion", "all correct",
                                                            "held-out bit loss")) + " |")
         lines.append("|---|---|" + "---|" * 6)
-        for variant in ("genonly", "unified"):
-            rs = [r for r in adh if r["variant"] == variant]
+        arms = sorted({(r["variant"], r.get("text_weight")) for r in adh}, key=lambda a: (a[0], a[1] or -1.0))
+        for variant, weight in arms:
+            rs = [r for r in adh if r["variant"] == variant and r.get("text_weight") == weight]
+            name = variant if weight is None else f"{variant}, text weight {weight:g}"
             if rs:
-                lines.append(f"| {variant} | {len(rs)} | " +
+                lines.append(f"| {name} | {len(rs)} | " +
                              " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
                              + " |")
     return "\n".join(lines)
@@ -386,8 +432,10 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("caption", "train", "adherence", "table", "visible", "reading", "probe"))
-    p.add_argument("--model", help="pipeline folder (caption: default mmgen/assets/unified)")
+    p.add_argument("part", choices=("caption", "train", "adherence", "table", "visible", "reading", "probe",
+                                       "balance"))
+    p.add_argument("--model", help="pipeline folder (caption: default mmgen/assets/unified; balance: a trained "
+                   "transformer/ folder, none = at initialisation)")
     p.add_argument("--clips", type=int, default=64, help="held-out clips per object count (caption)")
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts per object count (adherence)")
     p.add_argument("--batch", type=int, default=16, help="clips per step (train) or per sampling batch")
@@ -401,6 +449,8 @@ def main() -> None:
     p.add_argument("--no-qk-norm", action="store_true", help="reading: the generator without QK-norm")
     p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/unified/tokenizer"),
                    help="train / visible / reading: the tokenizer that made --cache (default: the unified build's)")
+    p.add_argument("--text-weight", type=float, help="train / adherence: the arm whose text loss weighs this "
+                   "(model.text_weight; default: the config's)")
     p.add_argument("--warmup-steps", type=int, default=10, help="train (the shipped build: 30)")
     p.add_argument("--log", default="runs/unified_bench/results.jsonl")
     args = p.parse_args()
@@ -411,7 +461,7 @@ def main() -> None:
     if args.part == "caption" and args.model is None:
         args.model = str(ROOT / "mmgen/assets/unified")
     rows = {"caption": caption_part, "train": train_part, "adherence": adherence_part, "visible": visible_part,
-            "reading": reading_part, "probe": probe_part}[args.part](args)
+            "reading": reading_part, "probe": probe_part, "balance": balance_part}[args.part](args)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         for row in rows:

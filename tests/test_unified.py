@@ -173,6 +173,10 @@ def test_mixed_training_step_and_dataset(tmp_path):
     assert torch.isfinite(loss)
     assert module.model.out_proj.weight.grad.abs().sum() > 0  # the generation row's visual loss
     assert all(h.weight.grad.abs().sum() > 0 for h in module.model.text_head.heads)  # text + both MTP heads
+    visual, text, _, _ = module.losses(batch, train=False)
+    module.hparams.text_weight = 0.1  # the shipped config's: the text loss is scaled, the visual one not
+    assert torch.allclose(module._step(batch, train=False)[0], visual + 0.1 * text)
+    assert text > 0 and visual > 0
     with pytest.raises(ValueError, match="text_vocab"):
         UnifiedModule(preset=None, generator=BASE, tokenizer_config=TOKENIZER)
 

@@ -39,8 +39,10 @@ class UnifiedModule(ARModule):
         if self.hparams.reveal_p:
             raise ValueError("UnifiedModule does not train partial reveal (reveal_p); use ARModule")
 
-    def _step(self, batch: dict, train: bool):
-        hp, model = self.hparams, self.model
+    def losses(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(visual loss, text loss, bit accuracy, next-word accuracy) of one batch of both directions;
+        the text loss is not yet weighted by ``text_weight``."""
+        model = self.model
         z, targets, inputs, cond, keep = self._inputs(batch, train)
         understand = torch.tensor([bool(a) for a in batch["answer"]], device=z.device)
         cond = torch.where(understand[:, None], model.null_condition(len(understand)), cond)
@@ -53,14 +55,17 @@ class UnifiedModule(ARModule):
         visual, text_logits = model(cond, inputs, keep, text=text, latent=z)
         layout = model.layout(z.shape[2])
         v_loss, acc = visual_loss(visual, layout.flatten_visual(targets), ~understand,
-                                  scale_weights(layout, hp.scale_alpha))
-        t_loss, t_acc = text_loss(text_logits, text_targets, hp.mtp_weights)
+                                  scale_weights(layout, self.hparams.scale_alpha))
+        t_loss, t_acc = text_loss(text_logits, text_targets, self.hparams.mtp_weights)
+        return v_loss, t_loss, acc, t_acc
+
+    def _step(self, batch: dict, train: bool):
+        v_loss, t_loss, acc, t_acc = self.losses(batch, train)
         if train:
             v_loss = v_loss + self._moe_aux_loss()
         self.log(f"{'train' if train else 'val'}/text_acc", t_acc)
         self.log(f"{'train' if train else 'val'}/text_loss", t_loss.detach())
-        return v_loss + hp.text_weight * t_loss, acc
-
+        return v_loss + self.hparams.text_weight * t_loss, acc
 
 def fit_main(argv: list[str]) -> int:
     """``mmgen ar fit-unified``: ``mmgen ar fit`` with :class:`UnifiedModule`."""
