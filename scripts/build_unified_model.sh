@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the unified model shipped in mmgen/assets/unified (CPU: ~38 min of one core for 3200 steps).
+# Reproduce the unified model shipped in mmgen/assets/unified (CPU: 35-46 min of one core for 3200 steps).
 #
 #   scripts/build_unified_model.sh          # everything; stops and resumes safely (run it again)
 #
@@ -10,12 +10,13 @@
 #     over $OUT never reads a folder it is replacing; fit refuses a cache of another tokenizer;
 # (2) `mmgen ar fit-unified --config configs/generator/unified_latent.yaml`: half the rows generate
 #     video from the caption, half caption the clip or answer a question about it, reading the
-#     clip's continuous latent (understand_input: latent); an interrupted run resumes from its last
+#     clip's continuous latent (understand_input: latent), text loss weighed 0.1 against the visual
+#     loss (text_weight); an interrupted run resumes from its last
 #     checkpoint;
 # (3) export -> $OUT (pipeline folder: `mmgen caption --model $OUT` and `mmgen sample --model $OUT`).
 # The held-out benchmark (bench/unified_bench.py) renders clips of other seeds, never in the cache.
-# The build whose understanding rows read the bit codes (at 3200 steps it captions colour better
-# and generates worse than the latent reader: README "Unified model"):
+# The build whose understanding rows read the bit codes (measured at text weight 1.0: at 3200 steps
+# it captioned colour better and generated worse than the latent reader did then; README "Unified model"):
 #   RUN=runs/unified_codes CONFIG=configs/generator/unified.yaml OUT=runs/unified_codes/export \
 #       scripts/build_unified_model.sh
 set -euo pipefail
