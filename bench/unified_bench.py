@@ -423,10 +423,9 @@ def table(rows: list[dict]) -> str:
         for variant, weight in arms:
             rs = [r for r in adh if r["variant"] == variant and r.get("text_weight") == weight]
             name = variant if weight is None else f"{variant}, text weight {weight:g}"
-            if rs:
-                lines.append(f"| {name} | {len(rs)} | " +
-                             " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
-                             + " |")
+            lines.append(f"| {name} | {len(rs)} | " +
+                         " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
+                         + " |")
     return "\n".join(lines)
 
 
