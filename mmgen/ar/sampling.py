@@ -329,11 +329,10 @@ def _draw_in_passes(step, x: torch.Tensor, t: int, k: int, draw, passes: int, us
             revealed = torch.cat([shown, shown]) if use_cfg else shown  # cond and uncond rows alike
         drawn, guided = draw(step(x, t, k, revealed), t, k)
         code = drawn if kept is None else torch.where(kept.unsqueeze(-1), code, drawn)
-        if i == passes - 1:
-            return code
-        score = torch.nn.functional.logsigmoid(guided * code).sum(-1)  # log P(drawn code) per token
-        if kept is not None:
-            score = score.masked_fill(kept, float("inf"))
-        top = score.topk(round(code.shape[1] * (i + 1) / passes), dim=1).indices
-        kept = torch.zeros_like(score, dtype=torch.bool).scatter(1, top, True)
+        if i < passes - 1:
+            score = torch.nn.functional.logsigmoid(guided * code).sum(-1)  # log P(drawn code) per token
+            if kept is not None:
+                score = score.masked_fill(kept, float("inf"))
+            top = score.topk(round(code.shape[1] * (i + 1) / passes), dim=1).indices
+            kept = torch.zeros_like(score, dtype=torch.bool).scatter(1, top, True)
     return code

@@ -67,6 +67,7 @@ class UnifiedModule(ARModule):
         self.log(f"{'train' if train else 'val'}/text_loss", t_loss.detach())
         return v_loss + self.hparams.text_weight * t_loss, acc
 
+
 def fit_main(argv: list[str]) -> int:
     """``mmgen ar fit-unified``: ``mmgen ar fit`` with :class:`UnifiedModule`."""
     from .cli import _fit
