@@ -32,7 +32,8 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
 * reading: caption-only training (``--steps`` x ``--batch`` rows of the latent cache, the shipped
   architecture, no generation rows), then greedy captions of held-out clips. ``--inputs``: ``gen``
   (the generation inputs, as before the fix), ``own`` (:func:`mmgen.ar.unified.video_inputs`),
-  ``latent`` (the continuous latent before quantisation, per clip RMS 1, at every scale: a lead),
+  ``latent`` (the continuous latent before quantisation, per clip RMS 1, at every scale, through
+  ``--understand-encoder``: the shipped path),
   ``oracle`` (the colour one-hot written into every cell: is the text <- video path itself able to
   learn?), ``celloracle`` (written only into the 2 finest cells per frame that differ most from the
   frame's median: can the text find a few cells?); the oracles report training loss only.
@@ -262,16 +263,16 @@ def reading_part(args) -> list[dict]:
     objects = [parse_caption(c) for c in cache.captions]
     colors = [list(COLORS).index(o[0].color) for o in objects]
     gen = yaml_generator() | ({"qk_norm": False} if args.no_qk_norm else {})
+    if args.inputs == "latent":  # the shipped path: understanding rows read latent= through latent_proj
+        gen |= {"understand_input": "latent", "understand_encoder": args.understand_encoder}
     model = VideoAR(bits=q.bits, scales=q.scales, **gen)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
 
-    def seen(codes, idx=None, z=None):
+    def seen(codes, idx=None):
         if args.inputs == "gen":
             return q.next_scale_inputs(codes)
-        if args.inputs == "latent":  # the continuous latent, per clip RMS 1, resized to every scale
-            return model.latent_inputs(z)
-        x = video_inputs(q, codes)
+        x = video_inputs(q, codes)  # with --inputs latent only their shapes matter
         if args.inputs in ("oracle", "celloracle"):
             hot = torch.nn.functional.one_hot(torch.tensor([colors[i] for i in idx]), q.bits).float() * 3
             finest = x[-1].flatten(2, 3)  # [B, t, h*w, d]
@@ -291,16 +292,18 @@ def reading_part(args) -> list[dict]:
         idx = rng.sample(range(len(cache)), args.batch)
         with torch.no_grad():
             z = torch.stack([cache[i]["latent"] for i in idx])
-            inputs = seen(q.residual_pass(z)[0], idx, z)
+            inputs = seen(q.residual_pass(z)[0], idx)
         text, targets = text_sequences(model.words, [""] * len(idx), [caption_of(objects[i]) for i in idx], gen["text_len"])
-        loss, _ = text_loss(model(model.null_condition(len(idx)), inputs, text=text)[1], targets)
+        latent = z if args.inputs == "latent" else None
+        loss, _ = text_loss(model(model.null_condition(len(idx)), inputs, text=text, latent=latent)[1], targets)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         warmup.step()
         losses.append(loss.item())
-    row = {"part": "reading", "inputs": args.inputs, "qk_norm": gen.get("qk_norm", True), "seed": args.seed, "steps": args.steps, "batch": args.batch,
+    row = {"part": "reading", "inputs": args.inputs, "understand_encoder": gen.get("understand_encoder", "linear"),
+           "qk_norm": gen.get("qk_norm", True), "seed": args.seed, "steps": args.steps, "batch": args.batch,
            "seconds": round(time.perf_counter() - t0, 1),
            "text_loss_first_25": round(statistics.mean(losses[:25]), 3),
            "text_loss_last_25": round(statistics.mean(losses[-25:]), 3)}
@@ -310,7 +313,8 @@ def reading_part(args) -> list[dict]:
         with torch.no_grad():
             for n, clips in _held_out(CAPTION_SEED, args.clips).items():
                 z = tok.encode(torch.stack([s.frames for s in clips]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0)
-                texts = [model.words.decode(r) for r in generate_text(model, seen(q.residual_pass(z)[0], z=z))]
+                latent = z if args.inputs == "latent" else None
+                texts = [model.words.decode(r) for r in generate_text(model, seen(q.residual_pass(z)[0]), latent=latent)]
                 per = [r for s, t in zip(clips, texts) for r in score_caption(t, s.objects)]
                 row.update({f"{n}obj_{f}": round(sum(r[f] for r in per) / len(per), 3) for f in FIELDS})
     return [row]
@@ -445,6 +449,8 @@ def main() -> None:
     p.add_argument("--cache", default="runs/unified/latents", help="latent cache of scripts/build_unified_model.sh")
     p.add_argument("--runs", default="runs/unified_bench")
     p.add_argument("--inputs", choices=("gen", "own", "latent", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
+    p.add_argument("--understand-encoder", choices=("linear", "conv"), default="linear",
+                   help="reading --inputs latent: the generator's understand_encoder")
     p.add_argument("--no-qk-norm", action="store_true", help="reading: the generator without QK-norm")
     p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/unified/tokenizer"),
                    help="train / visible / reading: the tokenizer that made --cache (default: the unified build's)")

@@ -327,3 +327,36 @@ def test_training_step_with_latent_understanding(tmp_path):
     m = module.model
     assert m.latent_proj.weight.grad.abs().sum() > 0  # the caption row's text loss
     assert m.out_proj.weight.grad.abs().sum() > 0  # the generation row's visual loss
+
+
+def test_understand_encoder_conv_reads_a_cell_with_its_neighbours(tmp_path):
+    """understand_encoder="conv": a residual conv stem over each frame's latent, so the finest-scale
+    input of a cell depends on its neighbours (the linear reader's does not); generation rows
+    still ignore the latent; cached captions equal recompute and the stem round-trips."""
+    linear, conv = _unified(understand_input="latent"), _unified(understand_input="latent", understand_encoder="conv")
+    assert set(conv.state_dict()) - set(linear.state_dict()) == {
+        "latent_stem.0.weight", "latent_stem.0.bias", "latent_stem.2.weight", "latent_stem.2.bias"}
+    z = _latent()
+    nudged = z.clone()
+    nudged[:, :, :, 1, 1] *= -1  # one cell of every frame (the clip's RMS, which scales every cell, stays)
+    for m, moves in ((linear, False), (conv, True)):
+        a, b = m.latent_inputs(z)[-1], m.latent_inputs(nudged)[-1]  # [B, t, 4, 4, d]
+        assert not torch.allclose(a[:, :, 1, 1], b[:, :, 1, 1], atol=1e-6)
+        assert torch.allclose(a[:, :, 3, 3], b[:, :, 3, 3], atol=1e-6)  # two cells away: unread by both
+        assert torch.allclose(a[:, :, 1, 2], b[:, :, 1, 2], atol=1e-6) != moves  # the neighbour
+    torch.nn.init.normal_(conv.out_proj.weight, std=1.0)
+    x, text = _inputs(), torch.zeros(2, 16, dtype=torch.long)
+    text[0] = torch.randint(5, 20, (16,))
+    visual, heads = conv(["", "a big red circle"], x, text=text, latent=z)
+    v2, h2 = conv(["", "a big red circle"], x, text=text, latent=nudged)
+    assert torch.allclose(visual[1], v2[1], atol=1e-6) and not torch.allclose(heads[0][0], h2[0][0], atol=1e-4)
+    for p in conv.text_head.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    assert generate_text(conv, x, latent=z) == generate_text(conv, x, use_cache=False, latent=z)
+    conv.save_pretrained(tmp_path)
+    back = VideoAR.from_pretrained(tmp_path).eval()
+    assert back.config.understand_encoder == "conv" and generate_text(back, x, latent=z) == generate_text(conv, x, latent=z)
+    with pytest.raises(ValueError, match="understand_encoder"):
+        _unified(understand_encoder="conv")  # the codes reader has no latent to convolve
+    with pytest.raises(ValueError, match="understand_encoder"):
+        _unified(understand_input="latent", understand_encoder="mlp")

@@ -51,6 +51,7 @@ TEXT_NULLS = ("empty", "learned")
 SIMILARITY_TOKENS = 64  # prompt length read when a byte-level model measures similarity with MiniLM
 HEADS = ("bits", "index")
 UNDERSTAND_INPUTS = ("codes", "latent")
+UNDERSTAND_ENCODERS = ("linear", "conv")
 
 
 class ARCache:
@@ -136,6 +137,9 @@ class VideoAR(PretrainedModel):
           RMS 1, resized to every scale, through its own ``latent_proj``: the bit codes of a
           small object are too noisy to be read at this size, issue 16). Generation rows always
           read the codes.
+        understand_encoder: with ``understand_input="latent"``, "linear" (the latent cell alone) or
+          "conv" (a residual 3x3-conv stem over each frame's latent before the resizing: a small
+          object's shape lies across a cell and its neighbours; ``latent_stem``)
 
       Partial reveal (off by default): reveal_scales: scales whose tokens may be drawn in several
         passes (:func:`mmgen.ar.sampling.sample_codes`, ``reveal_steps``): a pass sees the codes
@@ -172,7 +176,7 @@ class VideoAR(PretrainedModel):
                  itt_layers: Sequence[int] | None = None, itt_steps: int = 2, itt_frac: float = 0.5,
                  loop_layers: Sequence[int] | None = None, text_vocab: Sequence[str] | None = None,
                  text_len: int = 24, mtp_heads: int = 0, understand_input: str = "codes",
-                 reveal_scales: Sequence[int] | None = None):
+                 understand_encoder: str = "linear", reveal_scales: Sequence[int] | None = None):
         super().__init__()
         if cond not in CONDITIONS:
             raise ValueError(f"VideoAR: cond={cond!r} must be one of {CONDITIONS}")
@@ -189,6 +193,9 @@ class VideoAR(PretrainedModel):
         if understand_input not in UNDERSTAND_INPUTS or (understand_input != "codes" and text_vocab is None):
             raise ValueError(f"VideoAR: understand_input={understand_input!r} must be one of {UNDERSTAND_INPUTS}; "
                              "'latent' needs text_vocab (a unified model)")
+        if understand_encoder not in UNDERSTAND_ENCODERS or (understand_encoder != "linear" and understand_input != "latent"):
+            raise ValueError(f"VideoAR: understand_encoder={understand_encoder!r} must be one of {UNDERSTAND_ENCODERS}; "
+                             "'conv' needs understand_input='latent'")
         self.words = WordVocab(text_vocab) if text_vocab is not None else None
         self.scales = [(s, s) if isinstance(s, int) else (int(s[0]), int(s[1])) for s in scales]
         if any(not 0 <= k < len(self.scales) or self.scales[k][0] * self.scales[k][1] < 2 for k in reveal_scales or ()):
@@ -237,6 +244,9 @@ class VideoAR(PretrainedModel):
             self.text_head = TextHead(width, self.words.VOCAB_SIZE, mtp_heads)
         if understand_input == "latent":
             self.latent_proj = nn.Linear(bits, width, bias=False)
+        if understand_encoder == "conv":
+            self.latent_stem = nn.Sequential(nn.Conv2d(bits, 2 * bits, 3, padding=1), nn.GELU(),
+                                             nn.Conv2d(2 * bits, bits, 1))
         if reveal_scales:
             self.reveal_proj = nn.Linear(bits, width)  # its bias marks a token as revealed
         self._layouts: dict[tuple[int, int], GroupLayout] = {}
@@ -491,11 +501,14 @@ class VideoAR(PretrainedModel):
     def latent_inputs(self, latent: torch.Tensor) -> list[torch.Tensor]:
         """The tokenizer encoder's continuous latent ``[B, d, t, h, w]`` (before quantisation) as the
         video of understanding rows: per clip RMS 1 (clips differ in overall energy, not in what
-        they show), area-resized to every scale, one ``[B, t, h_k, w_k, d]`` tensor per scale."""
+        they show), through the residual ``latent_stem`` where there is one, area-resized to every
+        scale, one ``[B, t, h_k, w_k, d]`` tensor per scale."""
         B, d, t, h, w = latent.shape
         z = latent.to(self.device, torch.float32)
         z = z / z.pow(2).mean((1, 2, 3, 4), keepdim=True).sqrt().clamp_min(1e-6)
         frames = z.transpose(1, 2).reshape(B * t, d, h, w)
+        if self.config.understand_encoder == "conv":
+            frames = frames + self.latent_stem(frames)
         out = []
         for size in self.scales:
             x = frames if (h, w) == size else nn.functional.interpolate(frames, size=size, mode="area")
