@@ -26,7 +26,8 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
   cache; ``unified`` = half the rows understanding, ``genonly`` = none, with half the
   steps, so both see the same number of generation rows (video tokens with a loss) in
   expectation; everything else (architecture incl. the unused text head, lr schedule, batch,
-  corruption, early-scale weighting) is the same.
+  corruption, early-scale weighting) is the same. ``--understand-encoder conv`` trains the arm with the
+  latent stem (runs/<variant>-tw<w>-conv-s<seed>; pass it to ``adherence`` too).
 * visible: held-out one-object clips decoded from scales 0..n only, scored by mmgen.metrics.shapes
   (the generation inputs never carry a frame's finest scale).
 * reading: caption-only training (``--steps`` x ``--batch`` rows of the latent cache, the shipped
@@ -332,9 +333,10 @@ def yaml_generator() -> dict:
 
 
 def _run_dir(args) -> Path:
-    """runs/<variant>[-tw<text weight>]-s<seed>: one folder per trained arm."""
+    """runs/<variant>[-tw<text weight>][-conv]-s<seed>: one folder per trained arm."""
     weight = "" if args.text_weight is None else f"-tw{args.text_weight:g}"
-    return Path(args.runs) / f"{args.variant}{weight}-s{args.seed}"
+    stem = "" if args.understand_encoder == "linear" else f"-{args.understand_encoder}"
+    return Path(args.runs) / f"{args.variant}{weight}{stem}-s{args.seed}"
 
 
 def train_part(args) -> list[dict]:
@@ -348,6 +350,8 @@ def train_part(args) -> list[dict]:
            "--model.tokenizer", args.tokenizer,
            "--data.batch_size", str(args.batch),
            *(["--model.text_weight", str(args.text_weight)] if args.text_weight is not None else []),
+           *(["--model.generator.understand_encoder", args.understand_encoder]
+             if args.understand_encoder != "linear" else []),
            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -356,7 +360,8 @@ def train_part(args) -> list[dict]:
     subprocess.run([sys.executable, "-m", "mmgen.cli", "ar", "export", str(ckpt), str(out / "export"),
                     "--sampling", "configs/sample/unified.yaml", "--overwrite"], check=True, cwd=ROOT)
     return [{"part": "train", "variant": args.variant, "seed": args.seed, "steps": steps, "batch": args.batch,
-             "config": args.config, "text_weight": args.text_weight, "seconds": round(seconds, 1), "model": str(out / "export")}]
+             "config": args.config, "text_weight": args.text_weight, "understand_encoder": args.understand_encoder,
+             "seconds": round(seconds, 1), "model": str(out / "export")}]
 
 
 def adherence_part(args) -> list[dict]:
@@ -379,7 +384,8 @@ def adherence_part(args) -> list[dict]:
         for p, frames in zip(chunk, to_uint8_videos(videos)):
             scores.append(score_video(torch.from_numpy(frames), expected_from_caption(p)))
     row = {"part": "adherence", "variant": args.variant, "seed": args.seed, "model": model, "prompts": len(prompts),
-           "text_weight": args.text_weight}
+           "text_weight": args.text_weight, "understand_input": pipe.transformer.config.understand_input,
+           "understand_encoder": pipe.transformer.config.understand_encoder}
     for key in (*FIELDS, "all_correct"):
         values = [s[key] for s in scores if s[key] is not None]
         row[key] = sum(values) / len(values)
@@ -423,10 +429,15 @@ def table(rows: list[dict]) -> str:
         lines.append("| variant | seeds | " + " | ".join(("colour", "shape", "size", "motion", "all correct",
                                                            "held-out bit loss")) + " |")
         lines.append("|---|---|" + "---|" * 6)
-        arms = sorted({(r["variant"], r.get("text_weight")) for r in adh}, key=lambda a: (a[0], a[1] or -1.0))
-        for variant, weight in arms:
-            rs = [r for r in adh if r["variant"] == variant and r.get("text_weight") == weight]
+        def arm(r):  # rows from before a field was recorded: the shipped config's value
+            return (r["variant"], r.get("text_weight"), r.get("understand_input", "latent"),
+                    r.get("understand_encoder", "linear"))
+
+        for a in sorted({arm(r) for r in adh}, key=lambda a: (a[0], a[1] or -1.0, *a[2:])):
+            variant, weight, reads, stem = a
+            rs = [r for r in adh if arm(r) == a]
             name = variant if weight is None else f"{variant}, text weight {weight:g}"
+            name += ("" if reads == "latent" else f", reads {reads}") + ("" if stem == "linear" else f", {stem} stem")
             lines.append(f"| {name} | {len(rs)} | " +
                          " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
                          + " |")
@@ -450,7 +461,7 @@ def main() -> None:
     p.add_argument("--runs", default="runs/unified_bench")
     p.add_argument("--inputs", choices=("gen", "own", "latent", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
     p.add_argument("--understand-encoder", choices=("linear", "conv"), default="linear",
-                   help="reading --inputs latent: the generator's understand_encoder")
+                   help="reading --inputs latent / train / adherence: the generator's understand_encoder")
     p.add_argument("--no-qk-norm", action="store_true", help="reading: the generator without QK-norm")
     p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/unified/tokenizer"),
                    help="train / visible / reading: the tokenizer that made --cache (default: the unified build's)")
