@@ -27,7 +27,9 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
   steps, so both see the same number of generation rows (video tokens with a loss) in
   expectation; everything else (architecture incl. the unused text head, lr schedule, batch,
   corruption, early-scale weighting) is the same. ``--understand-encoder conv`` trains the arm with the
-  latent stem (runs/<variant>-tw<w>-conv-s<seed>; pass it to ``adherence`` too).
+  latent stem (runs/<variant>-tw<w>-conv-s<seed>; pass it to ``adherence`` too). ``--understand-ratio R``
+  gives the unified arm that share of understanding rows and steps / 2 / (1 - R) steps, so its
+  generation rows stay those of genonly (runs/unified-tw<w>-u<R>-s<seed>; pass it to ``adherence`` too).
 * visible: held-out one-object clips decoded from scales 0..n only, scored by mmgen.metrics.shapes
   (the generation inputs never carry a frame's finest scale).
 * reading: caption-only training (``--steps`` x ``--batch`` rows of the latent cache, the shipped
@@ -335,14 +337,22 @@ def yaml_generator() -> dict:
 def _run_dir(args) -> Path:
     """runs/<variant>[-tw<text weight>][-conv]-s<seed>: one folder per trained arm."""
     weight = "" if args.text_weight is None else f"-tw{args.text_weight:g}"
+    share = "" if args.variant == "genonly" or args.understand_ratio == 0.5 else f"-u{args.understand_ratio:g}"
     stem = "" if args.understand_encoder == "linear" else f"-{args.understand_encoder}"
-    return Path(args.runs) / f"{args.variant}{weight}{stem}-s{args.seed}"
+    return Path(args.runs) / f"{args.variant}{weight}{share}{stem}-s{args.seed}"
+
+
+def _arm_steps(args) -> tuple[int, float]:
+    """(steps, understand ratio) of the arm: genonly runs --steps / 2 generation-only steps, and the unified
+    arm as many steps as give it the same generation rows in expectation at its understand ratio."""
+    if args.variant == "genonly":
+        return args.steps // 2, 0.0
+    return round(args.steps / 2 / (1 - args.understand_ratio)), args.understand_ratio
 
 
 def train_part(args) -> list[dict]:
     out = _run_dir(args)
-    steps = args.steps if args.variant == "unified" else args.steps // 2
-    ratio = 0.5 if args.variant == "unified" else 0.0
+    steps, ratio = _arm_steps(args)
     cmd = [sys.executable, "-m", "mmgen.cli", "ar", "fit-unified", "--config", args.config,
            "--seed_everything", str(args.seed), "--data.train.init_args.path", args.cache,
            "--data.train.init_args.understand_ratio", str(ratio), "--data.train.init_args.seed", str(args.seed),
@@ -360,6 +370,7 @@ def train_part(args) -> list[dict]:
     subprocess.run([sys.executable, "-m", "mmgen.cli", "ar", "export", str(ckpt), str(out / "export"),
                     "--sampling", "configs/sample/unified.yaml", "--overwrite"], check=True, cwd=ROOT)
     return [{"part": "train", "variant": args.variant, "seed": args.seed, "steps": steps, "batch": args.batch,
+             "understand_ratio": ratio,
              "config": args.config, "text_weight": args.text_weight, "understand_encoder": args.understand_encoder,
              "seconds": round(seconds, 1), "model": str(out / "export")}]
 
@@ -384,7 +395,8 @@ def adherence_part(args) -> list[dict]:
         for p, frames in zip(chunk, to_uint8_videos(videos)):
             scores.append(score_video(torch.from_numpy(frames), expected_from_caption(p)))
     row = {"part": "adherence", "variant": args.variant, "seed": args.seed, "model": model, "prompts": len(prompts),
-           "text_weight": args.text_weight, "understand_input": pipe.transformer.config.understand_input,
+           "text_weight": args.text_weight, "understand_ratio": _arm_steps(args)[1],
+           "understand_input": pipe.transformer.config.understand_input,
            "understand_encoder": pipe.transformer.config.understand_encoder}
     for key in (*FIELDS, "all_correct"):
         values = [s[key] for s in scores if s[key] is not None]
@@ -430,13 +442,15 @@ def table(rows: list[dict]) -> str:
                                                            "held-out bit loss")) + " |")
         lines.append("|---|---|" + "---|" * 6)
         def arm(r):  # rows from before a field was recorded: the shipped config's value
-            return (r["variant"], r.get("text_weight"), r.get("understand_input", "latent"),
+            share = r.get("understand_ratio", 0.5 if r["variant"] == "unified" else 0.0)
+            return (r["variant"], r.get("text_weight"), share, r.get("understand_input", "latent"),
                     r.get("understand_encoder", "linear"))
 
         for a in sorted({arm(r) for r in adh}, key=lambda a: (a[0], a[1] or -1.0, *a[2:])):
-            variant, weight, reads, stem = a
+            variant, weight, share, reads, stem = a
             rs = [r for r in adh if arm(r) == a]
             name = variant if weight is None else f"{variant}, text weight {weight:g}"
+            name += "" if share in (0.0, 0.5) else f", {share:g} understanding rows"
             name += ("" if reads == "latent" else f", reads {reads}") + ("" if stem == "linear" else f", {stem} stem")
             lines.append(f"| {name} | {len(rs)} | " +
                          " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
@@ -455,7 +469,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="clips per step (train) or per sampling batch")
     p.add_argument("--variant", choices=("unified", "genonly"), default="unified")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300, help="unified steps (genonly runs half)")
+    p.add_argument("--steps", type=int, default=300, help="unified steps at understand ratio 0.5 (genonly runs "
+                   "half; another --understand-ratio runs as many as keep the generation rows equal)")
+    p.add_argument("--understand-ratio", type=float, default=0.5,
+                   help="train / adherence: the unified arm's share of understanding rows (run folder -u<ratio>)")
     p.add_argument("--config", default="configs/generator/unified_latent.yaml", help="train: the generator config")
     p.add_argument("--cache", default="runs/unified/latents", help="latent cache of scripts/build_unified_model.sh")
     p.add_argument("--runs", default="runs/unified_bench")
