@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the unified model shipped in mmgen/assets/unified (CPU: 35-46 min of one core for 3200 steps).
+# Reproduce the unified model shipped in mmgen/assets/unified (CPU: 50-70 min of one core for 4800 steps).
 #
 #   scripts/build_unified_model.sh          # everything; stops and resumes safely (run it again)
 #
@@ -8,8 +8,8 @@
 #     (default: the shipped unified model's own, mmgen/assets/unified/tokenizer, which is the first
 #     default model's; no tokenizer training), copied to $RUN/tokenizer first so that exporting
 #     over $OUT never reads a folder it is replacing; fit refuses a cache of another tokenizer;
-# (2) `mmgen ar fit-unified --config configs/generator/unified_latent.yaml`: half the rows generate
-#     video from the caption, half caption the clip or answer a question about it, reading the
+# (2) `mmgen ar fit-unified --config configs/generator/unified_latent.yaml`: one row in three generates
+#     video from the caption, two caption the clip or answer a question about it, reading the
 #     clip's continuous latent (understand_input: latent), text loss weighed 0.1 against the visual
 #     loss (text_weight); an interrupted run resumes from its last
 #     checkpoint;
