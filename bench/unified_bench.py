@@ -335,9 +335,10 @@ def yaml_generator() -> dict:
 
 
 def _run_dir(args) -> Path:
-    """runs/<variant>[-tw<text weight>][-conv]-s<seed>: one folder per trained arm."""
+    """runs/<variant>[-tw<text weight>][-u<understand ratio>][-conv]-s<seed>: one folder per trained arm."""
     weight = "" if args.text_weight is None else f"-tw{args.text_weight:g}"
-    share = "" if args.variant == "genonly" or args.understand_ratio == 0.5 else f"-u{args.understand_ratio:g}"
+    ratio = _arm_steps(args)[1]
+    share = "" if ratio in (0.0, 0.5) else f"-u{ratio:g}"
     stem = "" if args.understand_encoder == "linear" else f"-{args.understand_encoder}"
     return Path(args.runs) / f"{args.variant}{weight}{share}{stem}-s{args.seed}"
 
