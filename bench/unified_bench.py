@@ -29,7 +29,8 @@ run one at a time (``/work/wt/heavy ...`` on a shared CPU); ``table`` prints the
   corruption, early-scale weighting) is the same. ``--understand-encoder conv`` trains the arm with the
   latent stem (runs/<variant>-tw<w>-conv-s<seed>; pass it to ``adherence`` too). ``--understand-ratio R``
   gives the unified arm that share of understanding rows and steps / 2 / (1 - R) steps, so its
-  generation rows stay those of genonly (runs/unified-tw<w>-u<R>-s<seed>; pass it to ``adherence`` too).
+  generation rows stay those of genonly (runs/unified-tw<w>-u<R>-s<seed>; pass it to ``adherence`` too:
+  it names the run folder, while the row records the ratio the model's training.json holds, if any).
 * visible: held-out one-object clips decoded from scales 0..n only, scored by mmgen.metrics.shapes
   (the generation inputs never carry a frame's finest scale).
 * reading: caption-only training (``--steps`` x ``--batch`` rows of the latent cache, the shipped
@@ -395,8 +396,10 @@ def adherence_part(args) -> list[dict]:
         videos = pipe(prompt=chunk, num_frames=CLIP["num_frames"], seed=0, progress=False).frames
         for p, frames in zip(chunk, to_uint8_videos(videos)):
             scores.append(score_video(torch.from_numpy(frames), expected_from_caption(p)))
+    recorded = _trained_ratio(model)
     row = {"part": "adherence", "variant": args.variant, "seed": args.seed, "model": model, "prompts": len(prompts),
-           "text_weight": args.text_weight, "understand_ratio": _arm_steps(args)[1],
+           "text_weight": args.text_weight,
+           "understand_ratio": _arm_steps(args)[1] if recorded is None else recorded,
            "understand_input": pipe.transformer.config.understand_input,
            "understand_encoder": pipe.transformer.config.understand_encoder}
     for key in (*FIELDS, "all_correct"):
@@ -404,6 +407,16 @@ def adherence_part(args) -> list[dict]:
         row[key] = sum(values) / len(values)
     row["bit_loss"] = _held_out_bit_loss(pipe, [s for n in (1, 2) for s in clips[n]], prompts)
     return [row]
+
+
+def _trained_ratio(model_dir: str) -> float | None:
+    """The share of understanding rows the model was trained on, from the training.json that `mmgen ar
+    export` writes (None for a folder without one, e.g. the shipped model: the command line's then)."""
+    try:
+        config = json.loads((Path(model_dir) / "training.json").read_text())["config"]
+        return float(config["data"]["train"]["init_args"]["understand_ratio"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _held_out_bit_loss(pipe, samples, prompts) -> float:

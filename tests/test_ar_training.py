@@ -117,6 +117,15 @@ def test_cli_fit_resume_export(tmp_path):
     assert resumed["global_step"] == 5
     assert main(["export", str(last), str(tmp_path / "export")]) == 0
     assert (tmp_path / "export" / "model_index.json").is_file()  # a pipeline folder `mmgen sample` loads
+    # training.json: which checkpoint, which step, and the settings of the run that wrote it
+    record = json.loads((tmp_path / "export" / "training.json").read_text())
+    assert (record["global_step"], record["weights"]) == (3, "ema")
+    assert record["config"]["trainer"]["max_steps"] == 3 and record["config"]["data"]["batch_size"] == 4
+    loose = tmp_path / "loose.ckpt"  # a checkpoint outside its run folder: no config to vouch for
+    loose.write_bytes(last.read_bytes())
+    assert main(["export", str(loose), str(tmp_path / "export2"), "--no-ema"]) == 0
+    record = json.loads((tmp_path / "export2" / "training.json").read_text())
+    assert "config" not in record and (record["global_step"], record["weights"]) == (3, "raw")
     gen = VideoAR.from_pretrained(tmp_path / "export" / "transformer")
     assert gen.config.width == 64
     assert json.loads((tmp_path / "export" / "tokenizer" / "config.json").read_text())["sample_size"] == 32

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import yaml
 
 from mmgen.cli_utils import UserError
 
@@ -56,7 +57,8 @@ def _fit(argv: list[str], module=None) -> int:
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, ema: bool = True, sampling: dict | None = None,
                       fps: int = 8, overwrite: bool = False) -> Path:
     """Write the pipeline folder ``out_dir`` that ``mmgen sample --model`` loads: model_index.json,
-    transformer/ (the generator; EMA weights when present and ``ema``) and tokenizer/.
+    transformer/ (the generator; EMA weights when present and ``ema``), tokenizer/ and training.json
+    (the checkpoint, its step, the weights exported and the run's config when it is beside the checkpoint).
 
     ``out_dir`` must be new or empty, or, with ``overwrite``, a model folder mmgen wrote
     (checked before the checkpoint is read); ``sampling``: default sampling settings."""
@@ -78,7 +80,23 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, ema: bool = True, s
     generator.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
     tokenizer = VideoTokenizer.from_config(state["tokenizer_config"])
     tokenizer.load_state_dict({k[len("tokenizer."):]: v for k, v in weights.items() if k.startswith("tokenizer.")})
-    return save_pipeline(tokenizer, generator, out_dir, sampling, fps, overwrite, inputs=[ckpt])
+    record = {"checkpoint": str(ckpt), "global_step": state.get("global_step"),
+              "weights": "ema" if use_ema else "raw", **_run_config(Path(ckpt))}
+    return save_pipeline(tokenizer, generator, out_dir, sampling, fps, overwrite, inputs=[ckpt],
+                         records={"training.json": record})
+
+
+def _run_config(ckpt: Path) -> dict:
+    """The training run's settings (data mix, steps, lr) for the model folder's training.json: the
+    config.yaml LightningCLI wrote into the run folder that holds ``checkpoints/``, when there is one."""
+    path = ckpt.parent.parent / "config.yaml"
+    if ckpt.parent.name != "checkpoints" or not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}  # provenance only: an unreadable run config does not block the export
+    return {"config_file": str(path), "config": config} if isinstance(config, dict) else {}
 
 
 def _import(path: str):
@@ -120,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rl", help="GRPO with MovingShapes rewards (+ CD-RLHF curiosity)", add_help=False)
     ex = sub.add_parser("export", help="checkpoint -> pipeline folder for `mmgen sample --model OUT_DIR`")
     ex.add_argument("ckpt", help="Lightning checkpoint written by `mmgen ar fit` (RUN/.../checkpoints/last.ckpt)")
-    ex.add_argument("out_dir", help="new or empty folder: model_index.json, transformer/, tokenizer/")
+    ex.add_argument("out_dir", help="new or empty folder: model_index.json, transformer/, tokenizer/, training.json")
     ex.add_argument("--no-ema", action="store_true", help="export the raw weights even if EMA weights exist")
     ex.add_argument("--sampling", help="default sampling settings YAML (e.g. configs/sample/default.yaml)")
     ex.add_argument("--fps", type=int, default=8, help="frame rate of the videos `mmgen sample` writes")

@@ -12,6 +12,7 @@ folder of ours and ``--overwrite`` is given.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -38,14 +39,23 @@ def read_sampling(path: str | os.PathLike | None) -> dict | None:
 
 
 def save_pipeline(tokenizer, transformer, out: str | Path, sampling: dict | None = None, fps: int = 8,
-                  overwrite: bool = False, inputs=()) -> Path:
-    """Write the VideoARPipeline of ``tokenizer`` + ``transformer`` to ``out`` atomically
-    (model_index.json, tokenizer/, transformer/); see :func:`mmgen.io.atomic_dir` for ``overwrite``."""
+                  overwrite: bool = False, inputs=(), records: dict[str, dict] | None = None) -> Path:
+    """Write the VideoARPipeline of ``tokenizer`` + ``transformer`` to ``out`` (:func:`write_pipeline`)."""
     from mmgen.pipelines.videoar import VideoARPipeline
 
     pipe = VideoARPipeline(tokenizer=tokenizer.eval(), transformer=transformer.eval(), fps=fps, sampling=sampling)
+    return write_pipeline(pipe, out, records, overwrite, inputs)
+
+
+def write_pipeline(pipe, out: str | Path, records: dict[str, dict] | None = None, overwrite: bool = False,
+                   inputs=()) -> Path:
+    """Write ``pipe`` (model_index.json, tokenizer/, transformer/) and the run's ``records`` ({file name:
+    JSON-able dict}, e.g. training.json) as one atomic folder; see :func:`mmgen.io.atomic_dir` for
+    ``overwrite``."""
     with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         pipe.save_pretrained(tmp)
+        for name, record in (records or {}).items():
+            (tmp / name).write_text(json.dumps(record, indent=1, default=str))  # e.g. a YAML date
     return Path(out)
 
 

@@ -129,8 +129,10 @@ def _dataset(args, frame_size: int):
 def _finetune(args) -> int:
     import torch
 
+    from mmgen.pipelines.assemble import write_pipeline
+
     from .beamlora import BeamLoRAConfig
-    from .finetune import FinetuneConfig, Finetuner, encode_clips, save_pipeline
+    from .finetune import FinetuneConfig, Finetuner, encode_clips
     from .lora import DEFAULT_TARGETS
 
     from .lora import matching_linears
@@ -159,14 +161,15 @@ def _finetune(args) -> int:
     tuner.finish(args.adapter_out)
     meta = {"base_model": str(args.model), "method": cfg.method, "steps": cfg.steps, "seed": cfg.seed,
             "clips": len(captions), "captions": sorted(set(captions)), **history}
-    save_pipeline(pipe, out, {"finetune.json": meta}, overwrite=args.overwrite, inputs=[args.model])
+    write_pipeline(pipe, out, {"finetune.json": meta}, overwrite=args.overwrite, inputs=[args.model])
     print(f"wrote {out} (trainable parameters: {history['trainable_parameters']}; "
           f"final loss {history['loss'][-1]:.4f})" + (f"; adapter {args.adapter_out}" if args.adapter_out else ""))
     return 0
 
 
 def _rl(args) -> int:
-    from .finetune import save_pipeline
+    from mmgen.pipelines.assemble import write_pipeline
+
     from .rl import GRPOTrainer, RLConfig
 
     out = _check_out(args)
@@ -183,7 +186,7 @@ def _rl(args) -> int:
     history = trainer.run()
     record = {"base_model": str(args.model), "reference": str(args.ref or args.model), "prompts": prompts,
               "config": vars(cfg), "history": history}
-    save_pipeline(pipe, out, {"rl.json": record}, overwrite=args.overwrite, inputs=[args.model])
+    write_pipeline(pipe, out, {"rl.json": record}, overwrite=args.overwrite, inputs=[args.model])
     print(f"wrote {out} (mean reward first/last step {history[0]['reward']:.3f} / {history[-1]['reward']:.3f})")
     return 0
 

@@ -8,10 +8,9 @@ architecture (adapters merged, APEX operators fused), saved as a pipeline folder
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import torch
 
 from mmgen.ar.corruption import CorruptionConfig, corrupted_history
 from mmgen.ar.training import ar_loss
-from mmgen.io import atomic_dir
 
 from .apex import APEX, APEXConfig
 from .beamlora import BeamLoRA, BeamLoRAConfig
@@ -174,15 +172,3 @@ class Finetuner:
             if adapter_dir is not None:
                 save_peft_adapter(self.model, adapter_dir)
             remove_lora(self.model)
-
-
-def save_pipeline(pipe, out: str | Path, records: dict[str, dict] | None = None, overwrite: bool = False,
-                  inputs: Sequence[str | Path] = ()) -> Path:
-    """Write the pipeline (its tokenizer, the trained transformer, its sampling defaults) and the
-    run's ``records`` ({file name: JSON-able dict}) as one atomic folder (``atomic_dir`` rules:
-    a model folder at ``out`` is replaced only with ``overwrite``)."""
-    with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
-        pipe.save_pretrained(tmp)
-        for name, record in (records or {}).items():
-            (tmp / name).write_text(json.dumps(record, indent=1))
-    return Path(out)
