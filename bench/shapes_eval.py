@@ -1,13 +1,14 @@
 """Prompt adherence of a text model on the MovingShapes benchmark sets, over seeds.
 
-    python bench/shapes_eval.py --model mmgen/assets/default --out runs/shapes_eval [--seeds 0 100]
+    python bench/shapes_eval.py --model mmgen/assets/default --out runs/shapes_eval [--seeds 0 100] [--json F]
 
 Sets: ``legacy32`` (configs/sample/default_prompts.txt: the 32 captions of the first default
 model), ``readme`` (configs/sample/readme_prompts.txt: every example prompt of the README) and
 the sets of :func:`mmgen.data.captions.benchmark_prompts` (training captions, two objects,
 held-out colour/shape pairs, held-out templates). Every video is written with its sidecar to
 ``OUT/<set>/s<seed>/``, so ``mmgen eval shapes --videos OUT/<set>/s<seed>`` reproduces each
-number; the pipeline is loaded once. Prints mean and spread over seeds per set and metric.
+number; the pipeline is loaded once. Prints mean and spread over seeds per set and metric
+(``--json``: also the per-set, per-seed rows); a set already scored in ``OUT`` is read, not resampled.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def main() -> int:
     p.add_argument("--sets", nargs="+", help="subset of the prompt sets (default: all)")
     p.add_argument("--per-set", type=int, default=16, help="prompts per generated set")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", help="also write the per-set, per-seed rows here")
     args = p.parse_args()
 
     import torch
@@ -81,6 +83,7 @@ def main() -> int:
     sets = prompt_sets(args.per_set)
     names = args.sets or list(sets)
     results: dict[str, list[dict]] = {}
+    rows = []
     for name in names:
         for seed in args.seeds:
             folder = Path(args.out) / name / f"s{seed}"
@@ -98,6 +101,8 @@ def main() -> int:
                     entry["mean"] *= kept / len(sets[name])
             summary["refused"] = {"mean": refused, "n": len(sets[name])}
             results.setdefault(name, []).append(summary)
+            rows.append({"set": name, "seed": seed, "prompts": len(sets[name]),
+                         **{m: summary[m]["mean"] for m in METRICS if m in summary}})
     print(f"model {args.model}; seeds {args.seeds}; mean (spread = max - min over seeds)")
     print(f"| set | n | {' | '.join(METRICS)} |")
     print("|---|---|" + "---|" * len(METRICS))
@@ -107,6 +112,11 @@ def main() -> int:
             vals = [r[m]["mean"] for r in runs if r.get(m, {}).get("mean") is not None]
             cells.append(f"{np.mean(vals):.2f} ({np.ptp(vals):.2f})" if vals else "-")
         print(f"| {name} | {len(sets[name])} | {' | '.join(cells)} |")
+    if args.json:
+        from benchutil import write_json
+
+        write_json(args.json, {"model": args.model, "seeds": args.seeds, "per_set": args.per_set,
+                               "settings": pipe.resolve_settings(), "rows": rows})
     return 0
 
 
