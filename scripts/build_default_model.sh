@@ -14,15 +14,16 @@
 # (2) latent cache of the full MovingShapes grammar with paraphrased captions, held-out (colour,
 # shape) pairs and templates excluded (mmgen.data.captions); (3) curriculum: stage I on the first
 # 2 latent frames (configs/generator/moving_shapes_default_stage1.yaml), stage II on whole clips
-# starting from stage I (..._stage2.yaml); a finished stage has $RUN/stageN/export and is skipped,
+# starting from stage I (..._stage2.yaml), stage III whole clips again from stage II at half its
+# learning rate (..._stage3.yaml); a finished stage has $RUN/stageN/export and is skipped,
 # an interrupted one resumes from its last checkpoint; wall times go to $RUN/stage_times.txt;
 # (4) pipeline folder with the default sampling settings (configs/sample/default.yaml) -> $OUT;
-# (5) the MovingShapes benchmark of the README (bench/shapes_eval.py, 2 seeds) -> $RUN/eval.
-# Stage lengths: STEPS1 / STEPS2 override the configs' max_steps (the cosine schedule follows).
+# (5) the MovingShapes benchmark of the README (bench/shapes_eval.py, 2 seeds, 64 prompts per set) -> $RUN/eval.
+# Stage lengths: STEPS1 / STEPS2 / STEPS3 override the configs' max_steps (the cosine schedule follows).
 # A stage is done only when its checkpoint reached its max_steps: a run stopped early (killed,
 # or MAX_TIME, a Lightning duration such as 00:00:45:00 per invocation of a stage; default no
 # cap) exits with a message and the next invocation resumes it. The first invocation records
-# TOKENIZER, TOKENIZER_STEPS, TOKENIZER_BASE, NUM_SAMPLES, STEPS1 and STEPS2 in $RUN/build.env and later ones reuse them (an
+# TOKENIZER, TOKENIZER_STEPS, TOKENIZER_BASE, NUM_SAMPLES, STEPS1, STEPS2 and STEPS3 in $RUN/build.env and later ones reuse them (an
 # explicit different value is refused: it would change the cache or the schedule mid-run), so
 # `RUN=R OUT=O bash scripts/build_default_model.sh` resumes a build.
 set -euo pipefail
@@ -47,13 +48,14 @@ TOKENIZER_BASE=${TOKENIZER_BASE:-mmgen/assets/default/tokenizer}
 NUM_SAMPLES=${NUM_SAMPLES:-8192}
 STEPS1=${STEPS1:-}
 STEPS2=${STEPS2:-}
+STEPS3=${STEPS3:-}
 MAX_TIME=${MAX_TIME:-null}
 OUT=${OUT:-mmgen/assets/default}
 EVAL=${EVAL:-1}
 
 if [ ! -f "$RUN/build.env" ]; then
-  printf 'TOKENIZER=%s\nTOKENIZER_STEPS=%s\nTOKENIZER_BASE=%s\nNUM_SAMPLES=%s\nSTEPS1=%s\nSTEPS2=%s\n' \
-      "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$TOKENIZER_STEPS" "$TOKENIZER_BASE" "$NUM_SAMPLES" "$STEPS1" "$STEPS2" \
+  printf 'TOKENIZER=%s\nTOKENIZER_STEPS=%s\nTOKENIZER_BASE=%s\nNUM_SAMPLES=%s\nSTEPS1=%s\nSTEPS2=%s\nSTEPS3=%s\n' \
+      "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$TOKENIZER_STEPS" "$TOKENIZER_BASE" "$NUM_SAMPLES" "$STEPS1" "$STEPS2" "$STEPS3" \
       > "$RUN/build.env.tmp"
   mv "$RUN/build.env.tmp" "$RUN/build.env"
 fi
@@ -130,12 +132,13 @@ run_stage() {  # run_stage N STEPS [extra fit arguments...]
 }
 run_stage 1 "$STEPS1"
 run_stage 2 "$STEPS2" --model.init_from "$RUN/stage1/export/transformer"
+run_stage 3 "$STEPS3" --model.init_from "$RUN/stage2/export/transformer"
 
 echo "== (4) pipeline folder -> $OUT"
-python -m mmgen.pipelines.assemble --tokenizer "$TOKENIZER" --generator "$RUN/stage2/export/transformer" \
+python -m mmgen.pipelines.assemble --tokenizer "$TOKENIZER" --generator "$RUN/stage3/export/transformer" \
     --sampling configs/sample/default.yaml --out "$OUT" --overwrite
 
 if [ "$EVAL" = 1 ]; then
   echo "== (5) MovingShapes benchmark -> $RUN/eval"
-  python bench/shapes_eval.py --model "$OUT" --out "$RUN/eval"
+  python bench/shapes_eval.py --model "$OUT" --out "$RUN/eval" --per-set 64
 fi
