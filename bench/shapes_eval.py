@@ -83,7 +83,6 @@ def main() -> int:
     sets = prompt_sets(args.per_set)
     names = args.sets or list(sets)
     results: dict[str, list[dict]] = {}
-    rows = []
     for name in names:
         for seed in args.seeds:
             folder = Path(args.out) / name / f"s{seed}"
@@ -101,8 +100,6 @@ def main() -> int:
                     entry["mean"] *= kept / len(sets[name])
             summary["refused"] = {"mean": refused, "n": len(sets[name])}
             results.setdefault(name, []).append(summary)
-            rows.append({"set": name, "seed": seed, "prompts": len(sets[name]),
-                         **{m: summary[m]["mean"] for m in METRICS if m in summary}})
     print(f"model {args.model}; seeds {args.seeds}; mean (spread = max - min over seeds)")
     print(f"| set | n | {' | '.join(METRICS)} |")
     print("|---|---|" + "---|" * len(METRICS))
@@ -115,6 +112,9 @@ def main() -> int:
     if args.json:
         from benchutil import write_json
 
+        rows = [{"set": name, "seed": seed, "prompts": len(sets[name]),
+                 **{m: summary[m]["mean"] for m in METRICS if m in summary}}
+                for name, runs in results.items() for seed, summary in zip(args.seeds, runs)]
         write_json(args.json, {"model": args.model, "seeds": args.seeds, "per_set": args.per_set,
                                "settings": pipe.resolve_settings(), "rows": rows})
     return 0
