@@ -14,8 +14,8 @@
 # (2) latent cache of the full MovingShapes grammar with paraphrased captions, held-out (colour,
 # shape) pairs and templates excluded (mmgen.data.captions); (3) curriculum: stage I on the first
 # 2 latent frames (configs/generator/moving_shapes_default_stage1.yaml), stage II on whole clips
-# starting from stage I (..._stage2.yaml), stage III whole clips again from stage II at half its
-# learning rate (..._stage3.yaml); a finished stage has $RUN/stageN/export and is skipped,
+# starting from stage I (..._stage2.yaml, laid over stage I's), stage III whole clips again from
+# stage II at half its learning rate (..._stage3.yaml, laid over both); a finished stage has $RUN/stageN/export and is skipped,
 # an interrupted one resumes from its last checkpoint; wall times go to $RUN/stage_times.txt;
 # (4) pipeline folder with the default sampling settings (configs/sample/default.yaml) -> $OUT;
 # (5) the MovingShapes benchmark of the README (bench/shapes_eval.py, 2 seeds, 64 prompts per set) -> $RUN/eval.
@@ -102,12 +102,29 @@ if [ ! -f "$RUN/latents/meta.json" ]; then
   stamp cache-end
 fi
 
-run_stage() {  # run_stage N STEPS [extra fit arguments...]
-  local n=$1 dir=$RUN/stage$1 config=configs/generator/moving_shapes_default_stage$1.yaml steps=$2; shift 2
+# The value of a dotted key (list items by index) in the last of the configs that sets it, as the
+# fit reads them (later files win).
+config_value() {  # config_value KEY CONFIG...
+  python - "$@" <<'PY'
+import sys, yaml
+value = None
+for path in sys.argv[2:]:
+    node = yaml.safe_load(open(path))
+    for key in sys.argv[1].split("."):
+        node = node[int(key)] if isinstance(node, list) and key.isdigit() else (node or {}).get(key)
+    value = value if node is None else node
+print(value)
+PY
+}
+
+run_stage() {  # run_stage N STEPS [extra fit arguments...]: stage N's config lays over stages 1..N-1's
+  local n=$1 dir=$RUN/stage$1 steps=$2; shift 2
+  local configs=() k
+  for k in $(seq 1 "$n"); do configs+=("configs/generator/moving_shapes_default_stage$k.yaml"); done
   if [ -f "$dir/export/transformer/config.json" ]; then echo "== (3) stage $n: done ($dir/export)"; return; fi
-  [ -n "$steps" ] || steps=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['trainer']['max_steps'])" "$config")
+  [ -n "$steps" ] || steps=$(config_value trainer.max_steps "${configs[@]}")
   # The last step must land on a checkpoint, or the stage would never count as done.
-  local every; every=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['trainer']['callbacks'][0]['init_args']['every_n_train_steps'])" "$config")
+  local every; every=$(config_value trainer.callbacks.0.init_args.every_n_train_steps "${configs[@]}")
   if [ $((steps % every)) -ne 0 ]; then
     echo "build_default_model.sh: error: stage $n steps $steps must be a multiple of the checkpoint interval $every" >&2
     exit 2
@@ -115,7 +132,7 @@ run_stage() {  # run_stage N STEPS [extra fit arguments...]
   local resume=()
   [ -f "$dir/checkpoints/last.ckpt" ] && resume=(--ckpt_path "$dir/checkpoints/last.ckpt")
   echo "== (3) stage $n to step $steps ${resume[*]:+(resuming)}"; stamp "stage$n-start"
-  mmgen ar fit --config "$config" \
+  mmgen ar fit "${configs[@]/#/--config=}" \
       --model.tokenizer "$TOKENIZER" --data.train.init_args.path "$RUN/latents" \
       --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" \
       --trainer.callbacks.init_args.dirpath "$dir/checkpoints" \
