@@ -236,6 +236,29 @@ def test_training_configs_parse(name, capsys):
     assert printed["model"]["preset"] in ("tiny", "videoar-l", "videoar-xl")
 
 
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_default_build_stage_configs_lay_over_the_earlier_ones(stage, capsys):
+    """Stage N of the default build reads stages 1..N's configs (scripts/build_default_model.sh): the
+    stack parses, the model is the same generator at every stage, each stage starts from the one
+    before and writes checkpoints only into its own folder."""
+    from pathlib import Path
+
+    configs = Path(__file__).parents[1] / "configs" / "generator"
+    stack = [a for k in range(1, stage + 1) for a in ("--config", str(configs / f"moving_shapes_default_stage{k}.yaml"))]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *stack, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    folder = f"runs/default_model/stage{stage}"
+    assert printed["trainer"]["default_root_dir"] == folder
+    assert [c["init_args"]["dirpath"] for c in printed["trainer"]["callbacks"]] == [f"{folder}/checkpoints"]
+    assert printed["trainer"]["logger"]["init_args"]["save_dir"] == folder
+    assert printed["model"]["generator"]["width"] == 128 and printed["model"]["generator"]["frame_window"] == 2
+    expected_start = None if stage == 1 else f"runs/default_model/stage{stage - 1}/export/transformer"
+    assert printed["model"]["init_from"] == expected_start
+    assert printed["data"]["train"]["init_args"]["latent_frames"] == (2 if stage == 1 else None)
+
+
 def test_run_checkpoint_keeps_the_final_step(tmp_path):
     import lightning.pytorch as pl
 
