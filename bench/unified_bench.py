@@ -114,11 +114,17 @@ def caption_part(args) -> list[dict]:
         texts = []
         for i in range(0, len(samples), args.batch):
             texts += describe(pipe, [s.frames for s in samples[i:i + args.batch]])
+        truths = [t for s in samples for t in s.objects]
         per_object = [r for s, text in zip(samples, texts) for r in score_caption(text, s.objects)]
         row = {"part": "caption", "model": args.model, "objects": count, "clips": len(samples),
                "seconds": round(time.perf_counter() - t0, 1), "examples": texts[:3]}
         row.update({f: sum(r[f] for r in per_object) / len(per_object) for f in FIELDS})
         row["all_fields"] = sum(all(r.values()) for r in per_object) / len(per_object)
+        # where the shape misses are: a small object spans ~11 px of the 64 px frame
+        for size in ("small", "large"):
+            hits = [r["shape"] for t, r in zip(truths, per_object) if t["size"] == size]
+            row[f"shape_{size}"] = sum(hits) / len(hits) if hits else None
+            row[f"objects_{size}"] = len(hits)
         rows.append(row)
     # questions about the one-object clips: one question kind at a time (a batch shares the question)
     singles = clips[1]
@@ -439,14 +445,23 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
+def _diff(a: list[float], b: list[float]) -> str:
+    """mean(a) - mean(b) ± the standard error of that difference (seed spreads of both arms)."""
+    var = sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1)
+    return f"{statistics.mean(a) - statistics.mean(b):+.3f} ± {var ** 0.5:.3f}"
+
+
 def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         if r["part"] in ("visible", "reading", "probe", "balance"):
             lines.append(json.dumps(r))
         elif r["part"] == "caption":
+            by_size = ", ".join(f"shape of {k} objects {r[f'shape_{k}']:.3f} ({r[f'objects_{k}']})"
+                                for k in ("small", "large") if r.get(f"shape_{k}") is not None)
             lines.append(f"caption {r['objects']}-object ({r['clips']} clips, {r['model']}): " +
-                         ", ".join(f"{f} {r[f]:.3f}" for f in (*FIELDS, "all_fields")))
+                         ", ".join(f"{f} {r[f]:.3f}" for f in (*FIELDS, "all_fields")) +
+                         (f"; {by_size}" if by_size else ""))
         elif r["part"] == "questions":
             lines.append(f"questions 1-object ({r['clips']} clips): " +
                          ", ".join(f"{k} {r[k]:.3f}" for k in ("count", "color", "shape", "size", "motion")))
@@ -458,17 +473,29 @@ def table(rows: list[dict]) -> str:
         def arm(r):  # rows from before a field was recorded: the shipped config's value
             share = r.get("understand_ratio", 0.5 if r["variant"] == "unified" else 0.0)
             return (r["variant"], r.get("text_weight"), share, r.get("understand_input", "latent"),
-                    r.get("understand_encoder", "linear"))
+                    r.get("understand_encoder", "linear"), r["prompts"])
 
-        for a in sorted({arm(r) for r in adh}, key=lambda a: (a[0], a[1] or -1.0, *a[2:])):
-            variant, weight, share, reads, stem = a
+        arms = sorted({arm(r) for r in adh}, key=lambda a: (a[5], a[0], a[1] or -1.0, *a[2:5]))
+        for a in arms:
+            variant, weight, share, reads, stem, prompts = a
             rs = [r for r in adh if arm(r) == a]
             name = variant if weight is None else f"{variant}, text weight {weight:g}"
             name += "" if share in (0.0, 0.5) else f", {share:g} understanding rows"
             name += ("" if reads == "latent" else f", reads {reads}") + ("" if stem == "linear" else f", {stem} stem")
-            lines.append(f"| {name} | {len(rs)} | " +
+            lines.append(f"| {name}, {prompts} prompts | {len(rs)} | " +
                          " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
                          + " |")
+        # the issue's question: unified minus generation-only on the same prompts (a genonly arm has no
+        # text rows, so its text weight does not matter); ± = standard error of the difference of means
+        for a in arms:
+            base = [r for r in adh if r["variant"] == "genonly" and r["prompts"] == a[5]]
+            rs = [r for r in adh if arm(r) == a]
+            if a[0] == "genonly" or not base:
+                continue
+            lines.append(f"difference to genonly ({a[5]} prompts, {len(rs)} vs {len(base)} seeds), {a[0]} text weight "
+                         f"{a[1]}, {a[2]:g} understanding rows: " +
+                         ", ".join(f"{k} {_diff([r[k] for r in rs], [r[k] for r in base])}"
+                                   for k in (*FIELDS, "all_correct")))
     return "\n".join(lines)
 
 
