@@ -155,6 +155,45 @@ def test_bounce_reflects_inside_the_frame():
     assert reflected > 0  # 40 frames is long enough to hit a wall
 
 
+def test_wrap_edges_keep_axis_motions_going_across_the_frame():
+    """edges="wrap": a left/right/up/down object moves at the same speed every frame on a torus and is
+    drawn whole while split across an edge (not clipped); the other motions stay inside as before."""
+    from mmgen.data.moving_shapes import SIZE_FRACTION
+
+    ds = MovingShapes(200, size=64, num_frames=33, seed=6, max_objects=1, edges="wrap")
+    step = 0.5 * 64 / 32  # TRAVEL of the side over the clip
+    split_seen = 0
+    for i in range(len(ds)):
+        s = ds.sample(i)
+        obj = s.objects[0]
+        track = np.array(obj["centroid"])
+        if obj["motion"] in ("static", "bounce"):
+            assert np.array(obj["bbox"]).min() >= 0 and np.array(obj["bbox"]).max() <= 63
+            continue
+        axis = 0 if obj["motion"] in ("left", "right") else 1
+        sign = 1 if obj["motion"] in ("right", "down") else -1
+        forward = np.mod(sign * np.diff(track[:, axis]) + 32, 64) - 32  # the shorter way round
+        assert forward == pytest.approx(np.full(32, step), abs=0.6)  # rasterised centroids: within a pixel
+        assert np.ptp(track[:, 1 - axis]) < 1
+        masks = (s.frames.numpy() == COLORS[obj["color"]]).all(-1)
+        areas = masks.reshape(33, -1).sum(1)
+        edge = masks[:, :, 0].any(1) & masks[:, :, -1].any(1) if axis == 0 else masks[:, 0].any(1) & masks[:, -1].any(1)
+        split_seen += edge.sum()
+        full = (2 * SIZE_FRACTION[obj["size"]] * 32) ** 2
+        assert areas.min() > 0.3 * full and areas.max() / areas.min() < 1.25  # whole in every frame
+    assert split_seen > 0
+
+
+def test_boxes_overlap_on_a_torus():
+    from mmgen.data.moving_shapes import _boxes_overlap
+
+    a = np.array([[58.0, 10.0, 66.0, 18.0]])  # crosses the right edge of a 64-pixel frame
+    b = np.array([[0.0, 12.0, 6.0, 20.0]])   # touches the left edge, where a's overhang lands
+    assert not _boxes_overlap(a, b)
+    assert _boxes_overlap(a, b, period=64)
+    assert not _boxes_overlap(a, b + np.array([20.0, 0.0, 20.0, 0.0]), period=64)
+
+
 def test_textured_background_is_dark_and_grey():
     s = MovingShapes(1, background="textured", seed=4).sample(0)
     frames = s.frames.numpy().astype(int)

@@ -14,10 +14,15 @@ Conventions (the metrics area relies on them):
 * Sizes: ``small`` spans about 1/6 of the frame side, ``large`` about 1/3.
 * Motions ``left/right/up/down`` travel ``TRAVEL`` (half the frame side) over the clip;
   ``bounce`` moves diagonally at the same per-axis speed and reflects off the walls;
-  ``static`` stays put. Objects always stay fully inside the frame.
+  ``static`` stays put. With ``edges="inside"`` (the default) objects always stay fully inside
+  the frame: an axis motion starts where its whole travel fits. With ``edges="wrap"`` the frame
+  is a torus: an axis motion starts anywhere and an object leaving one side enters at the other
+  (drawn split across the edge meanwhile), so "moving right" means the same at any clip length.
 * Ground truth is in pixel-index coordinates (x = column, y = row, origin top left):
   ``centroid`` is the mean pixel index of the object's full (unoccluded) mask and
-  ``bbox`` is the inclusive ``[x0, y0, x1, y1]`` of that mask, per frame.
+  ``bbox`` is the inclusive ``[x0, y0, x1, y1]`` of that mask, per frame; for an object split
+  across an edge (``"wrap"``) both are taken with the object in one piece (the bbox then reaches
+  past the frame and the centroid is folded back into it).
 * Labels: ``class_names()`` enumerates ``"{color} {shape} {motion}"``; a clip's label is
   the id of its first object.
 """
@@ -47,6 +52,7 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES = ("small", "large")
 MOTIONS = ("left", "right", "up", "down", "static", "bounce")
 BACKGROUNDS = ("plain", "textured", "mixed")
+EDGES = ("inside", "wrap")
 SPLITS = ("all", "train", "heldout")
 
 #: Object extent (side / diameter) as a fraction of the frame side.
@@ -146,6 +152,7 @@ class MovingShapes(Dataset):
             ``"train"`` or ``"heldout"`` templates of :mod:`mmgen.data.captions`. Paraphrases
             and the mixed background draw from their own random streams, so the frames of a
             clip do not depend on them.
+        edges: ``"inside"`` or ``"wrap"`` (left/right/up/down objects on a torus; module docstring).
     """
 
     def __init__(
@@ -160,6 +167,7 @@ class MovingShapes(Dataset):
         split: str = "all",
         fps: int = 8,
         captions: str = "canonical",
+        edges: str = "inside",
     ) -> None:
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
@@ -173,6 +181,8 @@ class MovingShapes(Dataset):
             raise ValueError(f"background={background!r} is not one of {list(BACKGROUNDS)}")
         if captions not in TEMPLATE_SETS:
             raise ValueError(f"captions={captions!r} is not one of {list(TEMPLATE_SETS)}")
+        if edges not in EDGES:
+            raise ValueError(f"edges={edges!r} is not one of {list(EDGES)}")
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is not one of {list(SPLITS)}")
         self.holdout = frozenset(tuple(pair) for pair in (holdout or ()))
@@ -195,6 +205,7 @@ class MovingShapes(Dataset):
         self.split = split
         self.fps = fps
         self.captions = captions
+        self.edges = edges
         # Pixel-index grids shared by every render; shapes broadcast against [T, 1, 1] centres.
         self._xs = np.arange(size, dtype=np.float32)[None, None, :]
         self._ys = np.arange(size, dtype=np.float32)[None, :, None]
@@ -216,9 +227,11 @@ class MovingShapes(Dataset):
         frames = self._background(rng, index)
         objects = []
         for spec, cx, cy in placed:
-            mask = self._mask(spec, cx, cy)
+            dx, dy = self._offsets(cx, cy)
+            mask = _mask(spec.shape, SIZE_FRACTION[spec.size] * self.size / 2, dx, dy)
             frames[mask] = COLORS[spec.color]
-            objects.append({**asdict(spec), **_ground_truth(mask)})
+            truth = _ground_truth(mask) if self.edges == "inside" else _ground_truth_on_torus(mask, cx, cy, dx, dy, self.size)
+            objects.append({**asdict(spec), **truth})
         return ShapesSample(
             frames=torch.from_numpy(frames),
             caption=paraphrase(specs, np.random.default_rng([self.seed, index, 1]), self.captions),
@@ -249,7 +262,8 @@ class MovingShapes(Dataset):
                 h = SIZE_FRACTION[size] * self.size / 2
                 cx, cy = self._track(rng, motion, h)
                 box = np.stack([cx - h, cy - h, cx + h, cy + h], axis=1)
-                if not any(_boxes_overlap(box, other) for other in boxes):
+                period = self.size if self.edges == "wrap" else None
+                if not any(_boxes_overlap(box, other, period) for other in boxes):
                     placed.append((ObjectSpec(shape=shape, color=color, size=size, motion=motion), cx, cy))
                     boxes.append(box)
                     break
@@ -278,6 +292,11 @@ class MovingShapes(Dataset):
             sx, sy = rng.choice([-1.0, 1.0], size=2)
             return _reflect(x0 + sx * step * t, lo, hi), _reflect(y0 + sy * step * t, lo, hi)
         dx, dy = _DIRECTIONS[motion]
+        if self.edges == "wrap":
+            along = rng.uniform(0, self.size)
+            across = rng.uniform(lo, hi)
+            path = np.mod(along + (dx + dy) * step * t, self.size)
+            return (path, np.full_like(t, across)) if dx != 0 else (np.full_like(t, across), path)
         travel = step * t[-1]
         # Along the motion axis, start where the full travel still ends inside the frame.
         start_lo, start_hi = (lo + travel, hi) if (dx < 0 or dy < 0) else (lo, hi - travel)
@@ -304,19 +323,27 @@ class MovingShapes(Dataset):
         texture = np.clip(base + noise, 0, TEXTURE_MAX - 1).astype(np.uint8)
         return np.broadcast_to(texture, (t, s, s, 3)).copy()
 
-    def _mask(self, spec: ObjectSpec, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
-        """Boolean ``[T, H, W]`` mask of one object over the clip."""
-        h = SIZE_FRACTION[spec.size] * self.size / 2
+    def _offsets(self, cx: np.ndarray, cy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel offsets ``[T, 1, W]``, ``[T, H, 1]`` from an object's centre track; on the torus
+        (``edges="wrap"``) the shorter way round, so an object at an edge is also drawn at the other."""
         dx = self._xs - cx[:, None, None]
         dy = self._ys - cy[:, None, None]
-        if spec.shape == "circle":
-            return dx * dx + dy * dy <= h * h
-        if spec.shape == "square":
-            return (np.abs(dx) <= h) & (np.abs(dy) <= h)
-        if spec.shape == "diamond":
-            return np.abs(dx) + np.abs(dy) <= h
-        # Upward triangle: apex at (cx, cy - h), base from (cx - h, cy + h) to (cx + h, cy + h).
-        return (dy >= -h) & (dy <= h) & (2 * np.abs(dx) <= dy + h)
+        if self.edges == "wrap":
+            half = self.size / 2
+            dx, dy = np.mod(dx + half, self.size) - half, np.mod(dy + half, self.size) - half
+        return dx, dy
+
+
+def _mask(shape: str, h: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Boolean ``[T, H, W]`` mask of one object of half-extent ``h`` from pixel offsets to its centre."""
+    if shape == "circle":
+        return dx * dx + dy * dy <= h * h
+    if shape == "square":
+        return (np.abs(dx) <= h) & (np.abs(dy) <= h)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= h
+    # Upward triangle: apex at (cx, cy - h), base from (cx - h, cy + h) to (cx + h, cy + h).
+    return (dy >= -h) & (dy <= h) & (2 * np.abs(dx) <= dy + h)
 
 
 def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -326,11 +353,17 @@ def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return lo + np.where(phase > span, 2 * span - phase, phase)
 
 
-def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two per-frame box tracks ``[T, 4]`` intersect (with a 1 px margin) in any frame."""
-    return bool(
-        np.any((a[:, 0] <= b[:, 2] + 1) & (b[:, 0] <= a[:, 2] + 1) & (a[:, 1] <= b[:, 3] + 1) & (b[:, 1] <= a[:, 3] + 1))
-    )
+def _boxes_overlap(a: np.ndarray, b: np.ndarray, period: float | None = None) -> bool:
+    """Whether two per-frame box tracks ``[T, 4]`` intersect (with a 1 px margin) in any frame;
+    with ``period`` on a torus of that side (``b`` also shifted one period either way)."""
+    shifts = (0.0,) if period is None else (-period, 0.0, period)
+    for sx in shifts:
+        for sy in shifts:
+            c = b + np.array([sx, sy, sx, sy])
+            if np.any((a[:, 0] <= c[:, 2] + 1) & (c[:, 0] <= a[:, 2] + 1)
+                      & (a[:, 1] <= c[:, 3] + 1) & (c[:, 1] <= a[:, 3] + 1)):
+                return True
+    return False
 
 
 def _ground_truth(mask: np.ndarray) -> dict:
@@ -340,4 +373,18 @@ def _ground_truth(mask: np.ndarray) -> dict:
         ys, xs = np.nonzero(frame)
         centroids.append([float(xs.mean()), float(ys.mean())])
         bboxes.append([int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())])
+    return {"centroid": centroids, "bbox": bboxes}
+
+
+def _ground_truth_on_torus(mask: np.ndarray, cx: np.ndarray, cy: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+                           size: int) -> dict:
+    """:func:`_ground_truth` of an object that may be split across edges: its pixels are put back in
+    one piece around the centre (centre + offset), the centroid folded back into the frame."""
+    centroids, bboxes = [], []
+    for t, frame in enumerate(mask):
+        ys, xs = np.nonzero(frame)
+        ux = np.rint(cx[t] + dx[t, 0, xs])
+        uy = np.rint(cy[t] + dy[t, ys, 0])
+        centroids.append([float(np.mod(ux.mean(), size)), float(np.mod(uy.mean(), size))])
+        bboxes.append([int(ux.min()), int(uy.min()), int(ux.max()), int(uy.max())])
     return {"centroid": centroids, "bbox": bboxes}

@@ -17,7 +17,9 @@ their shape is read from two mask statistics, their motion from the centroid tra
   on a log scale;
 * motion: per-axis centroid path length Σ|Δx|, Σ|Δy|; an axis moves when its path exceeds
   ``move_min`` of the frame side; none -> static, both -> bounce (diagonal), one -> its
-  direction from the net displacement's sign.
+  direction from the net displacement's sign. A step is taken the shorter way round the frame
+  (|Δ| ≤ half the side), so an object that leaves one side and enters at the other (MovingShapes
+  ``edges="wrap"``) keeps its direction; no frame-to-frame step of a real track is that long.
 
 Adherence scores per video (fractions of the prompted objects): colour (found),
 shape/size/motion (found and right), count (number of objects found = prompted), and
@@ -222,7 +224,9 @@ def classify_motion(track: np.ndarray, side: int, cfg: ShapesConfig) -> tuple[st
     Returns (motion, path length / frame side of the longer axis)."""
     if len(track) < 2:
         return "static", 0.0
-    steps = np.abs(np.diff(track, axis=0)).sum(axis=0)  # per-axis path (x, y)
+    delta = np.diff(track, axis=0)
+    delta = np.mod(delta + side / 2, side) - side / 2  # the shorter way round: wrapping keeps direction
+    steps = np.abs(delta).sum(axis=0)  # per-axis path (x, y)
     moving = steps > cfg.move_min * side
     magnitude = float(steps.max() / side)
     if moving.all():
@@ -230,7 +234,7 @@ def classify_motion(track: np.ndarray, side: int, cfg: ShapesConfig) -> tuple[st
     if not moving.any():
         return "static", magnitude
     axis = int(np.argmax(moving))
-    net = track[-1, axis] - track[0, axis]
+    net = delta[:, axis].sum()
     if axis == 0:
         return ("right" if net > 0 else "left"), magnitude
     return ("down" if net > 0 else "up"), magnitude
