@@ -472,7 +472,8 @@ def table(rows: list[dict]) -> str:
         lines.append("|---|---|" + "---|" * 6)
         def arm(r):  # rows from before a field was recorded: the shipped config's value
             share = r.get("understand_ratio", 0.5 if r["variant"] == "unified" else 0.0)
-            return (r["variant"], r.get("text_weight"), share, r.get("understand_input", "latent"),
+            weight = None if r["variant"] == "genonly" else r.get("text_weight")  # no text rows: no weight
+            return (r["variant"], weight, share, r.get("understand_input", "latent"),
                     r.get("understand_encoder", "linear"), r["prompts"])
 
         arms = sorted({arm(r) for r in adh}, key=lambda a: (a[5], a[0], a[1] or -1.0, *a[2:5]))
