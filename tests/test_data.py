@@ -184,6 +184,17 @@ def test_wrap_edges_keep_axis_motions_going_across_the_frame():
     assert split_seen > 0
 
 
+def test_mixed_edges_draw_each_clip_inside_or_on_the_torus():
+    kinds = set()
+    for i in range(24):
+        clip = MovingShapes(24, seed=5, edges="mixed").sample(i).frames
+        inside = torch.equal(clip, MovingShapes(24, seed=5).sample(i).frames)
+        wrap = torch.equal(clip, MovingShapes(24, seed=5, edges="wrap").sample(i).frames)
+        assert inside or wrap
+        kinds.add((inside, wrap))
+    assert {(True, False), (False, True)} <= kinds  # both kinds occur (clips without axis motion are both)
+
+
 def test_boxes_overlap_on_a_torus():
     from mmgen.data.moving_shapes import _boxes_overlap
 

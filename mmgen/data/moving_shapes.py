@@ -52,7 +52,7 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 SIZES = ("small", "large")
 MOTIONS = ("left", "right", "up", "down", "static", "bounce")
 BACKGROUNDS = ("plain", "textured", "mixed")
-EDGES = ("inside", "wrap")
+EDGES = ("inside", "wrap", "mixed")
 SPLITS = ("all", "train", "heldout")
 
 #: Object extent (side / diameter) as a fraction of the frame side.
@@ -152,7 +152,8 @@ class MovingShapes(Dataset):
             ``"train"`` or ``"heldout"`` templates of :mod:`mmgen.data.captions`. Paraphrases
             and the mixed background draw from their own random streams, so the frames of a
             clip do not depend on them.
-        edges: ``"inside"`` or ``"wrap"`` (left/right/up/down objects on a torus; module docstring).
+        edges: ``"inside"`` or ``"wrap"`` (left/right/up/down objects on a torus; module docstring), or
+            ``"mixed"`` (each clip draws one of the two from its own random stream).
     """
 
     def __init__(
@@ -222,15 +223,16 @@ class MovingShapes(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for MovingShapes of length {self.num_samples}")
         rng = np.random.default_rng([self.seed, index])
-        placed = self._draw_objects(rng)
+        wrap = self._wraps(index)
+        placed = self._draw_objects(rng, wrap)
         specs = [spec for spec, _, _ in placed]
         frames = self._background(rng, index)
         objects = []
         for spec, cx, cy in placed:
-            dx, dy = self._offsets(cx, cy)
+            dx, dy = self._offsets(cx, cy, wrap)
             mask = _mask(spec.shape, SIZE_FRACTION[spec.size] * self.size / 2, dx, dy)
             frames[mask] = COLORS[spec.color]
-            truth = _ground_truth(mask) if self.edges == "inside" else _ground_truth_on_torus(mask, cx, cy, dx, dy, self.size)
+            truth = _ground_truth_on_torus(mask, cx, cy, dx, dy, self.size) if wrap else _ground_truth(mask)
             objects.append({**asdict(spec), **truth})
         return ShapesSample(
             frames=torch.from_numpy(frames),
@@ -241,7 +243,13 @@ class MovingShapes(Dataset):
 
     # -- attribute sampling ------------------------------------------------------------
 
-    def _draw_objects(self, rng: np.random.Generator) -> list[tuple[ObjectSpec, np.ndarray, np.ndarray]]:
+    def _wraps(self, index: int) -> bool:
+        """Whether clip ``index`` puts its axis motions on a torus."""
+        if self.edges == "mixed":
+            return bool(np.random.default_rng([self.seed, index, 3]).integers(2))
+        return self.edges == "wrap"
+
+    def _draw_objects(self, rng: np.random.Generator, wrap: bool) -> list[tuple[ObjectSpec, np.ndarray, np.ndarray]]:
         """Objects with their centre tracks ``(spec, cx [T], cy [T])``, never overlapping.
 
         A further object keeps its (color, shape) but re-draws size, motion and start until
@@ -260,9 +268,9 @@ class MovingShapes(Dataset):
                 size = SIZES[int(rng.integers(len(SIZES)))]
                 motion = MOTIONS[int(rng.integers(len(MOTIONS)))]
                 h = SIZE_FRACTION[size] * self.size / 2
-                cx, cy = self._track(rng, motion, h)
+                cx, cy = self._track(rng, motion, h, wrap)
                 box = np.stack([cx - h, cy - h, cx + h, cy + h], axis=1)
-                period = self.size if self.edges == "wrap" else None
+                period = self.size if wrap else None
                 if not any(_boxes_overlap(box, other, period) for other in boxes):
                     placed.append((ObjectSpec(shape=shape, color=color, size=size, motion=motion), cx, cy))
                     boxes.append(box)
@@ -279,7 +287,7 @@ class MovingShapes(Dataset):
             pairs = self._heldout_pairs + self._train_pairs
         return [p for p in pairs if p[0] not in used_colors]
 
-    def _track(self, rng: np.random.Generator, motion: str, h: float) -> tuple[np.ndarray, np.ndarray]:
+    def _track(self, rng: np.random.Generator, motion: str, h: float, wrap: bool) -> tuple[np.ndarray, np.ndarray]:
         # Centres live in [lo, hi] so the whole object stays inside the frame.
         lo, hi = h, self.size - 1 - h
         t = np.arange(self.num_frames, dtype=np.float32)
@@ -292,7 +300,7 @@ class MovingShapes(Dataset):
             sx, sy = rng.choice([-1.0, 1.0], size=2)
             return _reflect(x0 + sx * step * t, lo, hi), _reflect(y0 + sy * step * t, lo, hi)
         dx, dy = _DIRECTIONS[motion]
-        if self.edges == "wrap":
+        if wrap:
             along = rng.uniform(0, self.size)
             across = rng.uniform(lo, hi)
             path = np.mod(along + (dx + dy) * step * t, self.size)
@@ -323,12 +331,12 @@ class MovingShapes(Dataset):
         texture = np.clip(base + noise, 0, TEXTURE_MAX - 1).astype(np.uint8)
         return np.broadcast_to(texture, (t, s, s, 3)).copy()
 
-    def _offsets(self, cx: np.ndarray, cy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _offsets(self, cx: np.ndarray, cy: np.ndarray, wrap: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per-pixel offsets ``[T, 1, W]``, ``[T, H, 1]`` from an object's centre track; on the torus
         (``edges="wrap"``) the shorter way round, so an object at an edge is also drawn at the other."""
         dx = self._xs - cx[:, None, None]
         dy = self._ys - cy[:, None, None]
-        if self.edges == "wrap":
+        if wrap:
             half = self.size / 2
             dx, dy = np.mod(dx + half, self.size) - half, np.mod(dy + half, self.size) - half
         return dx, dy
