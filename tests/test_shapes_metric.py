@@ -127,6 +127,78 @@ def test_shape_and_motion_rules():
     assert classify_motion(np.stack([20 + 0 * t, np.mod(10 - 3 * t, 64)], 1), 64, cfg)[0] == "up"
 
 
+def test_class_id_prompts_score_only_what_the_label_says():
+    expected = expected_from_class(class_id("green", "circle", "up"))
+    assert expected.count is None and expected.objects[0]["size"] is None
+    frames = torch.zeros(10, 64, 64, 3, dtype=torch.uint8)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    for t in range(10):
+        frames[t][(xx - 30) ** 2 + (yy - 50 + 3 * t) ** 2 <= 64] = torch.tensor(COLORS["green"], dtype=torch.uint8)
+    result = score_video(frames, expected)
+    assert result["count"] is None and result["size"] is None
+    assert (result["color"], result["shape"], result["motion"], result["all_correct"]) == (1.0, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="out of range"):
+        expected_from_class(10_000)
+
+
+def test_folder_with_sidecars_manifest_and_bad_entries(tmp_path):
+    ds = MovingShapes(3, size=64, num_frames=9, seed=2)
+    samples = [ds.sample(i) for i in range(3)]
+    # Sidecars as written by `mmgen sample`.
+    out = tmp_path / "samples"
+    for i, s in enumerate(samples):
+        write_video(out / f"s{i}.mp4", s.frames)
+    (out / "s0.json").write_text(json.dumps({"prompt": samples[0].caption, "class_id": None, "seed": 0}))
+    (out / "s1.json").write_text(json.dumps({"prompt": None, "class_id": samples[1].label, "seed": 0}))
+    (out / "s2.json").write_text(json.dumps({"prompt": "a purple elephant dancing", "class_id": None}))
+    write_video(out / "grid.mp4", samples[0].frames)  # `mmgen sample --grid`: no sidecar, not a sample
+    result = evaluate_folder(out, progress=False)
+    assert result["n_videos"] == 2 and result["n_skipped"] == 1
+    assert "is not a word of the MovingShapes grammar" in result["skipped"][0]["reason"]
+    assert [v["expected_source"] for v in result["videos"]] == ["caption", "class_id"]
+    assert result["summary"]["count"]["n"] == 1  # class labels do not fix the object count
+    assert result["summary"]["color"]["mean"] == 1.0
+
+    # Videos without any sidecar or manifest: each is reported, none scored.
+    bare = tmp_path / "bare"
+    write_video(bare / "v.mp4", samples[0].frames)
+    with pytest.raises(ValueError, match="no scorable videos"):
+        evaluate_folder(bare, progress=False)
+
+    # A manifest as written by `mmgen data synth`, with a missing file and a broken video.
+    synth = tmp_path / "synth"
+    rows = []
+    for i, s in enumerate(samples):
+        write_video(synth / f"{i:05d}.mp4", s.frames)
+        rows.append({"file": f"{i:05d}.mp4", "caption": s.caption})
+    rows.append({"file": "99999.mp4", "caption": samples[0].caption})
+    (synth / "00002.mp4").write_bytes(b"garbage")
+    (synth / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = evaluate_folder(synth, progress=False)
+    assert result["n_videos"] == 2 and result["n_skipped"] == 2
+    assert result["summary"]["all_correct"]["mean"] == 1.0
+
+
+def test_kurtosis_gap_of_ideal_shapes():
+    ys, xs = np.mgrid[-40:41, -40:41].astype(np.float64)
+    for mask, want in [(np.ones_like(xs, bool), -0.6), (xs ** 2 + ys ** 2 <= 40 ** 2, 0.0),
+                       (np.abs(xs) + np.abs(ys) <= 40, 0.6)]:
+        assert abs(kurtosis_gap(xs[mask], ys[mask]) - want) < 0.03
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle", "diamond"])
+def test_shapes_survive_a_slight_blur(shape):
+    """A Gaussian blur of 0.75 px (a tokenizer's or codec's softening) keeps every shape and size:
+    the fill ratio this metric used before called blurred small diamonds circles."""
+    shapes = MovingShapes(400, seed=5, max_objects=1)
+    clips = [s for s in (shapes.sample(i) for i in range(len(shapes))) if s.objects[0]["shape"] == shape]
+    for size in ("small", "large"):
+        clip = next(s for s in clips if s.objects[0]["size"] == size)
+        blurred = scipy.ndimage.gaussian_filter(clip.frames.numpy().astype(np.float32), (0, 0.75, 0.75, 0))
+        blurred = torch.from_numpy(np.clip(blurred.round(), 0, 255).astype(np.uint8))
+        assert score_video(blurred, expected_from_caption(clip.caption))["shape"] == 1.0, (shape, size)
+
+
 def test_wrapped_clips_score_as_their_captions():
     """MovingShapes on a torus, 33 frames (an axis-moving object crosses an edge in most clips): the
     benchmark reads every object's motion as captioned, a split object still found with its colour."""
