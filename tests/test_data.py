@@ -193,6 +193,8 @@ def test_mixed_edges_draw_each_clip_inside_or_on_the_torus():
         assert inside or wrap
         kinds.add((inside, wrap))
     assert {(True, False), (False, True)} <= kinds  # both kinds occur (clips without axis motion are both)
+    with pytest.raises(ValueError, match=r"edges='torus' is not one of"):
+        MovingShapes(4, edges="torus")
 
 
 def test_boxes_overlap_on_a_torus():
