@@ -2,6 +2,7 @@
 
     # captions and answers of held-out clips (seed 1000, never in the training cache of seed 0)
     python bench/unified_bench.py caption --model mmgen/assets/unified --clips 64
+    python bench/unified_bench.py caption --clip-seed 0   # the same on training clips: does the reader overfit?
     # generation: unified vs generation-only, same size, same number of VIDEO tokens, 3 seeds
     python bench/unified_bench.py train --variant unified --seed 0 --steps 300   # (x seeds, x variants)
     python bench/unified_bench.py adherence --seed 0 --variant unified            # (x seeds, x variants)
@@ -63,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("color", "shape", "size", "motion")
 CAPTION_SEED, PROMPT_SEED = 1000, 2000
 CLIP = dict(num_frames=9, background="plain", max_objects=2)
+BUILD_CLIPS = 2048  # scripts/build_unified_model.sh's default NUM_SAMPLES
 
 
 def _held_out(seed: int, n_per_count: int):
@@ -107,7 +109,7 @@ def caption_part(args) -> list[dict]:
 
     torch.set_grad_enabled(False)
     pipe = VideoARPipeline.from_pretrained(args.model)
-    clips = _held_out(CAPTION_SEED, args.clips)
+    clips = _held_out(args.clip_seed, args.clips)
     rows = []
     for count, samples in clips.items():
         t0 = time.perf_counter()
@@ -116,7 +118,7 @@ def caption_part(args) -> list[dict]:
             texts += describe(pipe, [s.frames for s in samples[i:i + args.batch]])
         truths = [t for s in samples for t in s.objects]
         per_object = [r for s, text in zip(samples, texts) for r in score_caption(text, s.objects)]
-        row = {"part": "caption", "model": args.model, "objects": count, "clips": len(samples),
+        row = {"part": "caption", "model": args.model, "clip_seed": args.clip_seed, "objects": count, "clips": len(samples),
                "seconds": round(time.perf_counter() - t0, 1), "examples": texts[:3]}
         row.update({f: sum(r[f] for r in per_object) / len(per_object) for f in FIELDS})
         row["all_fields"] = sum(all(r.values()) for r in per_object) / len(per_object)
@@ -131,7 +133,7 @@ def caption_part(args) -> list[dict]:
     kinds = {"count": 0, "shape": 1, "size": 2, "motion": 3, "color": 4}
     qa = {k: [questions([ObjectSpec(**{f: s.objects[0][f] for f in ("shape", "color", "size", "motion")})])[v]
               for s in singles] for k, v in kinds.items()}
-    row = {"part": "questions", "model": args.model, "objects": 1, "clips": len(singles)}
+    row = {"part": "questions", "model": args.model, "clip_seed": args.clip_seed, "objects": 1, "clips": len(singles)}
     for kind, pairs in qa.items():
         right = 0
         for i in range(0, len(singles), args.batch):
@@ -406,6 +408,7 @@ def adherence_part(args) -> list[dict]:
     row = {"part": "adherence", "variant": args.variant, "seed": args.seed, "model": model, "prompts": len(prompts),
            "text_weight": args.text_weight,
            "understand_ratio": _arm_steps(args)[1] if recorded is None else recorded,
+           "cache_clips": _trained_cache_clips(model),
            "understand_input": pipe.transformer.config.understand_input,
            "understand_encoder": pipe.transformer.config.understand_encoder}
     for key in (*FIELDS, "all_correct"):
@@ -423,6 +426,17 @@ def _trained_ratio(model_dir: str) -> float | None:
         return float(config["data"]["train"]["init_args"]["understand_ratio"])
     except (OSError, KeyError, TypeError, ValueError):
         return None
+
+
+def _trained_cache_clips(model_dir: str) -> int:
+    """How many distinct clips the model's latent cache held (the training.json's data path), so arms
+    trained on caches of different sizes stay apart in the table; the build's 2048 when it is unknown."""
+    try:
+        config = json.loads((Path(model_dir) / "training.json").read_text())["config"]
+        cache = ROOT / config["data"]["train"]["init_args"]["path"]
+        return int(json.loads((cache / "meta.json").read_text())["num_samples"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return BUILD_CLIPS
 
 
 def _held_out_bit_loss(pipe, samples, prompts) -> float:
@@ -459,11 +473,13 @@ def table(rows: list[dict]) -> str:
         elif r["part"] == "caption":
             by_size = ", ".join(f"shape of {k} objects {r[f'shape_{k}']:.3f} ({r[f'objects_{k}']})"
                                 for k in ("small", "large") if r.get(f"shape_{k}") is not None)
-            lines.append(f"caption {r['objects']}-object ({r['clips']} clips, {r['model']}): " +
+            clips = "held-out" if r.get("clip_seed", CAPTION_SEED) != 0 else "training"
+            lines.append(f"caption {r['objects']}-object ({r['clips']} {clips} clips, {r['model']}): " +
                          ", ".join(f"{f} {r[f]:.3f}" for f in (*FIELDS, "all_fields")) +
                          (f"; {by_size}" if by_size else ""))
         elif r["part"] == "questions":
-            lines.append(f"questions 1-object ({r['clips']} clips): " +
+            clips = "held-out" if r.get("clip_seed", CAPTION_SEED) != 0 else "training"
+            lines.append(f"questions 1-object ({r['clips']} {clips} clips): " +
                          ", ".join(f"{k} {r[k]:.3f}" for k in ("count", "color", "shape", "size", "motion")))
     adh = [r for r in rows if r["part"] == "adherence"]
     if adh:
@@ -474,26 +490,28 @@ def table(rows: list[dict]) -> str:
             share = r.get("understand_ratio", 0.5 if r["variant"] == "unified" else 0.0)
             weight = None if r["variant"] == "genonly" else r.get("text_weight")  # no text rows: no weight
             return (r["variant"], weight, share, r.get("understand_input", "latent"),
-                    r.get("understand_encoder", "linear"), r["prompts"])
+                    r.get("understand_encoder", "linear"), r["prompts"], r.get("cache_clips", BUILD_CLIPS))
 
-        arms = sorted({arm(r) for r in adh}, key=lambda a: (a[5], a[0], a[1] or -1.0, *a[2:5]))
+        arms = sorted({arm(r) for r in adh}, key=lambda a: (a[5], a[6], a[0], a[1] or -1.0, *a[2:5]))
         for a in arms:
-            variant, weight, share, reads, stem, prompts = a
+            variant, weight, share, reads, stem, prompts, clips = a
             rs = [r for r in adh if arm(r) == a]
             name = variant if weight is None else f"{variant}, text weight {weight:g}"
             name += "" if share in (0.0, 0.5) else f", {share:g} understanding rows"
             name += ("" if reads == "latent" else f", reads {reads}") + ("" if stem == "linear" else f", {stem} stem")
+            name += "" if clips == BUILD_CLIPS else f", {clips} training clips"
             lines.append(f"| {name}, {prompts} prompts | {len(rs)} | " +
                          " | ".join(_ms([r[k] for r in rs if k in r]) for k in (*FIELDS, "all_correct", "bit_loss"))
                          + " |")
         # the issue's question: unified minus generation-only on the same prompts (a genonly arm has no
         # text rows, so its text weight does not matter); ± = standard error of the difference of means
         for a in arms:
-            base = [r for r in adh if r["variant"] == "genonly" and r["prompts"] == a[5]]
+            base = [r for r in adh if r["variant"] == "genonly" and r["prompts"] == a[5]
+                    and r.get("cache_clips", BUILD_CLIPS) == a[6]]
             rs = [r for r in adh if arm(r) == a]
             if a[0] == "genonly" or not base:
                 continue
-            lines.append(f"difference to genonly ({a[5]} prompts, {len(rs)} vs {len(base)} seeds), {a[0]} text weight "
+            lines.append(f"difference to genonly ({a[5]} prompts, {a[6]} training clips, {len(rs)} vs {len(base)} seeds), {a[0]} text weight "
                          f"{a[1]}, {a[2]:g} understanding rows: " +
                          ", ".join(f"{k} {_diff([r[k] for r in rs], [r[k] for r in base])}"
                                    for k in (*FIELDS, "all_correct")))
@@ -507,6 +525,9 @@ def main() -> None:
     p.add_argument("--model", help="pipeline folder (caption: default mmgen/assets/unified; balance: a trained "
                    "transformer/ folder, none = at initialisation)")
     p.add_argument("--clips", type=int, default=64, help="held-out clips per object count (caption)")
+    p.add_argument("--clip-seed", type=int, default=CAPTION_SEED,
+                   help=f"caption: MovingShapes seed of the clips (default {CAPTION_SEED}: held out; 0 = the "
+                   "build cache's seed, i.e. training clips, the first 8 x --clips of them)")
     p.add_argument("--prompts", type=int, default=8, help="held-out prompts per object count (adherence)")
     p.add_argument("--batch", type=int, default=16, help="clips per step (train) or per sampling batch")
     p.add_argument("--variant", choices=("unified", "genonly"), default="unified")
