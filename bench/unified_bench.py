@@ -455,14 +455,18 @@ def _held_out_bit_loss(pipe, samples, prompts) -> float:
 def _ms(values: list[float]) -> str:
     if not values:
         return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    if len(values) == 1:  # one seed has no spread to show
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def _diff(a: list[float], b: list[float]) -> str:
-    """mean(a) - mean(b) ± the standard error of that difference (seed spreads of both arms)."""
-    var = sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1)
-    return f"{statistics.mean(a) - statistics.mean(b):+.3f} ± {var ** 0.5:.3f}"
+    """mean(a) - mean(b) ± the standard error of that difference (seed spreads of both arms; none
+    when either arm has a single seed, whose spread is unknown)."""
+    d = f"{statistics.mean(a) - statistics.mean(b):+.3f}"
+    if min(len(a), len(b)) < 2:
+        return d
+    return f"{d} ± {sum(statistics.variance(x) / len(x) for x in (a, b)) ** 0.5:.3f}"
 
 
 def table(rows: list[dict]) -> str:
