@@ -15,15 +15,18 @@
 # shape) pairs and templates excluded (mmgen.data.captions); (3) curriculum: stage I on the first
 # 2 latent frames (configs/generator/moving_shapes_default_stage1.yaml), stage II on whole clips
 # starting from stage I (..._stage2.yaml, laid over stage I's), stage III whole clips again from
-# stage II at half its learning rate (..._stage3.yaml, laid over both); a finished stage has $RUN/stageN/export and is skipped,
+# stage II at half its learning rate (..._stage3.yaml, laid over both), stage IV 500 steps from stage
+# III on a second cache whose clips are half inside the frame, half on a torus (edges "mixed",
+# $RUN/latents_mixed: objects that leave one side enter at the other, so long samples keep moving;
+# ..._stage4.yaml); a finished stage has $RUN/stageN/export and is skipped,
 # an interrupted one resumes from its last checkpoint; wall times go to $RUN/stage_times.txt;
 # (4) pipeline folder with the default sampling settings (configs/sample/default.yaml) -> $OUT;
 # (5) the MovingShapes benchmark of the README (bench/shapes_eval.py, 2 seeds, 64 prompts per set) -> $RUN/eval.
-# Stage lengths: STEPS1 / STEPS2 / STEPS3 override the configs' max_steps (the cosine schedule follows).
+# Stage lengths: STEPS1 / STEPS2 / STEPS3 / STEPS4 override the configs' max_steps (the cosine schedule follows).
 # A stage is done only when its checkpoint reached its max_steps: a run stopped early (killed,
 # or MAX_TIME, a Lightning duration such as 00:00:45:00 per invocation of a stage; default no
 # cap) exits with a message and the next invocation resumes it. The first invocation records
-# TOKENIZER, TOKENIZER_STEPS, TOKENIZER_BASE, NUM_SAMPLES, STEPS1, STEPS2 and STEPS3 in $RUN/build.env and later ones reuse them (an
+# TOKENIZER, TOKENIZER_STEPS, TOKENIZER_BASE, NUM_SAMPLES, STEPS1, STEPS2, STEPS3 and STEPS4 in $RUN/build.env and later ones reuse them (an
 # explicit different value is refused: it would change the cache or the schedule mid-run), so
 # `RUN=R OUT=O bash scripts/build_default_model.sh` resumes a build.
 set -euo pipefail
@@ -49,13 +52,14 @@ NUM_SAMPLES=${NUM_SAMPLES:-8192}
 STEPS1=${STEPS1:-}
 STEPS2=${STEPS2:-}
 STEPS3=${STEPS3:-}
+STEPS4=${STEPS4:-}
 MAX_TIME=${MAX_TIME:-null}
 OUT=${OUT:-mmgen/assets/default}
 EVAL=${EVAL:-1}
 
 if [ ! -f "$RUN/build.env" ]; then
-  printf 'TOKENIZER=%s\nTOKENIZER_STEPS=%s\nTOKENIZER_BASE=%s\nNUM_SAMPLES=%s\nSTEPS1=%s\nSTEPS2=%s\nSTEPS3=%s\n' \
-      "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$TOKENIZER_STEPS" "$TOKENIZER_BASE" "$NUM_SAMPLES" "$STEPS1" "$STEPS2" "$STEPS3" \
+  printf 'TOKENIZER=%s\nTOKENIZER_STEPS=%s\nTOKENIZER_BASE=%s\nNUM_SAMPLES=%s\nSTEPS1=%s\nSTEPS2=%s\nSTEPS3=%s\nSTEPS4=%s\n' \
+      "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$TOKENIZER_STEPS" "$TOKENIZER_BASE" "$NUM_SAMPLES" "$STEPS1" "$STEPS2" "$STEPS3" "$STEPS4" \
       > "$RUN/build.env.tmp"
   mv "$RUN/build.env.tmp" "$RUN/build.env"
 fi
@@ -93,14 +97,17 @@ fi
 copy_tokenizer "${TOKENIZER:-mmgen/assets/default/tokenizer}" "$RUN"
 TOKENIZER=$RUN/tokenizer
 
-if [ ! -f "$RUN/latents/meta.json" ]; then
-  echo "== (2) latent cache ($NUM_SAMPLES clips)"; stamp cache-start
-  HOLDOUT=$(python -c "import json; from mmgen.data.captions import HELDOUT_PAIRS; print(json.dumps(HELDOUT_PAIRS))")
-  mmgen ar tokenize --tokenizer "$TOKENIZER" --out "$RUN/latents" --dataset mmgen.data.MovingShapes \
-      --dataset-args "{\"num_samples\": $NUM_SAMPLES, \"seed\": 0, \"captions\": \"train\", \"background\": \"mixed\", \"holdout\": $HOLDOUT, \"split\": \"train\"}" \
+# (2) the latent caches: CACHE EDGES (MovingShapes edges "inside": every clip in the frame; "mixed": half on a torus)
+make_cache() {
+  [ -f "$1/meta.json" ] && return
+  echo "== (2) latent cache $1 ($NUM_SAMPLES clips, edges $2)"; stamp "cache-$2-start"
+  local holdout; holdout=$(python -c "import json; from mmgen.data.captions import HELDOUT_PAIRS; print(json.dumps(HELDOUT_PAIRS))")
+  mmgen ar tokenize --tokenizer "$TOKENIZER" --out "$1" --dataset mmgen.data.MovingShapes \
+      --dataset-args "{\"num_samples\": $NUM_SAMPLES, \"seed\": 0, \"captions\": \"train\", \"background\": \"mixed\", \"holdout\": $holdout, \"split\": \"train\", \"edges\": \"$2\"}" \
       --batch-size 16 --device cpu
-  stamp cache-end
-fi
+  stamp "cache-$2-end"
+}
+make_cache "$RUN/latents" inside
 
 # The value of a dotted key (list items by index) in the last of the configs that sets it, as the
 # fit reads them (later files win).
@@ -117,8 +124,8 @@ print(value)
 PY
 }
 
-run_stage() {  # run_stage N STEPS [extra fit arguments...]: stage N's config lays over stages 1..N-1's
-  local n=$1 dir=$RUN/stage$1 steps=$2; shift 2
+run_stage() {  # run_stage N STEPS CACHE [extra fit arguments...]: stage N's config lays over stages 1..N-1's
+  local n=$1 dir=$RUN/stage$1 steps=$2 cache=$3; shift 3
   local configs=() k
   for k in $(seq 1 "$n"); do configs+=("configs/generator/moving_shapes_default_stage$k.yaml"); done
   if [ -f "$dir/export/transformer/config.json" ]; then echo "== (3) stage $n: done ($dir/export)"; return; fi
@@ -133,7 +140,7 @@ run_stage() {  # run_stage N STEPS [extra fit arguments...]: stage N's config la
   [ -f "$dir/checkpoints/last.ckpt" ] && resume=(--ckpt_path "$dir/checkpoints/last.ckpt")
   echo "== (3) stage $n to step $steps ${resume[*]:+(resuming)}"; stamp "stage$n-start"
   mmgen ar fit "${configs[@]/#/--config=}" \
-      --model.tokenizer "$TOKENIZER" --data.train.init_args.path "$RUN/latents" \
+      --model.tokenizer "$TOKENIZER" --data.train.init_args.path "$cache" \
       --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" \
       --trainer.callbacks.init_args.dirpath "$dir/checkpoints" \
       --trainer.max_steps "$steps" --trainer.max_time "$MAX_TIME" "$@" "${resume[@]}"
@@ -147,12 +154,14 @@ run_stage() {  # run_stage N STEPS [extra fit arguments...]: stage N's config la
   mv "$dir/export.tmp" "$dir/export"
   stamp "stage$n-end"
 }
-run_stage 1 "$STEPS1"
-run_stage 2 "$STEPS2" --model.init_from "$RUN/stage1/export/transformer"
-run_stage 3 "$STEPS3" --model.init_from "$RUN/stage2/export/transformer"
+run_stage 1 "$STEPS1" "$RUN/latents"
+run_stage 2 "$STEPS2" "$RUN/latents" --model.init_from "$RUN/stage1/export/transformer"
+run_stage 3 "$STEPS3" "$RUN/latents" --model.init_from "$RUN/stage2/export/transformer"
+make_cache "$RUN/latents_mixed" mixed
+run_stage 4 "$STEPS4" "$RUN/latents_mixed" --model.init_from "$RUN/stage3/export/transformer"
 
 echo "== (4) pipeline folder -> $OUT"
-python -m mmgen.pipelines.assemble --tokenizer "$TOKENIZER" --generator "$RUN/stage3/export/transformer" \
+python -m mmgen.pipelines.assemble --tokenizer "$TOKENIZER" --generator "$RUN/stage4/export/transformer" \
     --sampling configs/sample/default.yaml --out "$OUT" --overwrite
 
 if [ "$EVAL" = 1 ]; then

@@ -236,7 +236,7 @@ def test_training_configs_parse(name, capsys):
     assert printed["model"]["preset"] in ("tiny", "videoar-l", "videoar-xl")
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
 def test_default_build_stage_configs_lay_over_the_earlier_ones(stage, capsys):
     """Stage N of the default build reads stages 1..N's configs (scripts/build_default_model.sh): the
     stack parses, the model is the same generator at every stage, each stage starts from the one
