@@ -418,22 +418,30 @@ def adherence_part(args) -> list[dict]:
     return [row]
 
 
-def _trained_ratio(model_dir: str) -> float | None:
-    """The share of understanding rows the model was trained on, from the training.json that `mmgen ar
-    export` writes (None for a folder without one, e.g. the shipped model: the command line's then)."""
+def _trained_data_args(model_dir: str) -> dict:
+    """The training set's init_args from the training.json that `mmgen ar export` writes ({} for a
+    folder without one, e.g. the shipped model)."""
     try:
-        config = json.loads((Path(model_dir) / "training.json").read_text())["config"]
-        return float(config["data"]["train"]["init_args"]["understand_ratio"])
+        args = json.loads((Path(model_dir) / "training.json").read_text())["config"]["data"]["train"]["init_args"]
     except (OSError, KeyError, TypeError, ValueError):
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
+def _trained_ratio(model_dir: str) -> float | None:
+    """The share of understanding rows the model was trained on (None when not recorded: the
+    command line's then)."""
+    try:
+        return float(_trained_data_args(model_dir)["understand_ratio"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 
 def _trained_cache_clips(model_dir: str) -> int:
-    """How many distinct clips the model's latent cache held (the training.json's data path), so arms
-    trained on caches of different sizes stay apart in the table; the build's 2048 when it is unknown."""
+    """How many distinct clips the model's latent cache held, so arms trained on caches of different
+    sizes stay apart in the table; the build's 2048 when it is unknown."""
     try:
-        config = json.loads((Path(model_dir) / "training.json").read_text())["config"]
-        cache = ROOT / config["data"]["train"]["init_args"]["path"]
+        cache = ROOT / _trained_data_args(model_dir)["path"]
         return int(json.loads((cache / "meta.json").read_text())["num_samples"])
     except (OSError, KeyError, TypeError, ValueError):
         return BUILD_CLIPS
@@ -472,17 +480,16 @@ def _diff(a: list[float], b: list[float]) -> str:
 def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
+        clips = "held-out" if r.get("clip_seed", CAPTION_SEED) != 0 else "training"
         if r["part"] in ("visible", "reading", "probe", "balance"):
             lines.append(json.dumps(r))
         elif r["part"] == "caption":
             by_size = ", ".join(f"shape of {k} objects {r[f'shape_{k}']:.3f} ({r[f'objects_{k}']})"
                                 for k in ("small", "large") if r.get(f"shape_{k}") is not None)
-            clips = "held-out" if r.get("clip_seed", CAPTION_SEED) != 0 else "training"
             lines.append(f"caption {r['objects']}-object ({r['clips']} {clips} clips, {r['model']}): " +
                          ", ".join(f"{f} {r[f]:.3f}" for f in (*FIELDS, "all_fields")) +
                          (f"; {by_size}" if by_size else ""))
         elif r["part"] == "questions":
-            clips = "held-out" if r.get("clip_seed", CAPTION_SEED) != 0 else "training"
             lines.append(f"questions 1-object ({r['clips']} {clips} clips): " +
                          ", ".join(f"{k} {r[k]:.3f}" for k in ("count", "color", "shape", "size", "motion")))
     adh = [r for r in rows if r["part"] == "adherence"]
