@@ -265,7 +265,7 @@ def reading_part(args) -> list[dict]:
     from mmgen.ar.unified import text_loss, text_sequences, video_inputs
     from mmgen.data.latents import LatentCache
     from mmgen.data.moving_shapes import COLORS, caption_of, parse_caption
-    from mmgen.data.unified import grammar_words
+    from mmgen.data.unified import grammar_words, ordered
     from mmgen.tokenizer import VideoTokenizer
 
     torch.manual_seed(args.seed)
@@ -305,7 +305,8 @@ def reading_part(args) -> list[dict]:
         with torch.no_grad():
             z = torch.stack([cache[i]["latent"] for i in idx])
             inputs = seen(q.residual_pass(z)[0], idx)
-        text, targets = text_sequences(model.words, [""] * len(idx), [caption_of(objects[i]) for i in idx], gen["text_len"])
+        answers = [caption_of(ordered(objects[i], args.caption_order)) for i in idx]
+        text, targets = text_sequences(model.words, [""] * len(idx), answers, gen["text_len"])
         latent = z if args.inputs == "latent" else None
         loss, _ = text_loss(model(model.null_condition(len(idx)), inputs, text=text, latent=latent)[1], targets)
         opt.zero_grad()
@@ -315,7 +316,8 @@ def reading_part(args) -> list[dict]:
         warmup.step()
         losses.append(loss.item())
     row = {"part": "reading", "inputs": args.inputs, "understand_encoder": gen.get("understand_encoder", "linear"),
-           "qk_norm": gen.get("qk_norm", True), "seed": args.seed, "steps": args.steps, "batch": args.batch,
+           "qk_norm": gen.get("qk_norm", True), "caption_order": args.caption_order, "seed": args.seed,
+           "steps": args.steps, "batch": args.batch,
            "seconds": round(time.perf_counter() - t0, 1),
            "text_loss_first_25": round(statistics.mean(losses[:25]), 3),
            "text_loss_last_25": round(statistics.mean(losses[-25:]), 3)}
@@ -344,12 +346,13 @@ def yaml_generator() -> dict:
 
 
 def _run_dir(args) -> Path:
-    """runs/<variant>[-tw<text weight>][-u<understand ratio>][-conv]-s<seed>: one folder per trained arm."""
+    """runs/<variant>[-tw<text weight>][-u<understand ratio>][-conv][-ocolor]-s<seed>: one folder per trained arm."""
     weight = "" if args.text_weight is None else f"-tw{args.text_weight:g}"
     ratio = _arm_steps(args)[1]
     share = "" if ratio in (0.0, 0.5) else f"-u{ratio:g}"
     stem = "" if args.understand_encoder == "linear" else f"-{args.understand_encoder}"
-    return Path(args.runs) / f"{args.variant}{weight}{share}{stem}-s{args.seed}"
+    order = "" if args.caption_order == "drawn" else f"-o{args.caption_order}"
+    return Path(args.runs) / f"{args.variant}{weight}{share}{stem}{order}-s{args.seed}"
 
 
 def _arm_steps(args) -> tuple[int, float]:
@@ -372,6 +375,7 @@ def train_part(args) -> list[dict]:
            *(["--model.text_weight", str(args.text_weight)] if args.text_weight is not None else []),
            *(["--model.generator.understand_encoder", args.understand_encoder]
              if args.understand_encoder != "linear" else []),
+           "--data.train.init_args.caption_order", args.caption_order,
            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -382,7 +386,7 @@ def train_part(args) -> list[dict]:
     return [{"part": "train", "variant": args.variant, "seed": args.seed, "steps": steps, "batch": args.batch,
              "understand_ratio": ratio,
              "config": args.config, "text_weight": args.text_weight, "understand_encoder": args.understand_encoder,
-             "seconds": round(seconds, 1), "model": str(out / "export")}]
+             "caption_order": args.caption_order, "seconds": round(seconds, 1), "model": str(out / "export")}]
 
 
 def adherence_part(args) -> list[dict]:
@@ -553,6 +557,9 @@ def main() -> None:
     p.add_argument("--inputs", choices=("gen", "own", "latent", "oracle", "celloracle"), default="own", help="reading: the video the text reads")
     p.add_argument("--understand-encoder", choices=("linear", "conv"), default="linear",
                    help="reading --inputs latent / train / adherence: the generator's understand_encoder")
+    p.add_argument("--caption-order", choices=("drawn", "color"), default="drawn",
+                   help="reading / train: the order a two-object caption target names its objects "
+                   "(mmgen.data.unified.UnifiedLatents caption_order; run folder -ocolor)")
     p.add_argument("--no-qk-norm", action="store_true", help="reading: the generator without QK-norm")
     p.add_argument("--tokenizer", default=str(ROOT / "mmgen/assets/unified/tokenizer"),
                    help="train / visible / reading: the tokenizer that made --cache (default: the unified build's)")

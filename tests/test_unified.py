@@ -162,6 +162,8 @@ def test_mixed_training_step_and_dataset(tmp_path):
     assert all(it["caption"] == " and ".join(it["caption"].split(" and ")) for it in items)
     with pytest.raises(ValueError, match="understand_ratio"):
         UnifiedLatents(str(tmp_path), understand_ratio=1.5)
+    with pytest.raises(ValueError, match="caption_order"):
+        UnifiedLatents(str(tmp_path), caption_order="size")
 
     module = UnifiedModule(preset=None, generator={**BASE, "max_text_len": 16, "text_vocab": grammar_words(), "text_len": 20,
                                                     "mtp_heads": 2}, tokenizer_config=TOKENIZER, scale_alpha=0.5)
@@ -360,3 +362,25 @@ def test_understand_encoder_conv_reads_a_cell_with_its_neighbours(tmp_path):
         _unified(understand_encoder="conv")  # the codes reader has no latent to convolve
     with pytest.raises(ValueError, match="understand_encoder"):
         _unified(understand_input="latent", understand_encoder="mlp")
+
+
+def test_caption_order_color_sorts_understanding_targets_only(tmp_path):
+    from mmgen.ar.training import load_tokenizer
+    from mmgen.data.latents import tokenize_dataset
+    from mmgen.data.moving_shapes import COLORS, MovingShapes, parse_caption
+    from mmgen.data.unified import UnifiedLatents
+
+    torch.manual_seed(0)
+    tokenize_dataset(MovingShapes(12, size=16, num_frames=5, seed=3), load_tokenizer(config=TOKENIZER), tmp_path)
+    drawn = UnifiedLatents(str(tmp_path), understand_ratio=1.0, question_ratio=0.0)
+    by_color = UnifiedLatents(str(tmp_path), understand_ratio=1.0, question_ratio=0.0, caption_order="color")
+    palette = list(COLORS)
+    swapped = 0
+    for i in range(len(drawn)):
+        assert by_color.captions[i] == drawn.captions[i]  # generation prompts keep the drawn order
+        assert drawn[i]["answer"] == drawn.captions[i]
+        colors = [o.color for o in parse_caption(by_color[i]["answer"])]
+        assert colors == sorted(colors, key=palette.index)
+        assert sorted(parse_caption(by_color[i]["answer"]), key=str) == sorted(parse_caption(drawn.captions[i]), key=str)
+        swapped += by_color[i]["answer"] != drawn.captions[i]
+    assert swapped > 0  # some two-object clip was drawn out of palette order

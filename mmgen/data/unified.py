@@ -7,6 +7,11 @@ canonical captions) and turns each clip into one training row of a random direct
 * understanding: caption the video (``<caption> ... <eos>``) or, with probability
   ``question_ratio``, answer one question about it (:func:`questions`).
 
+A two-object caption names its objects in the order they were drawn, which the video does not
+show; ``caption_order="color"`` makes the caption the model writes name them in palette order
+(:data:`~mmgen.data.moving_shapes.COLORS`; colours are unique within a clip), so its first words
+are a function of the video. Generation prompts keep the drawn order either way.
+
 Questions are about colour, shape, size, motion and count; an object is named by its colour
 (colours are unique within a clip) and, for "what color", by its shape when no other object
 shares it. Answers are short: a word, or the motion phrase of the canonical caption.
@@ -23,6 +28,7 @@ from mmgen.data.captions import HELDOUT_TEMPLATES, JOINERS, MOTION_SYNONYMS, SIZ
 from mmgen.data.latents import LatentCache
 from mmgen.data.moving_shapes import COLORS, SHAPES, ObjectSpec, caption_of, parse_caption
 
+CAPTION_ORDERS = ("drawn", "color")
 COUNT_WORDS = {1: "one", 2: "two"}
 QUESTION_TEMPLATES = ("how many objects are there?", "what shape is the {color} object?",
                       "what size is the {color} object?", "how is the {color} object moving?",
@@ -40,6 +46,12 @@ def questions(objects: Sequence[ObjectSpec]) -> list[tuple[str, str]]:
         if shapes.count(o.shape) == 1:
             qa.append((ask_color.format(shape=o.shape), o.color))
     return qa
+
+
+def ordered(objects: Sequence[ObjectSpec], order: str) -> list[ObjectSpec]:
+    """``objects`` as drawn, or (``order="color"``) sorted by their colour's place in the palette."""
+    palette = list(COLORS)
+    return sorted(objects, key=lambda o: palette.index(o.color)) if order == "color" else list(objects)
 
 
 def grammar_words() -> list[str]:
@@ -62,13 +74,16 @@ class UnifiedLatents(Dataset):
     """
 
     def __init__(self, path: str, understand_ratio: float = 0.5, question_ratio: float = 0.5, seed: int = 0,
-                 latent_frames: int | None = None):
+                 latent_frames: int | None = None, caption_order: str = "drawn"):
         if not 0 <= understand_ratio <= 1 or not 0 <= question_ratio <= 1:
             raise ValueError(f"understand_ratio and question_ratio must be in [0, 1], got "
                              f"{understand_ratio}, {question_ratio}")
+        if caption_order not in CAPTION_ORDERS:
+            raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {caption_order!r}")
         self.cache = LatentCache(path, latent_frames)
         self.objects = [parse_caption(c) for c in self.cache.captions]
         self.captions = [caption_of(o) for o in self.objects]
+        self.answers = [caption_of(ordered(o, caption_order)) for o in self.objects]
         self.understand_ratio, self.question_ratio = understand_ratio, question_ratio
         self.rng = random.Random(seed)
 
@@ -82,5 +97,5 @@ class UnifiedLatents(Dataset):
             if self.rng.random() < self.question_ratio:
                 query, answer = self.rng.choice(questions(self.objects[i]))
             else:
-                answer = self.captions[i]
+                answer = self.answers[i]
         return {**item, "query": query, "answer": answer}
